@@ -1,0 +1,178 @@
+"""The provisioning engine: PostgreSQL users for sessions, and nothing about Kubernetes.
+
+``Engine`` is the one entry point. It owns the admin connections of one server, validates
+requests before touching the database, retries transient failures with jittered backoff (every
+operation is idempotent), and leaves nothing half-done when a later step of an activation fails.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import random
+from dataclasses import dataclass, field
+from datetime import datetime, timezone
+from typing import Awaitable, Callable, Iterable, TypeVar
+
+import psycopg
+
+from ..core.leases import MODE_DROP, MODE_KEEP, MODES
+from ..core.naming import postgres_username
+from .config import ServerConfig
+from .connections import AdminConnections
+from .errors import INVALID_REQUEST, READ_ONLY, EngineError, classify
+from .grants import ObjectGrants
+from .preflight import Preflight, run_preflight
+from .results import Activation, ActivationRequest, Teardown
+from .users import UserLifecycle, lock_key
+from . import statements as S
+
+__all__ = ["Engine", "ServerConfig", "ActivationRequest", "Activation", "Teardown", "Preflight",
+           "EngineError", "RetryPolicy"]
+
+log = logging.getLogger(__name__)
+T = TypeVar("T")
+
+
+@dataclass(frozen=True)
+class RetryPolicy:
+    attempts: int = 8
+    base_delay: float = 0.05
+    max_delay: float = 1.0
+
+    def delay(self, attempt: int) -> float:
+        # Full jitter: concurrent writers that collided do not collide again in lockstep.
+        return random.uniform(0, min(self.max_delay, self.base_delay * 2 ** attempt))
+
+
+@dataclass
+class EngineStats:
+    round_trips: int = 0
+    retries: int = 0
+    counters: dict = field(default_factory=dict)
+
+
+class Engine:
+    def __init__(self, config: ServerConfig, *, retry: RetryPolicy = RetryPolicy()):
+        self.config = config
+        self.retry = retry
+        self.stats = EngineStats()
+        self._conns = AdminConnections(config)
+        self._users = UserLifecycle(self._conns, self.stats)
+        self._grants = ObjectGrants(self._conns, self.stats)
+
+    async def close(self) -> None:
+        await self._conns.close()
+
+    async def __aenter__(self) -> "Engine":
+        return self
+
+    async def __aexit__(self, *exc) -> None:
+        await self.close()
+
+    async def _retrying(self, doing: str, operation: Callable[[], Awaitable[T]]) -> T:
+        for attempt in range(self.retry.attempts):
+            try:
+                return await operation()
+            except (psycopg.Error, OSError, TimeoutError, EngineError) as exc:
+                error = classify(exc, doing=doing)
+                if not error.transient or attempt == self.retry.attempts - 1:
+                    if error is exc:
+                        raise
+                    raise error from exc
+                self.stats.retries += 1
+                log.debug("Retrying %s after a transient error (%s)", doing, error.sqlstate)
+                await asyncio.sleep(self.retry.delay(attempt))
+        raise AssertionError("unreachable")
+
+    # -- server ------------------------------------------------------------------------------
+
+    async def preflight(self, databases: Iterable[str] = (), roles: Iterable[str] = (),
+                        *, terminate_connections: bool = True) -> Preflight:
+        """Inspect the server on a fresh connection, so a refused login shows its real cause."""
+        async def run() -> Preflight:
+            conn = await self._conns.connect()
+            try:
+                return await run_preflight(
+                    conn, admin_user=self.config.admin_user, managed_role=self.config.managed_role,
+                    databases=tuple(databases), roles=tuple(roles),
+                    terminate_connections=terminate_connections)
+            finally:
+                await conn.close()
+        return await self._retrying("preflight", run)
+
+    async def ensure_managed_role(self) -> bool:
+        """Create the bookkeeping role if missing; True when it was created."""
+        async def run() -> bool:
+            async with self._conns.connection() as conn:
+                try:
+                    async with conn.pipeline():
+                        await conn.execute("BEGIN")
+                        await conn.execute(S.ADVISORY_LOCK, [lock_key(self.config.managed_role)])
+                        cur = await conn.execute("SELECT 1 FROM pg_roles WHERE rolname = %s",
+                                                 [self.config.managed_role])
+                        exists = await cur.fetchone() is not None
+                    if not exists:
+                        await conn.execute(S.create_managed_role(self.config.managed_role))
+                    await conn.execute("COMMIT")
+                    return not exists
+                except BaseException:
+                    if conn.info.transaction_status != psycopg.pq.TransactionStatus.IDLE:
+                        await conn.execute("ROLLBACK")
+                    raise
+        return await self._retrying("ensuring the managed role", run)
+
+    # -- sessions ----------------------------------------------------------------------------
+
+    def _validate(self, request: ActivationRequest) -> None:
+        if request.mode not in MODES or request.mode not in (MODE_KEEP, MODE_DROP):
+            raise EngineError(INVALID_REQUEST, f'user provisioning mode "{request.mode}" does not '
+                              "create users; use keep or best_effort_drop")
+        if request.roles and request.permissions:
+            raise EngineError(INVALID_REQUEST, (
+                "fine-grained database permissions and database roles are mutually exclusive, "
+                "yet both were provided"))
+        if request.expires_at <= datetime.now(timezone.utc):
+            raise EngineError(INVALID_REQUEST, "the session's expiry is in the past")
+        postgres_username(request.identity)  # raises on identities PostgreSQL cannot hold
+
+    async def activate(self, request: ActivationRequest) -> Activation:
+        """Create or re-activate the user for one session and grant what it may use."""
+        self._validate(request)
+        activation = await self._retrying("activating the user",
+                                          lambda: self._users.activate(request))
+        if not request.permissions:
+            return activation
+        try:
+            summary = await self._retrying("granting object permissions", lambda: self._grants.apply(
+                activation.username, request.database, request.permissions, request.session_id))
+        except EngineError:
+            # Nothing half-done: release this session's hold before reporting the failure.
+            await self.end(request.identity, request.session_id, mode=request.mode,
+                           terminate_connections=False)
+            raise
+        return Activation(**{**activation.__dict__, "permissions_summary": summary})
+
+    async def end(self, identity: str, session_id: str | None, *, mode: str | None = None,
+                  terminate_connections: bool = True) -> Teardown:
+        """End one session's hold on its user; idempotent, including for vanished users."""
+        return await self._retrying("ending the session", lambda: self._users.end(
+            identity, session_id, mode=mode, terminate_connections=terminate_connections,
+            revoke_permissions=self._revoke))
+
+    async def _revoke(self, name: str, database: str) -> None:
+        await self._retrying("revoking object permissions",
+                             lambda: self._grants.revoke(name, database))
+
+    async def sweep(self, live_session_ids: Iterable[str], *,
+                    terminate_connections: bool = True) -> list[Teardown]:
+        """End the leases of sessions that no longer exist, and lock users left enabled."""
+        live = set(live_session_ids)
+        return await self._retrying("sweeping managed users", lambda: self._users.sweep(
+            live, terminate_connections=terminate_connections, revoke_permissions=self._revoke))
+
+    async def check_writable(self) -> None:
+        pre = await self.preflight()
+        if pre.read_only:
+            raise EngineError(READ_ONLY, "the server is read-only (a standby or a reader endpoint);"
+                              " point the Database at the primary")

@@ -1,0 +1,117 @@
+"""Admin connections to one PostgreSQL server: bounded, pinned, TLS-aware.
+
+This is the one place that opens connections. Every admin connection:
+- is autocommit, so transactions are explicit ``BEGIN``/``COMMIT`` and can be pipelined;
+- pins ``search_path`` to ``pg_catalog, pg_temp`` so no user-created function or operator can
+  shadow a catalog one while the admin runs pgjit's statements;
+- uses client-side parameter binding, because CREATE/ALTER ROLE, GRANT and COMMENT are utility
+  statements that cannot take server-side parameters: psycopg quotes the values, pgjit never
+  formats them into SQL itself;
+- has lock and idle-transaction timeouts, so a stuck peer or a crashed operator cannot hold the
+  per-user lock for long.
+
+At most ``max_connections`` admin connections are in use at once per server, however many
+sessions and databases there are: one semaphore is shared by the pools of all databases.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import tempfile
+from contextlib import asynccontextmanager
+from pathlib import Path
+from typing import AsyncIterator
+
+import psycopg
+from psycopg.conninfo import make_conninfo
+from psycopg_pool import AsyncConnectionPool
+
+from .config import ServerConfig
+
+_SESSION_OPTIONS = ("-c search_path=pg_catalog,pg_temp -c lock_timeout=10s "
+                    "-c statement_timeout=60s -c idle_in_transaction_session_timeout=60s")
+
+
+class _PrivateFiles:
+    """PEM material on disk for libpq, readable by this process only, removed on close."""
+
+    def __init__(self) -> None:
+        self._dir: tempfile.TemporaryDirectory | None = None
+
+    def write(self, name: str, data: bytes) -> str:
+        if self._dir is None:
+            self._dir = tempfile.TemporaryDirectory(prefix="pgjit-tls-")
+            os.chmod(self._dir.name, 0o700)
+        path = Path(self._dir.name) / name
+        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+        with os.fdopen(fd, "wb") as handle:
+            handle.write(data)
+        return str(path)
+
+    def close(self) -> None:
+        if self._dir is not None:
+            self._dir.cleanup()
+            self._dir = None
+
+
+class AdminConnections:
+    def __init__(self, config: ServerConfig):
+        config.validate()
+        self.config = config
+        self._files = _PrivateFiles()
+        self._pools: dict[str, AsyncConnectionPool] = {}
+        self._slots = asyncio.Semaphore(config.max_connections)
+        self._tls = self._tls_params()
+
+    def _tls_params(self) -> dict[str, str]:
+        params: dict[str, str] = {"sslmode": self.config.sslmode}
+        if self.config.ca_pem is not None:
+            params["sslrootcert"] = self._files.write("ca.crt", self.config.ca_pem)
+        if self.config.admin_cert_pem is not None and self.config.admin_key_pem is not None:
+            params["sslcert"] = self._files.write("admin.crt", self.config.admin_cert_pem)
+            params["sslkey"] = self._files.write("admin.key", self.config.admin_key_pem)
+        return params
+
+    def conninfo(self, dbname: str) -> str:
+        extra = dict(self._tls)
+        if self.config.admin_password is not None:
+            extra["password"] = self.config.admin_password
+        return make_conninfo(host=self.config.host, port=str(self.config.port),
+                             user=self.config.admin_user, dbname=dbname,
+                             application_name="pgjit", options=_SESSION_OPTIONS,
+                             connect_timeout=str(max(1, int(self.config.connect_timeout))),
+                             **extra)
+
+    async def connect(self, dbname: str | None = None) -> psycopg.AsyncConnection:
+        """A single connection outside the pools: preflight uses it to see the real error."""
+        return await psycopg.AsyncConnection.connect(
+            self.conninfo(dbname or self.config.admin_database), autocommit=True,
+            cursor_factory=psycopg.AsyncClientCursor)
+
+    def _pool(self, dbname: str) -> AsyncConnectionPool:
+        pool = self._pools.get(dbname)
+        if pool is None:
+            is_admin_db = dbname == self.config.admin_database
+            pool = AsyncConnectionPool(
+                self.conninfo(dbname), open=False, name=f"pgjit-{dbname}",
+                min_size=1 if is_admin_db else 0, max_size=self.config.max_connections,
+                max_idle=300 if is_admin_db else 60, timeout=self.config.connect_timeout,
+                kwargs={"autocommit": True, "cursor_factory": psycopg.AsyncClientCursor})
+            self._pools[dbname] = pool
+        return pool
+
+    @asynccontextmanager
+    async def connection(self, dbname: str | None = None) -> AsyncIterator[psycopg.AsyncConnection]:
+        pool = self._pool(dbname or self.config.admin_database)
+        async with self._slots:
+            if pool.closed:
+                await pool.open(wait=False)
+            async with pool.connection() as conn:
+                yield conn
+
+    async def close(self) -> None:
+        pools, self._pools = list(self._pools.values()), {}
+        for pool in pools:
+            await pool.close()
+        self._files.close()

@@ -1,0 +1,142 @@
+"""What a server is and what the admin may do there, with the fix for every shortfall.
+
+Run before any session is opened on a Database and on every health check, so that a missing
+privilege is reported once, on the Database, with the exact statement a DBA must run, rather than
+as a failure of each session.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from psycopg import sql
+
+Q = sql.SQL
+
+SERVER_FACTS = Q("""
+SELECT split_part(current_setting('server_version'), ' ', 1),
+       current_setting('server_version_num')::int,
+       pg_is_in_recovery(),
+       current_setting('default_transaction_read_only') = 'on'
+           OR current_setting('transaction_read_only') = 'on',
+       me.rolsuper, me.rolcreaterole,
+       m.oid IS NOT NULL,
+       CASE WHEN m.oid IS NULL THEN NULL
+            WHEN me.rolsuper THEN true
+            WHEN current_setting('server_version_num')::int >= 160000
+            THEN pg_has_role(current_user, m.oid, 'MEMBER WITH ADMIN OPTION')
+            ELSE me.rolcreaterole END,
+       me.rolsuper OR pg_has_role(current_user, 'pg_signal_backend', 'MEMBER')
+  FROM pg_roles me
+  LEFT JOIN pg_roles m ON m.rolname = %(managed)s
+ WHERE me.rolname = current_user
+""")
+
+DATABASE_ACCESS = Q("""
+SELECT w.name, d.oid IS NOT NULL,
+       CASE WHEN d.oid IS NULL THEN false ELSE has_database_privilege(d.oid, 'CONNECT') END
+  FROM unnest(%(names)s::text[]) AS w(name)
+  LEFT JOIN pg_database d ON d.datname = w.name
+""")
+
+ROLE_ACCESS = Q("""
+SELECT w.name, g.oid IS NOT NULL,
+       CASE WHEN g.oid IS NULL THEN false
+            WHEN me.rolsuper THEN true
+            WHEN current_setting('server_version_num')::int >= 160000
+            THEN pg_has_role(current_user, g.oid, 'MEMBER WITH ADMIN OPTION')
+            ELSE me.rolcreaterole AND NOT g.rolsuper END
+  FROM unnest(%(names)s::text[]) AS w(name)
+  LEFT JOIN pg_roles g ON g.rolname = w.name
+  JOIN pg_roles me ON me.rolname = current_user
+""")
+
+
+def quote_ident(name: str) -> str:
+    """Identifier quoting for the *advice text* shown to people, never for executed SQL."""
+    return '"' + name.replace('"', '""') + '"'
+
+
+@dataclass(frozen=True)
+class Shortfall:
+    """Something the admin cannot do, and the statement that fixes it."""
+
+    problem: str
+    fix: str
+
+    def __str__(self) -> str:
+        return f"{self.problem}; run as a superuser: {self.fix}"
+
+
+@dataclass(frozen=True)
+class Preflight:
+    server_version: str
+    server_version_num: int
+    in_recovery: bool
+    read_only: bool
+    admin_is_superuser: bool
+    admin_can_create_roles: bool
+    managed_role_exists: bool
+    can_signal_backends: bool
+    shortfalls: tuple[Shortfall, ...]
+    missing_databases: tuple[str, ...] = ()
+    missing_roles: tuple[str, ...] = ()
+
+    @property
+    def ok(self) -> bool:
+        return not (self.read_only or self.shortfalls or self.missing_databases
+                    or self.missing_roles)
+
+    def summary(self) -> list[str]:
+        """Short lines for ``status.adminPrivileges``."""
+        lines = []
+        if self.admin_is_superuser:
+            lines.append("superuser (more than pgjit needs)")
+        elif self.admin_can_create_roles:
+            lines.append("CREATEROLE")
+        if self.can_signal_backends:
+            lines.append("can terminate connections")
+        lines.extend(str(s) for s in self.shortfalls)
+        return lines
+
+
+async def run_preflight(conn, *, admin_user: str, managed_role: str,
+                        databases: tuple[str, ...] = (), roles: tuple[str, ...] = (),
+                        terminate_connections: bool = True) -> Preflight:
+    admin = quote_ident(admin_user)
+    async with conn.pipeline():
+        facts_cur = await conn.execute(SERVER_FACTS, {"managed": managed_role})
+        db_cur = await conn.execute(DATABASE_ACCESS, {"names": list(databases)})
+        role_cur = await conn.execute(ROLE_ACCESS, {"names": list(roles)})
+        facts = await facts_cur.fetchone()
+        db_rows = await db_cur.fetchall()
+        role_rows = await role_cur.fetchall()
+    (version, version_num, in_recovery, read_only, superuser, createrole, managed_exists,
+     managed_admin, can_signal) = facts
+    shortfalls: list[Shortfall] = []
+    if not (superuser or createrole):
+        shortfalls.append(Shortfall("the admin lacks CREATEROLE",
+                                    f"ALTER ROLE {admin} CREATEROLE;"))
+    if managed_exists and managed_admin is False:
+        shortfalls.append(Shortfall(
+            f"the admin cannot grant the managed role {quote_ident(managed_role)}",
+            f"GRANT {quote_ident(managed_role)} TO {admin} WITH ADMIN OPTION;"))
+    missing_dbs = tuple(name for name, exists, _ in db_rows if not exists)
+    for name, exists, can_connect in db_rows:
+        if exists and not can_connect:
+            shortfalls.append(Shortfall(
+                f"the admin lacks CONNECT on database {quote_ident(name)}",
+                f"GRANT CONNECT ON DATABASE {quote_ident(name)} TO {admin};"))
+    missing_roles = tuple(name for name, exists, _ in role_rows if not exists)
+    for name, exists, grantable in role_rows:
+        if exists and not grantable:
+            shortfalls.append(Shortfall(
+                f"the admin cannot grant role {quote_ident(name)}",
+                f"GRANT {quote_ident(name)} TO {admin} WITH ADMIN OPTION;"))
+    if terminate_connections and not can_signal:
+        shortfalls.append(Shortfall(
+            "the admin cannot terminate connections of ended users",
+            f"GRANT pg_signal_backend TO {admin};"))
+    return Preflight(version, version_num, in_recovery, bool(in_recovery or read_only),
+                     superuser, superuser or createrole, managed_exists, can_signal,
+                     tuple(shortfalls), missing_dbs, missing_roles)

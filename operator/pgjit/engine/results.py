@@ -1,0 +1,49 @@
+"""What the engine tells its caller after each operation."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from datetime import datetime
+
+from ..core.permissions import PermissionRules
+
+# Teardown actions (DatabaseSession status.teardown.action).
+LOCKED = "Locked"            # keep: login disabled, memberships stripped, user kept
+DROPPED = "Dropped"          # best_effort_drop succeeded
+DEACTIVATED = "Deactivated"  # best_effort_drop refused by dependencies: kept locked instead
+RELEASED = "Released"        # other live sessions still hold the user: only this lease ended
+ABSENT = "Absent"            # nothing to do: the user does not exist
+NOT_MANAGED = "NotManaged"   # a role of that name exists but is not pgjit's: left untouched
+
+
+@dataclass(frozen=True)
+class ActivationRequest:
+    session_id: str
+    identity: str
+    database: str
+    roles: tuple[str, ...]
+    expires_at: datetime
+    mode: str
+    permissions: PermissionRules = field(default_factory=PermissionRules)
+    # None for client-certificate credentials: the user gets no password at all.
+    password: str | None = field(default=None, repr=False)
+
+
+@dataclass(frozen=True)
+class Activation:
+    username: str
+    roles: tuple[str, ...]
+    created: bool
+    shared: bool              # other live sessions hold the user; their password stays
+    password_set: bool
+    valid_until: datetime
+    permissions_summary: str | None = None
+
+
+@dataclass(frozen=True)
+class Teardown:
+    username: str
+    action: str
+    reason: str
+    terminated_backends: int = 0
+    blockers: tuple[str, ...] = ()

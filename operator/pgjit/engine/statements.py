@@ -1,0 +1,191 @@
+"""The SQL pgjit runs, composed without I/O.
+
+Identifiers go through ``sql.Identifier``; values are parameters (client-side bound, see
+``connections``). Privilege keywords are the only words spliced in as SQL, and only after
+``core.permissions`` has checked them against a fixed list.
+"""
+
+from __future__ import annotations
+
+from datetime import datetime, timezone
+
+from psycopg import sql
+
+from ..core.permissions import TABLE_PRIVILEGES
+
+Q = sql.SQL
+ID = sql.Identifier
+
+# One row describing the user, its ownership marker and what the admin may grant. Ownership is
+# a plain membership in the managed role: on PostgreSQL 16+ the admin itself holds an ADMIN
+# OPTION membership in the role it created, and must never count as a managed user. The admin's
+# grantability follows each version's rules: PostgreSQL 16+ needs ADMIN OPTION on the granted
+# role, 15 lets CREATEROLE grant any non-superuser role.
+USER_STATE = Q("""
+SELECT r.oid IS NOT NULL AS exists,
+       coalesce(r.rolcanlogin, false) AS can_login,
+       m.oid IS NOT NULL AS managed_role_exists,
+       (r.oid IS NOT NULL AND m.oid IS NOT NULL AND EXISTS (
+            SELECT 1 FROM pg_auth_members am
+             WHERE am.member = r.oid AND am.roleid = m.oid AND NOT am.admin_option)
+        AND r.rolname <> current_user AND NOT r.rolsuper) AS is_managed,
+       ARRAY(SELECT DISTINCT g.rolname::text FROM pg_auth_members am
+               JOIN pg_roles g ON g.oid = am.roleid
+              WHERE am.member = r.oid AND am.roleid IS DISTINCT FROM m.oid
+              ORDER BY 1) AS memberships,
+       shobj_description(r.oid, 'pg_authid') AS comment,
+       ARRAY(SELECT w.name FROM unnest(%(wanted)s::text[]) AS w(name)
+              WHERE NOT EXISTS (SELECT 1 FROM pg_roles g WHERE g.rolname = w.name)
+              ORDER BY 1) AS missing_roles,
+       ARRAY(SELECT g.rolname::text FROM pg_roles g
+              WHERE g.rolname = ANY(%(wanted_and_managed)s::text[])
+                AND NOT (me.rolsuper OR CASE
+                     WHEN current_setting('server_version_num')::int >= 160000
+                     THEN pg_has_role(current_user, g.oid, 'MEMBER WITH ADMIN OPTION')
+                     ELSE me.rolcreaterole AND NOT g.rolsuper END)
+              ORDER BY 1) AS ungrantable_roles,
+       (SELECT count(*) FROM pg_stat_activity a WHERE a.usename = %(name)s)::int AS backends
+  FROM pg_roles me
+  LEFT JOIN pg_roles r ON r.rolname = %(name)s
+  LEFT JOIN pg_roles m ON m.rolname = %(managed)s
+ WHERE me.rolname = current_user
+""")
+
+LEDGER_AND_MEMBERS = Q("""
+SELECT r.rolname::text, r.rolcanlogin, shobj_description(r.oid, 'pg_authid')
+  FROM pg_auth_members am
+  JOIN pg_roles m ON m.oid = am.roleid
+  JOIN pg_roles r ON r.oid = am.member
+ WHERE m.rolname = %(managed)s AND NOT am.admin_option
+   AND r.rolname <> current_user AND NOT r.rolsuper
+ GROUP BY r.oid, r.rolname, r.rolcanlogin
+""")
+
+ADVISORY_LOCK = Q("SELECT pg_advisory_xact_lock(%s)")
+
+TERMINATE_BACKENDS = Q("""
+SELECT count(*) FILTER (WHERE pg_terminate_backend(pid))::int
+  FROM pg_stat_activity WHERE usename = %s AND pid <> pg_backend_pid()
+""")
+COUNT_BACKENDS = Q("SELECT count(*)::int FROM pg_stat_activity WHERE usename = %s")
+
+# What blocks DROP ROLE, grouped by database, from the shared dependency catalog: readable from
+# any database, unlike the objects themselves.
+DROP_BLOCKERS = Q("""
+SELECT coalesce(d.datname, '(shared objects)') AS database,
+       CASE s.deptype WHEN 'o' THEN 'owns' WHEN 'a' THEN 'holds privileges on'
+            WHEN 'r' THEN 'is named in policies on' WHEN 'i' THEN 'holds initial privileges on'
+            ELSE 'depends on' END AS relation,
+       count(*)::int
+  FROM pg_shdepend s
+  LEFT JOIN pg_database d ON d.oid = s.dbid
+ WHERE s.refclassid = 'pg_authid'::regclass
+   AND s.refobjid = (SELECT oid FROM pg_roles WHERE rolname = %s)
+ GROUP BY 1, 2 ORDER BY 1, 2
+""")
+
+# Relations the permissions rules can match (tables and partitioned tables), outside the
+# system schemas.
+TABLES = Q("""
+SELECT n.nspname::text, c.relname::text
+  FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace
+ WHERE c.relkind IN ('r', 'p')
+   AND n.nspname NOT IN ('pg_catalog', 'information_schema', 'pg_toast')
+   AND n.nspname NOT LIKE 'pg\\_temp\\_%%' AND n.nspname NOT LIKE 'pg\\_toast\\_temp\\_%%'
+""")
+
+# Privileges the user holds, read from the ACLs themselves rather than
+# information_schema.table_privileges, which filters by grantor (Teleport #51681).
+HELD_TABLE_PRIVILEGES = Q("""
+SELECT n.nspname::text, c.relname::text, a.privilege_type::text
+  FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace
+ CROSS JOIN LATERAL aclexplode(c.relacl) a
+ WHERE a.grantee = (SELECT oid FROM pg_roles WHERE rolname = %(name)s)
+   AND c.relkind IN ('r', 'p', 'v', 'm', 'f')
+""")
+HELD_SCHEMA_USAGE = Q("""
+SELECT n.nspname::text
+  FROM pg_namespace n CROSS JOIN LATERAL aclexplode(n.nspacl) a
+ WHERE a.grantee = (SELECT oid FROM pg_roles WHERE rolname = %(name)s)
+   AND a.privilege_type = 'USAGE'
+""")
+ROLE_COMMENT = Q("SELECT shobj_description(oid, 'pg_authid') FROM pg_roles WHERE rolname = %s")
+
+
+def valid_until_literal(moment: datetime) -> str:
+    return moment.astimezone(timezone.utc).strftime("%Y-%m-%d %H:%M:%S+00")
+
+
+def create_managed_role(managed: str) -> sql.Composed:
+    return Q("CREATE ROLE {} NOLOGIN").format(ID(managed))
+
+
+def create_user(name: str, managed: str, verifier: str | None, valid_until: datetime
+                ) -> tuple[sql.Composed, list]:
+    if verifier is None:
+        return (Q("CREATE ROLE {} LOGIN VALID UNTIL %s IN ROLE {}").format(ID(name), ID(managed)),
+                [valid_until_literal(valid_until)])
+    return (Q("CREATE ROLE {} LOGIN PASSWORD %s VALID UNTIL %s IN ROLE {}").format(
+        ID(name), ID(managed)), [verifier, valid_until_literal(valid_until)])
+
+
+def enable_login(name: str, verifier: str | None, valid_until: datetime
+                 ) -> tuple[sql.Composed, list]:
+    if verifier is None:
+        return Q("ALTER ROLE {} LOGIN VALID UNTIL %s").format(ID(name)), [
+            valid_until_literal(valid_until)]
+    return Q("ALTER ROLE {} LOGIN PASSWORD %s VALID UNTIL %s").format(ID(name)), [
+        verifier, valid_until_literal(valid_until)]
+
+
+def set_valid_until(name: str, valid_until: datetime) -> tuple[sql.Composed, list]:
+    return Q("ALTER ROLE {} VALID UNTIL %s").format(ID(name)), [valid_until_literal(valid_until)]
+
+
+def disable_login(name: str) -> sql.Composed:
+    return Q("ALTER ROLE {} NOLOGIN").format(ID(name))
+
+
+def grant_role(role: str, name: str) -> sql.Composed:
+    return Q("GRANT {} TO {}").format(ID(role), ID(name))
+
+
+def revoke_role(role: str, name: str) -> sql.Composed:
+    return Q("REVOKE {} FROM {}").format(ID(role), ID(name))
+
+
+def comment_on_role(name: str, text: str) -> tuple[sql.Composed, list]:
+    return Q("COMMENT ON ROLE {} IS %s").format(ID(name)), [text]
+
+
+def drop_role(name: str) -> sql.Composed:
+    return Q("DROP ROLE IF EXISTS {}").format(ID(name))
+
+
+def _privilege_list(privileges) -> sql.Composable:
+    checked = [p for p in TABLE_PRIVILEGES if p in set(privileges)]
+    if len(checked) != len(set(privileges)):
+        raise ValueError(f"not table privileges: {sorted(set(privileges) - set(checked))}")
+    return Q(", ").join(Q(p) for p in checked)
+
+
+def grant_on_table(privileges, schema: str, table: str, name: str) -> sql.Composed:
+    return Q("GRANT {} ON TABLE {} TO {}").format(_privilege_list(privileges),
+                                                  ID(schema, table), ID(name))
+
+
+def revoke_on_table(privileges, schema: str, table: str, name: str) -> sql.Composed:
+    return Q("REVOKE {} ON TABLE {} FROM {}").format(_privilege_list(privileges),
+                                                     ID(schema, table), ID(name))
+
+
+def revoke_all_on_table(schema: str, table: str, name: str) -> sql.Composed:
+    return Q("REVOKE ALL ON TABLE {} FROM {}").format(ID(schema, table), ID(name))
+
+
+def grant_schema_usage(schema: str, name: str) -> sql.Composed:
+    return Q("GRANT USAGE ON SCHEMA {} TO {}").format(ID(schema), ID(name))
+
+
+def revoke_schema_usage(schema: str, name: str) -> sql.Composed:
+    return Q("REVOKE USAGE ON SCHEMA {} FROM {}").format(ID(schema), ID(name))

@@ -1,0 +1,382 @@
+"""User lifecycle: activate, end and sweep managed PostgreSQL users.
+
+Each operation is a short series of transactions on the admin database, each serialized per user
+name with a transaction-scoped advisory lock, and pipelined so a typical activation costs two
+round trips: (lock + read state) and (DDL + COMMIT). Every step re-reads the state it acts on
+under the lock, so repeating an operation after a crash or a retry is safe.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import time
+from dataclasses import dataclass, field, replace
+from datetime import datetime, timezone
+
+import psycopg
+from psycopg import sql
+
+from ..core.credentials import scram_sha256_verifier
+from ..core.leases import MODE_DROP, MODE_KEEP, Lease, Ledger
+from ..core.naming import postgres_username
+from . import statements as S
+from .connections import AdminConnections
+from .errors import (INSUFFICIENT_PRIVILEGE, MISSING_DATABASE_ROLE, ROLES_CHANGED, USER_CONFLICT,
+                     EngineError)
+from .results import (ABSENT, DEACTIVATED, DROPPED, LOCKED, NOT_MANAGED, RELEASED, Activation,
+                      ActivationRequest, Teardown)
+
+BACKEND_EXIT_DEADLINE = 5.0
+
+
+def lock_key(username: str) -> int:
+    """A stable signed 64-bit advisory-lock key for a user name (any version, any replica)."""
+    digest = hashlib.sha256(b"pgjit-user:" + username.encode("utf-8")).digest()
+    return int.from_bytes(digest[:8], "big", signed=True)
+
+
+@dataclass(frozen=True)
+class UserState:
+    exists: bool
+    can_login: bool
+    managed_role_exists: bool
+    is_managed: bool
+    memberships: frozenset[str]
+    ledger: Ledger
+    missing_roles: tuple[str, ...]
+    ungrantable_roles: tuple[str, ...]
+    backends: int
+
+    @classmethod
+    def from_row(cls, row) -> "UserState":
+        (exists, can_login, managed_exists, is_managed, memberships, comment, missing,
+         ungrantable, backends) = row
+        return cls(exists, can_login, managed_exists, is_managed, frozenset(memberships or ()),
+                   Ledger.parse(comment), tuple(missing or ()), tuple(ungrantable or ()),
+                   backends)
+
+
+@dataclass
+class Batch:
+    """Statements to pipeline in one transaction."""
+
+    statements: list[tuple[sql.Composable, list | None]] = field(default_factory=list)
+
+    def add(self, statement, params: list | None = None) -> None:
+        if isinstance(statement, tuple):
+            statement, params = statement
+        self.statements.append((statement, params))
+
+
+def _admin_name_sql(admin: str, *names: str) -> str:
+    quoted = lambda n: '"' + n.replace('"', '""') + '"'  # noqa: E731 - display text only
+    return ", ".join(quoted(n) for n in names), quoted(admin)
+
+
+class UserLifecycle:
+    def __init__(self, conns: AdminConnections, stats):
+        self.conns = conns
+        self.config = conns.config
+        self.stats = stats
+
+    # -- reading -------------------------------------------------------------------------------
+
+    async def _begin_locked(self, conn: psycopg.AsyncConnection, name: str,
+                            wanted: tuple[str, ...] = ()) -> UserState:
+        """BEGIN, take the user's lock and read its state: one round trip."""
+        params = {"name": name, "managed": self.config.managed_role, "wanted": list(wanted),
+                  "wanted_and_managed": list(wanted) + [self.config.managed_role]}
+        async with conn.pipeline():
+            await conn.execute("BEGIN")
+            await conn.execute(S.ADVISORY_LOCK, [lock_key(name)])
+            cur = await conn.execute(S.USER_STATE, params)
+            row = await cur.fetchone()
+        self.stats.round_trips += 1
+        return UserState.from_row(row)
+
+    async def _run(self, conn: psycopg.AsyncConnection, batch: Batch, *, commit: bool) -> None:
+        async with conn.pipeline():
+            for statement, params in batch.statements:
+                await conn.execute(statement, params)
+            if commit:
+                await conn.execute("COMMIT")
+        self.stats.round_trips += 1
+
+    @staticmethod
+    async def _rollback(conn: psycopg.AsyncConnection) -> None:
+        if conn.info.transaction_status != psycopg.pq.TransactionStatus.IDLE:
+            await conn.execute("ROLLBACK")
+
+    # -- activation ----------------------------------------------------------------------------
+
+    async def activate(self, request: ActivationRequest) -> Activation:
+        name = postgres_username(request.identity)
+        wanted = tuple(sorted(set(request.roles) | set(self.config.implicit_roles)))
+        verifier = None
+        if request.password is not None:
+            # PBKDF2 is CPU work: off the event loop, and before the lock is taken.
+            verifier = await asyncio.to_thread(scram_sha256_verifier, request.password,
+                                               self.config.scram_iterations)
+        async with self.conns.connection() as conn:
+            try:
+                state = await self._begin_locked(conn, name, wanted)
+                result, batch, verify = self._plan_activation(name, wanted, request, verifier,
+                                                              state)
+                await self._run(conn, batch, commit=not verify)
+                if verify:
+                    await self._verify_memberships(conn, name, wanted)
+                    await conn.execute("COMMIT")
+                    self.stats.round_trips += 1
+                return result
+            except BaseException:
+                await self._rollback(conn)
+                raise
+
+    def _plan_activation(self, name: str, wanted: tuple[str, ...], request: ActivationRequest,
+                         verifier: str | None, state: UserState
+                         ) -> tuple[Activation, Batch, bool]:
+        managed = self.config.managed_role
+        now = datetime.now(timezone.utc)
+        if state.exists and not state.is_managed:
+            raise EngineError(USER_CONFLICT, (
+                f'a PostgreSQL role named "{name}" already exists and is not managed by pgjit '
+                f'(not a member of "{managed}"); pgjit will not modify it. Rename or drop that '
+                f'role, or GRANT "{managed}" TO it if pgjit should take it over'))
+        if state.ledger.identity not in (None, request.identity):
+            raise EngineError(USER_CONFLICT, (
+                f'the PostgreSQL user "{name}" belongs to the identity '
+                f'"{state.ledger.identity}", not "{request.identity}"'))
+        if state.missing_roles:
+            raise EngineError(MISSING_DATABASE_ROLE, (
+                "database role(s) " + ", ".join(f'"{r}"' for r in state.missing_roles) +
+                " do not exist on the server; create them or remove them from the Role"))
+        ungrantable = [r for r in state.ungrantable_roles
+                       if r in wanted or (r == managed and state.managed_role_exists)]
+        if ungrantable:
+            roles, admin = _admin_name_sql(self.config.admin_user, *ungrantable)
+            raise EngineError(INSUFFICIENT_PRIVILEGE, (
+                f"the admin {admin} cannot grant {roles}; run as a superuser: "
+                f"GRANT {roles} TO {admin} WITH ADMIN OPTION;"))
+
+        lease = Lease(request.session_id, request.expires_at, wanted, request.database,
+                      bool(request.permissions))
+        others = state.ledger.live(now, excluding=request.session_id)
+        batch = Batch()
+        if not state.managed_role_exists:
+            batch.add(S.create_managed_role(managed))
+        ledger = Ledger(identity=request.identity, mode=state.ledger.mode,
+                        leases={lease.session_id: lease for lease in others})
+        ledger = ledger.with_lease(lease, _stronger_mode(request.mode, others, state.ledger.mode))
+        valid_until = max([request.expires_at] + [o.expires_at for o in others])
+        verify = False
+
+        if not state.exists:
+            batch.add(S.create_user(name, managed, verifier, valid_until))
+            for role in wanted:
+                batch.add(S.grant_role(role, name))
+            shared, created, password_set = False, True, verifier is not None
+        elif others:
+            changed = [o for o in others if set(o.roles) != set(wanted)]
+            if changed:
+                raise EngineError(ROLES_CHANGED, (
+                    f'"{name}" is in use by {len(others)} other live session(s) with database '
+                    f"roles [{', '.join(changed[0].roles)}], not [{', '.join(wanted)}]; end "
+                    "those sessions or request the same roles, then retry"))
+            # Sharing: roles already match; the password stays, so live credentials keep working.
+            if not state.can_login:
+                batch.add(S.enable_login(name, None, valid_until))
+            else:
+                batch.add(S.set_valid_until(name, valid_until))
+            shared, created, password_set = True, False, False
+        else:
+            # Re-activation: replace roles (never merge) and strip what a crash left behind.
+            batch.add(S.enable_login(name, verifier, valid_until))
+            leftovers = sorted(state.memberships - set(wanted))
+            for role in leftovers:
+                batch.add(S.revoke_role(role, name))
+            for role in sorted(set(wanted) - state.memberships):
+                batch.add(S.grant_role(role, name))
+            verify = bool(leftovers)
+            shared, created, password_set = False, False, verifier is not None
+        batch.add(S.comment_on_role(name, ledger.render()))
+        return (Activation(name, wanted, created, shared, password_set, valid_until),
+                batch, verify)
+
+    async def _verify_memberships(self, conn, name: str, wanted: tuple[str, ...]) -> None:
+        """A REVOKE of a membership granted by someone else only warns; check it took effect."""
+        cur = await conn.execute(S.USER_STATE, {"name": name, "managed": self.config.managed_role,
+                                                "wanted": [], "wanted_and_managed": []})
+        state = UserState.from_row(await cur.fetchone())
+        self.stats.round_trips += 1
+        left = sorted(state.memberships - set(wanted))
+        if left:
+            raise EngineError(INSUFFICIENT_PRIVILEGE, (
+                f'memberships of "{name}" in ' + ", ".join(f'"{r}"' for r in left) +
+                " were granted by another role and the admin cannot revoke them; a superuser "
+                "must REVOKE them before this user can be re-activated"))
+
+    # -- end -----------------------------------------------------------------------------------
+
+    async def end(self, identity: str, session_id: str | None, *, mode: str | None,
+                  terminate_connections: bool,
+                  revoke_permissions=None) -> Teardown:
+        """End one lease; lock, strip or drop the user when it was the last live one.
+
+        ``revoke_permissions(username, database)`` is awaited between locking and dropping when
+        the lease held object permissions and no other live lease uses that database.
+        """
+        return await self.end_username(postgres_username(identity), session_id, mode=mode,
+                                       terminate_connections=terminate_connections,
+                                       revoke_permissions=revoke_permissions)
+
+    async def end_username(self, name: str, session_id: str | None, *, mode: str | None,
+                           terminate_connections: bool, revoke_permissions=None) -> Teardown:
+        now = datetime.now(timezone.utc)
+        async with self.conns.connection() as conn:
+            try:
+                state = await self._begin_locked(conn, name)
+                if not state.exists:
+                    await self._run(conn, Batch(), commit=True)
+                    return Teardown(name, ABSENT, f'user "{name}" does not exist; nothing to end')
+                if not state.is_managed:
+                    await self._run(conn, Batch(), commit=True)
+                    return Teardown(name, NOT_MANAGED,
+                                    f'role "{name}" is not managed by pgjit; left untouched')
+                lease = state.ledger.leases.get(session_id) if session_id else None
+                others = state.ledger.live(now, excluding=session_id)
+                ledger = state.ledger.without({session_id} if session_id else set())
+                mode = mode or state.ledger.mode
+                batch = Batch()
+                if others:
+                    batch.add(S.set_valid_until(name, max(o.expires_at for o in others)))
+                    batch.add(S.comment_on_role(name, ledger.render()))
+                    await self._run(conn, batch, commit=True)
+                    needs_revoke = lease is not None and lease.has_permissions and not any(
+                        o.database == lease.database and o.has_permissions for o in others)
+                    if needs_revoke and revoke_permissions is not None:
+                        await revoke_permissions(name, lease.database)
+                    return Teardown(name, RELEASED, (
+                        f"{len(others)} other live session(s) still use this user; "
+                        "it stays enabled for them"))
+                # The last lease: lock the user first and commit that on its own, so no new
+                # login can start while the rest of the teardown runs.
+                ledger = replace(ledger, leases={}, mode=mode)
+                batch.add(S.disable_login(name))
+                if mode != MODE_DROP:
+                    for role in sorted(state.memberships):
+                        batch.add(S.revoke_role(role, name))
+                batch.add(S.comment_on_role(name, ledger.render()))
+                await self._run(conn, batch, commit=True)
+            except BaseException:
+                await self._rollback(conn)
+                raise
+
+        if lease is not None and lease.has_permissions and revoke_permissions is not None:
+            await revoke_permissions(name, lease.database)
+        terminated = 0
+        if terminate_connections:
+            terminated = await self._terminate_backends(name)
+        if mode == MODE_DROP:
+            return await self._drop(name, terminated)
+        return Teardown(name, LOCKED, "login disabled and database roles revoked; the user is "
+                        "kept with the objects it owns", terminated_backends=terminated)
+
+    async def _terminate_backends(self, name: str) -> int:
+        """End the user's connections and wait, bounded, until they are gone (edge case 32)."""
+        async with self.conns.connection() as conn:
+            cur = await conn.execute(S.TERMINATE_BACKENDS, [name])
+            terminated = (await cur.fetchone())[0]
+            self.stats.round_trips += 1
+            if not terminated:
+                return 0
+            deadline = time.monotonic() + BACKEND_EXIT_DEADLINE
+            delay = 0.01
+            while time.monotonic() < deadline:
+                cur = await conn.execute(S.COUNT_BACKENDS, [name])
+                if (await cur.fetchone())[0] == 0:
+                    break
+                await asyncio.sleep(delay)
+                delay = min(delay * 2, 0.2)
+        return terminated
+
+    async def _drop(self, name: str, terminated: int) -> Teardown:
+        async with self.conns.connection() as conn:
+            try:
+                state = await self._begin_locked(conn, name)
+                if not state.exists:
+                    await self._run(conn, Batch(), commit=True)
+                    return Teardown(name, DROPPED, "user dropped", terminated_backends=terminated)
+                if not state.is_managed or state.ledger.live(datetime.now(timezone.utc)):
+                    # Re-activated by a new session while this teardown ran: leave it.
+                    await self._run(conn, Batch(), commit=True)
+                    return Teardown(name, RELEASED, "a new session took over the user before it "
+                                    "could be dropped", terminated_backends=terminated)
+                if state.backends:
+                    return await self._deactivate(conn, name, state, terminated, (
+                        f"the user still has {state.backends} open connection(s); it was "
+                        "locked instead of dropped",))
+                batch = Batch()
+                batch.add(S.drop_role(name))
+                try:
+                    await self._run(conn, batch, commit=True)
+                except psycopg.errors.DependentObjectsStillExist:
+                    await self._rollback(conn)
+                    state = await self._begin_locked(conn, name)
+                    blockers = await self._drop_blockers(conn, name)
+                    return await self._deactivate(conn, name, state, terminated, blockers)
+                return Teardown(name, DROPPED, "user dropped", terminated_backends=terminated)
+            except BaseException:
+                await self._rollback(conn)
+                raise
+
+    async def _drop_blockers(self, conn, name: str) -> tuple[str, ...]:
+        cur = await conn.execute(S.DROP_BLOCKERS, [name])
+        self.stats.round_trips += 1
+        return tuple(f"{relation} {count} object{'s' if count != 1 else ''} in database "
+                     f'"{database}"' for database, relation, count in await cur.fetchall())
+
+    async def _deactivate(self, conn, name: str, state: UserState, terminated: int,
+                          blockers: tuple[str, ...]) -> Teardown:
+        batch = Batch()
+        batch.add(S.disable_login(name))
+        for role in sorted(state.memberships):
+            batch.add(S.revoke_role(role, name))
+        await self._run(conn, batch, commit=True)
+        return Teardown(name, DEACTIVATED, "could not drop the user, locked it instead: "
+                        + "; ".join(blockers or ("dependent objects exist",)),
+                        terminated_backends=terminated, blockers=blockers)
+
+    # -- sweep ---------------------------------------------------------------------------------
+
+    async def sweep(self, live_session_ids: set[str], *, terminate_connections: bool,
+                    revoke_permissions=None) -> list[Teardown]:
+        """End every lease not in ``live_session_ids``, and lock managed users without leases."""
+        async with self.conns.connection() as conn:
+            cur = await conn.execute(S.LEDGER_AND_MEMBERS, {"managed": self.config.managed_role})
+            rows = await cur.fetchall()
+            self.stats.round_trips += 1
+        results = []
+        now = datetime.now(timezone.utc)
+        for name, can_login, comment in rows:
+            ledger = Ledger.parse(comment)
+            dead = [sid for sid in ledger.leases if sid not in live_session_ids]
+            for sid in dead:
+                results.append(await self.end_username(
+                    name, sid, mode=None, terminate_connections=terminate_connections,
+                    revoke_permissions=revoke_permissions))
+            live = [l for l in ledger.leases.values()
+                    if l.session_id in live_session_ids and l.live_at(now)]
+            if can_login and not live and not dead:
+                results.append(await self.end_username(
+                    name, None, mode=None, terminate_connections=terminate_connections,
+                    revoke_permissions=revoke_permissions))
+        return results
+
+
+def _stronger_mode(requested: str, others: list[Lease], current: str) -> str:
+    """The mode recorded for the user: the strongest asked for by a live session."""
+    order = {MODE_KEEP: 1, MODE_DROP: 2}
+    if not others:
+        return requested
+    return max((requested, current), key=lambda m: order.get(m, 0))
