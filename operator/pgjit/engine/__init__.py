@@ -24,7 +24,7 @@ from .errors import INVALID_REQUEST, READ_ONLY, EngineError, classify
 from .grants import ObjectGrants
 from .preflight import Preflight, run_preflight
 from .results import Activation, ActivationRequest, Teardown
-from .users import UserLifecycle, lock_key
+from .users import ManagedRoleMissing, UserLifecycle, lock_key
 from . import statements as S
 
 __all__ = ["Engine", "ServerConfig", "ActivationRequest", "Activation", "Teardown", "Preflight",
@@ -116,6 +116,10 @@ class Engine:
                         await conn.execute(S.create_managed_role(self.config.managed_role))
                     await conn.execute("COMMIT")
                     return not exists
+                except psycopg.errors.DuplicateObject:
+                    # Created at this moment by something that does not take pgjit's lock.
+                    await conn.execute("ROLLBACK")
+                    return False
                 except BaseException:
                     if conn.info.transaction_status != psycopg.pq.TransactionStatus.IDLE:
                         await conn.execute("ROLLBACK")
@@ -139,8 +143,14 @@ class Engine:
     async def activate(self, request: ActivationRequest) -> Activation:
         """Create or re-activate the user for one session and grant what it may use."""
         self._validate(request)
-        activation = await self._retrying("activating the user",
-                                          lambda: self._users.activate(request))
+
+        async def activate_user() -> Activation:
+            try:
+                return await self._users.activate(request)
+            except ManagedRoleMissing:
+                await self.ensure_managed_role()
+                return await self._users.activate(request)
+        activation = await self._retrying("activating the user", activate_user)
         if not request.permissions:
             return activation
         try:

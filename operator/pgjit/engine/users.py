@@ -36,6 +36,10 @@ def lock_key(username: str) -> int:
     return int.from_bytes(digest[:8], "big", signed=True)
 
 
+class ManagedRoleMissing(Exception):
+    """The bookkeeping role must be created (under its own lock) before this activation."""
+
+
 @dataclass(frozen=True)
 class UserState:
     exists: bool
@@ -162,9 +166,9 @@ class UserLifecycle:
         lease = Lease(request.session_id, request.expires_at, wanted, request.database,
                       bool(request.permissions))
         others = state.ledger.live(now, excluding=request.session_id)
-        batch = Batch()
         if not state.managed_role_exists:
-            batch.add(S.create_managed_role(managed))
+            raise ManagedRoleMissing()
+        batch = Batch()
         ledger = Ledger(identity=request.identity, mode=state.ledger.mode,
                         leases={lease.session_id: lease for lease in others})
         ledger = ledger.with_lease(lease, _stronger_mode(request.mode, others, state.ledger.mode))
