@@ -4,9 +4,9 @@ This is the one place that opens connections. Every admin connection:
 - is autocommit, so transactions are explicit ``BEGIN``/``COMMIT`` and can be pipelined;
 - pins ``search_path`` to ``pg_catalog, pg_temp`` so no user-created function or operator can
   shadow a catalog one while the admin runs pgjit's statements;
-- uses client-side parameter binding, because CREATE/ALTER ROLE, GRANT and COMMENT are utility
-  statements that cannot take server-side parameters: psycopg quotes the values, pgjit never
-  formats them into SQL itself;
+- uses client-side binding, because CREATE/ALTER ROLE, GRANT and COMMENT are utility statements
+  that cannot take server-side parameters: psycopg quotes every value (see ``statements``), pgjit
+  never formats one into SQL itself;
 - has lock and idle-transaction timeouts, so a stuck peer or a crashed operator cannot hold the
   per-user lock for long.
 

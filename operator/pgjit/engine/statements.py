@@ -1,7 +1,11 @@
 """The SQL pgjit runs, composed without I/O.
 
-Identifiers go through ``sql.Identifier``; values are parameters (client-side bound, see
-``connections``). Privilege keywords are the only words spliced in as SQL, and only after
+Identifiers go through ``sql.Identifier`` and values through ``sql.Literal``: utility statements
+(CREATE/ALTER ROLE, GRANT, COMMENT) cannot take server-side parameters, and a ``%s`` placeholder
+next to an identifier would be misread when the identifier itself contains ``%`` (a user named
+``a%sb`` is legal), so statements that carry identifiers carry their values as psycopg-quoted
+literals and are executed without a parameter list. Queries without identifiers use ordinary
+parameters. Privilege keywords are the only words spliced in as SQL, and only after
 ``core.permissions`` has checked them against a fixed list.
 """
 
@@ -91,7 +95,7 @@ SELECT n.nspname::text, c.relname::text
   FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace
  WHERE c.relkind IN ('r', 'p')
    AND n.nspname NOT IN ('pg_catalog', 'information_schema', 'pg_toast')
-   AND n.nspname NOT LIKE 'pg\\_temp\\_%%' AND n.nspname NOT LIKE 'pg\\_toast\\_temp\\_%%'
+   AND left(n.nspname, 8) <> 'pg_temp_' AND left(n.nspname, 14) <> 'pg_toast_temp_'
 """)
 
 # Privileges the user holds, read from the ACLs themselves rather than
@@ -120,26 +124,24 @@ def create_managed_role(managed: str) -> sql.Composed:
     return Q("CREATE ROLE {} NOLOGIN").format(ID(managed))
 
 
+def _password(verifier: str | None) -> sql.Composable:
+    return Q(" PASSWORD {}").format(sql.Literal(verifier)) if verifier is not None else Q("")
+
+
 def create_user(name: str, managed: str, verifier: str | None, valid_until: datetime
-                ) -> tuple[sql.Composed, list]:
-    if verifier is None:
-        return (Q("CREATE ROLE {} LOGIN VALID UNTIL %s IN ROLE {}").format(ID(name), ID(managed)),
-                [valid_until_literal(valid_until)])
-    return (Q("CREATE ROLE {} LOGIN PASSWORD %s VALID UNTIL %s IN ROLE {}").format(
-        ID(name), ID(managed)), [verifier, valid_until_literal(valid_until)])
+                ) -> sql.Composed:
+    return Q("CREATE ROLE {} LOGIN{} VALID UNTIL {} IN ROLE {}").format(
+        ID(name), _password(verifier), sql.Literal(valid_until_literal(valid_until)), ID(managed))
 
 
-def enable_login(name: str, verifier: str | None, valid_until: datetime
-                 ) -> tuple[sql.Composed, list]:
-    if verifier is None:
-        return Q("ALTER ROLE {} LOGIN VALID UNTIL %s").format(ID(name)), [
-            valid_until_literal(valid_until)]
-    return Q("ALTER ROLE {} LOGIN PASSWORD %s VALID UNTIL %s").format(ID(name)), [
-        verifier, valid_until_literal(valid_until)]
+def enable_login(name: str, verifier: str | None, valid_until: datetime) -> sql.Composed:
+    return Q("ALTER ROLE {} LOGIN{} VALID UNTIL {}").format(
+        ID(name), _password(verifier), sql.Literal(valid_until_literal(valid_until)))
 
 
-def set_valid_until(name: str, valid_until: datetime) -> tuple[sql.Composed, list]:
-    return Q("ALTER ROLE {} VALID UNTIL %s").format(ID(name)), [valid_until_literal(valid_until)]
+def set_valid_until(name: str, valid_until: datetime) -> sql.Composed:
+    return Q("ALTER ROLE {} VALID UNTIL {}").format(
+        ID(name), sql.Literal(valid_until_literal(valid_until)))
 
 
 def disable_login(name: str) -> sql.Composed:
@@ -154,8 +156,8 @@ def revoke_role(role: str, name: str) -> sql.Composed:
     return Q("REVOKE {} FROM {}").format(ID(role), ID(name))
 
 
-def comment_on_role(name: str, text: str) -> tuple[sql.Composed, list]:
-    return Q("COMMENT ON ROLE {} IS %s").format(ID(name)), [text]
+def comment_on_role(name: str, text: str) -> sql.Composed:
+    return Q("COMMENT ON ROLE {} IS {}").format(ID(name), sql.Literal(text))
 
 
 def drop_role(name: str) -> sql.Composed:

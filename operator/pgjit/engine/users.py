@@ -67,10 +67,8 @@ class Batch:
 
     statements: list[tuple[sql.Composable, list | None]] = field(default_factory=list)
 
-    def add(self, statement, params: list | None = None) -> None:
-        if isinstance(statement, tuple):
-            statement, params = statement
-        self.statements.append((statement, params))
+    def add(self, statement: sql.Composable) -> None:
+        self.statements.append((statement, None))
 
 
 def _admin_name_sql(admin: str, *names: str) -> str:

@@ -1,0 +1,226 @@
+"""The DatabaseSession kind: one requester's bounded-time access to one PostgreSQL database."""
+
+from __future__ import annotations
+
+import enum
+from typing import Annotated, Literal
+
+from pydantic import Field
+
+from .common import (
+    AGE_COLUMN,
+    K8S_IDENTITY_MAX_LENGTH,
+    K8S_NAME_MAX_LENGTH,
+    READY_COLUMNS,
+    ApiModel,
+    Duration,
+    KindModel,
+    KindStatus,
+    LocalObjectRef,
+    ObjectName,
+    PgIdentifier,
+    PrinterColumn,
+    Timestamp,
+    cel_rule,
+    validations,
+)
+from .role import UserProvisioning
+
+#: Suffix of the credentials Secret's default name, ``<session name>-credentials``.
+SECRET_NAME_SUFFIX = "-credentials"
+_MAX_NAME_FOR_DEFAULT_SECRET = K8S_NAME_MAX_LENGTH - len(SECRET_NAME_SUFFIX)
+
+
+class SessionPhase(enum.StrEnum):
+    """Where the session is in its life: Pending, then Active, then Ended, Expired or Failed."""
+
+    PENDING = "Pending"
+    ACTIVE = "Active"
+    ENDED = "Ended"
+    EXPIRED = "Expired"
+    FAILED = "Failed"
+
+
+class TeardownAction(enum.StrEnum):
+    """What happened to the PostgreSQL user when the session ended."""
+
+    LOCKED = "Locked"
+    DROPPED = "Dropped"
+    DEACTIVATED = "Deactivated"
+
+
+IdentityName = Annotated[
+    str,
+    Field(
+        min_length=1,
+        max_length=K8S_IDENTITY_MAX_LENGTH,
+        description="A Kubernetes user or group name.",
+    ),
+]
+ExtraValue = Annotated[
+    list[Annotated[str, Field(max_length=1024, description="One value of the attribute.")]],
+    Field(max_length=256, description="Values of one user extra attribute."),
+]
+
+
+class DatabaseSessionSpec(ApiModel):
+    """Who asks for access to which database, with which roles, for how long. Immutable."""
+
+    model_config = {
+        "json_schema_extra": validations(
+            cel_rule(
+                "self == oldSelf",
+                message="spec is immutable: delete this DatabaseSession and create a new one",
+            )
+        )
+    }
+
+    user: IdentityName = Field(
+        description="Kubernetes user name of the requester; becomes the PostgreSQL user name (names"
+        " over 63 bytes map to a shortened name plus hash, see status.username). Must equal the"
+        " requesting identity unless the requester is a session admin."
+    )
+    groups: list[IdentityName] | None = Field(
+        default=None,
+        max_length=256,
+        description="The requester's groups that Roles may match; a subset of the requesting"
+        " identity's groups.",
+        json_schema_extra={"x-kubernetes-list-type": "set"},
+    )
+    extra: dict[str, ExtraValue] | None = Field(
+        default=None,
+        description="The requester's user extra attributes, read by {{external.KEY}} trait"
+        " templates; a subset of the requesting identity's extra.",
+        json_schema_extra={"maxProperties": 64},
+    )
+    database_ref: LocalObjectRef = Field(description="The Database object, in this namespace.")
+    database_name: PgIdentifier = Field(
+        description="PostgreSQL database to open (tsh --db-name)."
+    )
+    database_roles: list[PgIdentifier] | None = Field(
+        default=None,
+        max_length=64,
+        description="Database roles wanted: a subset of those the Roles allow (tsh --db-roles)."
+        " Absent: all allowed roles.",
+        json_schema_extra={"x-kubernetes-list-type": "set"},
+    )
+    duration: Duration = Field(
+        default="1h",
+        validate_default=True,
+        description="How long the session lasts, like 30m or 2h (default 1h); capped by the"
+        " smallest maxSessionDuration of the allowing Roles.",
+    )
+    secret_name: ObjectName | None = Field(
+        default=None,
+        description="Name of the credentials Secret (default <session name>-credentials).",
+    )
+
+
+class Teardown(ApiModel):
+    """What was done to the PostgreSQL user when the session ended, and why."""
+
+    action: TeardownAction = Field(description="Locked, Dropped or Deactivated.")
+    reason: str | None = Field(
+        default=None,
+        max_length=4096,
+        description="Why, e.g. the objects that blocked a drop.",
+    )
+
+
+class DatabaseSessionStatus(KindStatus):
+    """What the operator granted and where the session is in its life."""
+
+    phase: SessionPhase | None = Field(
+        default=None, description="Pending, Active, Ended, Expired or Failed."
+    )
+    username: PgIdentifier | None = Field(
+        default=None, description="The PostgreSQL user name actually used."
+    )
+    database_roles: list[PgIdentifier] | None = Field(
+        default=None, max_length=256, description="Database roles granted."
+    )
+    permissions: str | None = Field(
+        default=None,
+        max_length=4096,
+        description="Summary of the object privileges granted, such as \"SELECT on 12 tables\".",
+    )
+    user_provisioning: UserProvisioning | None = Field(
+        default=None, description="Effective provisioning mode: keep or best_effort_drop."
+    )
+    matched_roles: list[Annotated[str, Field(max_length=K8S_NAME_MAX_LENGTH, description="A Role name.")]] | None = Field(
+        default=None, max_length=256, description="Names of the Roles that allowed the session."
+    )
+    expires_at: Timestamp | None = Field(default=None, description="When the session expires.")
+    secret_name: str | None = Field(
+        default=None,
+        max_length=K8S_NAME_MAX_LENGTH,
+        description="Name of the Secret holding the credentials.",
+    )
+    ended_at: Timestamp | None = Field(default=None, description="When the session ended.")
+    teardown: Teardown | None = Field(
+        default=None, description="What was done to the PostgreSQL user at the end."
+    )
+
+
+class DatabaseSession(KindModel):
+    """One requester's access to one PostgreSQL database for a bounded time: a lease on a
+    just-in-time PostgreSQL user."""
+
+    plural = "databasesessions"
+    singular = "databasesession"
+    short_names = ("dbsession", "pgsession")
+    printer_columns = (
+        PrinterColumn(
+            name="Phase", type="string", json_path=".status.phase", description="Session phase."
+        ),
+        PrinterColumn(name="User", type="string", json_path=".spec.user", description="Requester."),
+        PrinterColumn(
+            name="Database",
+            type="string",
+            json_path=".spec.databaseRef.name",
+            description="Database object.",
+        ),
+        PrinterColumn(
+            name="DB Name",
+            type="string",
+            json_path=".spec.databaseName",
+            description="PostgreSQL database.",
+            priority=1,
+        ),
+        PrinterColumn(
+            name="PG User",
+            type="string",
+            json_path=".status.username",
+            description="PostgreSQL user name.",
+            priority=1,
+        ),
+        PrinterColumn(
+            name="Expires",
+            type="string",
+            json_path=".status.expiresAt",
+            description="When the session expires.",
+        ),
+        *READY_COLUMNS,
+        AGE_COLUMN,
+    )
+    selectable_fields = (".spec.user", ".spec.databaseRef.name", ".spec.databaseName")
+    root_validations = (
+        cel_rule(
+            f"has(self.spec.secretName) || size(self.metadata.name) <= {_MAX_NAME_FOR_DEFAULT_SECRET}",
+            message=f"the default Secret name <session name>{SECRET_NAME_SUFFIX} would exceed"
+            f" {K8S_NAME_MAX_LENGTH} characters: use a session name of at most"
+            f" {_MAX_NAME_FOR_DEFAULT_SECRET} characters or set spec.secretName",
+            field_path=".spec.secretName",
+        ),
+    )
+
+    kind: Literal["DatabaseSession"] = Field(default="DatabaseSession", description="DatabaseSession")
+    spec: DatabaseSessionSpec = Field(description="Desired state; immutable.")
+    status: DatabaseSessionStatus = Field(
+        default_factory=DatabaseSessionStatus, description="Observed state."
+    )
+
+    @property
+    def credentials_secret_name(self) -> str:
+        """The Secret the credentials go to: spec.secretName or ``<name>-credentials``."""
+        return self.spec.secret_name or f"{self.metadata.name}{SECRET_NAME_SUFFIX}"

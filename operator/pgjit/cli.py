@@ -1,0 +1,97 @@
+"""The ``pgjit`` command line.
+
+Each subcommand is a small function taking the parsed arguments and returning an exit code; the
+parser is built in one place so that ``pgjit --help`` lists everything. Subcommands that do not
+exist yet are registered as stubs so the command line's shape is fixed from the start.
+"""
+
+from __future__ import annotations
+
+import argparse
+import pathlib
+import sys
+from collections.abc import Callable, Sequence
+from typing import Any
+
+import yaml
+
+from pgjit import __version__
+
+EXIT_NOT_IMPLEMENTED = 2
+
+
+def dump_yaml(documents: Sequence[dict[str, Any]]) -> str:
+    """Documents as a multi-document YAML stream, in a stable, diff-friendly layout."""
+    return yaml.safe_dump_all(
+        documents,
+        explicit_start=True,
+        sort_keys=False,
+        allow_unicode=True,
+        width=100,
+    )
+
+
+def cmd_crds(args: argparse.Namespace) -> int:
+    """Print the CRD manifests, or write one file per kind with --output-dir."""
+    from pgjit.api.crd import build_crds  # imported here: the other commands don't need pydantic's schema work
+
+    crds = build_crds()
+    if args.output_dir is None:
+        sys.stdout.write(dump_yaml(crds))
+        return 0
+    out_dir = pathlib.Path(args.output_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    for crd in crds:
+        path = out_dir / f"{crd['metadata']['name']}.yaml"
+        path.write_text(dump_yaml([crd]))
+        print(path, file=sys.stderr)
+    return 0
+
+
+def _not_implemented(name: str) -> Callable[[argparse.Namespace], int]:
+    def run(args: argparse.Namespace) -> int:
+        print(f"pgjit {name}: not implemented yet", file=sys.stderr)
+        return EXIT_NOT_IMPLEMENTED
+
+    return run
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """The argument parser with every subcommand."""
+    parser = argparse.ArgumentParser(
+        prog="pgjit", description="Just-in-time PostgreSQL users, leased through Kubernetes objects."
+    )
+    parser.add_argument("--version", action="version", version=f"pgjit {__version__}")
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    crds = sub.add_parser("crds", help="print the CustomResourceDefinition manifests")
+    crds.add_argument(
+        "--output-dir",
+        metavar="DIR",
+        help="write one file per kind, <plural>.pgjit.dev.yaml, into DIR instead of printing",
+    )
+    crds.set_defaults(func=cmd_crds)
+
+    # Registered now, implemented later; each keeps its final name and help text.
+    stubs = {
+        "run": "run the operator",
+        "connect": "open a DatabaseSession and run psql with its credentials",
+        "explain": "explain which Roles apply to a user on a Database, and what they grant",
+        "sessions": "list DatabaseSessions",
+        "dev": "start a local stack for trying pgjit without a cluster",
+    }
+    for name, help_text in stubs.items():
+        stub = sub.add_parser(name, help=f"{help_text} (not implemented yet)")
+        stub.add_argument("rest", nargs=argparse.REMAINDER, help=argparse.SUPPRESS)
+        stub.set_defaults(func=_not_implemented(name))
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Entry point of the ``pgjit`` console script."""
+    args = build_parser().parse_args(argv)
+    return args.func(args)
+
+
+if __name__ == "__main__":
+    sys.exit(main())
