@@ -48,6 +48,15 @@ def cmd_crds(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_run(args: argparse.Namespace) -> int:
+    """Run the operator until interrupted."""
+    from pgjit.runner import run
+
+    return run(namespaces=args.namespace or [], all_namespaces=args.all_namespaces,
+               liveness=args.liveness, metrics_port=args.metrics_port, verbose=args.verbose,
+               log_json=args.log_format == "json")
+
+
 def _not_implemented(name: str) -> Callable[[argparse.Namespace], int]:
     def run(args: argparse.Namespace) -> int:
         print(f"pgjit {name}: not implemented yet", file=sys.stderr)
@@ -72,9 +81,22 @@ def build_parser() -> argparse.ArgumentParser:
     )
     crds.set_defaults(func=cmd_crds)
 
+    run = sub.add_parser("run", help="run the operator")
+    scope = run.add_mutually_exclusive_group()
+    scope.add_argument("-n", "--namespace", action="append", metavar="NS",
+                       help="watch this namespace (repeatable)")
+    scope.add_argument("-A", "--all-namespaces", action="store_true",
+                       help="watch every namespace (the default without --namespace)")
+    run.add_argument("--liveness", metavar="URL", default=None,
+                     help="serve a liveness probe, e.g. http://0.0.0.0:8080/healthz")
+    run.add_argument("--metrics-port", type=int, default=None, metavar="PORT",
+                     help="serve Prometheus metrics on this port")
+    run.add_argument("--log-format", choices=("plain", "json"), default="plain")
+    run.add_argument("-v", "--verbose", action="store_true")
+    run.set_defaults(func=cmd_run)
+
     # Registered now, implemented later; each keeps its final name and help text.
     stubs = {
-        "run": "run the operator",
         "connect": "open a DatabaseSession and run psql with its credentials",
         "explain": "explain which Roles apply to a user on a Database, and what they grant",
         "sessions": "list DatabaseSessions",

@@ -150,7 +150,7 @@ async def test_47_rules_match_objects_by_schema_and_name_globs(kit):
     db = await app_database(kit)
     alice = kit.name("alice")
     await kit.engine.activate(kit.request("s1", alice, database=db,
-                                          permissions=allow(("pub*", "ord?rs", ["SELECT"]))))
+                                          permissions=allow(("pub*", "ord*s", ["SELECT"]))))
     assert await held(kit, db, alice) == {("public", "orders", "SELECT")}
 
 

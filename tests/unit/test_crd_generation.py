@@ -84,7 +84,7 @@ def test_cli_writes_one_file_per_kind(tmp_path: pathlib.Path) -> None:
     ]
 
 
-@pytest.mark.parametrize("command", ["run", "connect", "explain", "sessions", "dev"])
+@pytest.mark.parametrize("command", ["connect", "explain", "sessions", "dev"])
 def test_unimplemented_commands_exit_2(command: str) -> None:
     assert main([command]) == 2
 
@@ -230,7 +230,7 @@ def test_defaults(kind: str, path: str, default: Any) -> None:
         ("Role", "spec.subjects.[].kind", ["User", "Group"]),
         ("Role", "spec.allow.permissions.[].match.objectKind", ["table"]),
         ("DatabaseSession", "status.phase", ["Pending", "Active", "Ended", "Expired", "Failed"]),
-        ("DatabaseSession", "status.teardown.action", ["Locked", "Dropped", "Deactivated"]),
+        ("DatabaseSession", "status.teardown.action", ["Locked", "Dropped", "Deactivated", "Released"]),
     ],
 )  # fmt: skip
 def test_enums(kind: str, path: str, values: list[str]) -> None:

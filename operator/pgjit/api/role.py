@@ -363,6 +363,14 @@ class RoleSpec(ApiModel):
 class RoleStatus(KindStatus):
     """Whether the Role is valid and in effect."""
 
+    selected_databases: list[
+        Annotated[str, Field(max_length=253, description="A Database name.")]
+    ] | None = Field(
+        default=None,
+        max_length=1024,
+        description="Databases in this namespace that allow.databaseSelector currently selects.",
+    )
+
 
 class Role(KindModel):
     """Policy: who may open DatabaseSessions on which databases, with which PostgreSQL roles and

@@ -47,6 +47,8 @@ class TeardownAction(enum.StrEnum):
     LOCKED = "Locked"
     DROPPED = "Dropped"
     DEACTIVATED = "Deactivated"
+    # Other live sessions of the same user still hold it: only this session's lease ended.
+    RELEASED = "Released"
 
 
 IdentityName = Annotated[
@@ -119,7 +121,7 @@ class DatabaseSessionSpec(ApiModel):
 class Teardown(ApiModel):
     """What was done to the PostgreSQL user when the session ended, and why."""
 
-    action: TeardownAction = Field(description="Locked, Dropped or Deactivated.")
+    action: TeardownAction = Field(description="Locked (login disabled, roles revoked), Dropped, Deactivated (drop refused by dependent objects, locked instead) or Released (other live sessions still use the user).")
     reason: str | None = Field(
         default=None,
         max_length=4096,

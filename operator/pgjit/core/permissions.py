@@ -11,10 +11,11 @@ schemas never match, whatever the glob (Teleport's catch-all import rule granted
 
 from __future__ import annotations
 
-import fnmatch
 from collections import Counter
 from dataclasses import dataclass
 from typing import Iterable, Mapping
+
+from .globs import glob_matches
 
 TABLE_PRIVILEGES = ("SELECT", "INSERT", "UPDATE", "DELETE", "TRUNCATE", "REFERENCES", "TRIGGER")
 ALL = "*"
@@ -52,7 +53,7 @@ class ObjectMatch:
     def matches(self, kind: str, schema: str, name: str) -> bool:
         if kind != self.object_kind or is_system_schema(schema):
             return False
-        return fnmatch.fnmatchcase(schema, self.schema) and fnmatch.fnmatchcase(name, self.name)
+        return glob_matches(self.schema, schema) and glob_matches(self.name, name)
 
 
 @dataclass(frozen=True)

@@ -1,0 +1,44 @@
+"""In-memory indexes, so no handler lists Roles, Databases or sessions from the API server.
+
+Kopf keeps them current from its watch streams and fills them before any handler runs.
+"""
+
+from __future__ import annotations
+
+import kopf
+
+from .. import GROUP, VERSION
+
+TERMINAL_PHASES = frozenset({"Ended", "Expired", "Failed"})
+
+
+def session_id(namespace: str, name: str, uid: str) -> str:
+    """The lease key in PostgreSQL: unique across recreations of a same-named session."""
+    return f"{namespace}/{name}/{uid}"
+
+
+@kopf.index(GROUP, VERSION, "roles")
+def roles_by_namespace(namespace, body, **_):
+    return {namespace: body}
+
+
+@kopf.index(GROUP, VERSION, "databases")
+def databases_by_name(namespace, name, body, **_):
+    return {(namespace, name): body}
+
+
+@kopf.index(GROUP, VERSION, "databasesessions")
+def live_sessions_by_database(namespace, name, uid, spec, status, **_):
+    """Sessions that hold (or are about to hold) a lease: every one not in a terminal phase."""
+    if status.get("phase") in TERMINAL_PHASES:
+        return None
+    return {(namespace, spec.get("databaseRef", {}).get("name")): session_id(namespace, name, uid)}
+
+
+@kopf.index(GROUP, VERSION, "databasesessions")
+def active_sessions_by_user(namespace, name, spec, status, **_):
+    """Active sessions per (namespace, Database, user): where a shared user's password lives."""
+    if status.get("phase") != "Active":
+        return None
+    key = (namespace, spec.get("databaseRef", {}).get("name"), spec.get("user"))
+    return {key: (name, status.get("secretName"))}
