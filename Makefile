@@ -45,7 +45,7 @@ test-cluster: venv kube-binaries
 	$(PYTEST) tests/cluster -q -p no:cacheprovider
 
 dev: venv system-packages kube-binaries
-	$(PY) -m pgjit.devstack.stack
+	$(VENV)/bin/pgjit dev
 
 bench-engine: venv system-packages
 	$(PY) tests/bench/bench_engine.py

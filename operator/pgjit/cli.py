@@ -57,6 +57,13 @@ def cmd_run(args: argparse.Namespace) -> int:
                log_json=args.log_format == "json")
 
 
+def cmd_dev(args: argparse.Namespace) -> int:
+    """Run the local stack (control plane, PostgreSQL 16, CRDs, operator, examples)."""
+    from pgjit.devstack.stack import main as run_stack
+
+    return run_stack()
+
+
 def _not_implemented(name: str) -> Callable[[argparse.Namespace], int]:
     def run(args: argparse.Namespace) -> int:
         print(f"pgjit {name}: not implemented yet", file=sys.stderr)
@@ -95,12 +102,15 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("-v", "--verbose", action="store_true")
     run.set_defaults(func=cmd_run)
 
+    dev = sub.add_parser("dev", help="start a local stack for trying pgjit without a cluster "
+                         "(needs a source checkout; Ctrl-C stops everything)")
+    dev.set_defaults(func=cmd_dev)
+
     # Registered now, implemented later; each keeps its final name and help text.
     stubs = {
         "connect": "open a DatabaseSession and run psql with its credentials",
         "explain": "explain which Roles apply to a user on a Database, and what they grant",
         "sessions": "list DatabaseSessions",
-        "dev": "start a local stack for trying pgjit without a cluster",
     }
     for name, help_text in stubs.items():
         stub = sub.add_parser(name, help=f"{help_text} (not implemented yet)")

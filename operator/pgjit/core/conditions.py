@@ -110,11 +110,11 @@ _SECRET_PATTERNS: tuple[tuple[re.Pattern[str], str], ...] = (
         ),
         "[private key redacted]",
     ),
-    # A SCRAM verifier is as good as a password for offline guessing, and logs in via SCRAM replay
-    # if the server key leaks with it.
+    # A SCRAM verifier allows offline password guessing and impersonating the server.
     (re.compile(r"SCRAM-SHA-256\$\S*"), "SCRAM-SHA-256$***"),
-    # The password part of a URI's userinfo: scheme://user:secret@host.
-    (re.compile(r"([A-Za-z][A-Za-z0-9+.-]*://[^\s:/?#@]*):[^\s/?#@]*@"), r"\1:***@"),
+    # The password part of a URI's userinfo: scheme://user:secret@host. The scheme's length is
+    # bounded so that a long run of letters cannot make the search quadratic.
+    (re.compile(r"([A-Za-z][A-Za-z0-9+.-]{0,31}://[^\s:/?#@]*):[^\s/?#@]*@"), r"\1:***@"),
     # key=value as in conninfo strings and JDBC query strings, and key:value. Not "key: value":
     # English messages say "password: not set" far more often than anything leaks in that form.
     (
@@ -140,8 +140,12 @@ def redact_secrets(message: str) -> str:
 
 
 def _fit_message(message: str) -> str:
-    """Redacted, and cut to what the API server accepts."""
-    message = redact_secrets(message)
+    """Redacted, and cut to what the API server accepts.
+
+    Cut before redacting too, so the work is bounded whatever a server error message holds; a
+    secret split by the cut is still masked (the patterns accept a truncated tail).
+    """
+    message = redact_secrets(message[: MAX_MESSAGE_LENGTH + 1])
     if len(message) > MAX_MESSAGE_LENGTH:
         message = message[: MAX_MESSAGE_LENGTH - len(_TRUNCATION_MARK)] + _TRUNCATION_MARK
     return message
