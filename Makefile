@@ -47,6 +47,9 @@ test-cluster: venv kube-binaries
 dev: venv system-packages kube-binaries
 	$(VENV)/bin/pgjit dev
 
+bench: venv system-packages kube-binaries
+	$(PY) tests/bench/bench_operator.py
+
 bench-engine: venv system-packages
 	$(PY) tests/bench/bench_engine.py
 

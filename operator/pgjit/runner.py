@@ -16,8 +16,11 @@ def run(*, namespaces: list[str], all_namespaces: bool, liveness: str | None,
     if namespaces and not all_namespaces:
         # Namespaced RBAC has no cluster-wide list/watch of namespaces for Kopf's scanning.
         os.environ["PGJIT_NAMESPACED"] = "1"
-    kopf.configure(verbose=verbose, log_format=kopf.LogFormat.JSON if log_json
-                   else kopf.LogFormat.PLAIN)
+    # Every line says when and which object (kopf's own default would print bare messages such
+    # as "Handler 'lease' succeeded." with no object name); JSON lines carry it as a field.
+    kopf.configure(verbose=verbose,
+                   log_format=kopf.LogFormat.JSON if log_json else kopf.LogFormat.FULL,
+                   log_prefix=not log_json, log_refkey="object" if log_json else None)
     logging.getLogger("psycopg.pool").setLevel(logging.WARNING)
     from . import handlers  # noqa: F401 - registers the handlers
     asyncio.run(kopf.operator(

@@ -50,7 +50,7 @@ def _api_client(control_plane: ControlPlane, identity: str) -> kubernetes.client
     # new_client_from_config leaves kubernetes' global default configuration untouched, so
     # clients for different identities cannot leak credentials into each other.
     return kubernetes.config.new_client_from_config(
-        config_file=str(control_plane.kubeconfig(identity))
+        config_file=str(control_plane.kubeconfig(identity)), persist_config=False
     )
 
 

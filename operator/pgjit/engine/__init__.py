@@ -12,7 +12,7 @@ import logging
 import random
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
-from typing import Awaitable, Callable, Iterable, TypeVar
+from typing import Awaitable, Callable, Container, Iterable, TypeVar
 
 import psycopg
 
@@ -174,10 +174,16 @@ class Engine:
         await self._retrying("revoking object permissions",
                              lambda: self._grants.revoke(name, database))
 
-    async def sweep(self, live_session_ids: Iterable[str], *,
+    async def sweep(self, live_session_ids: Iterable[str] | Container[str], *,
                     terminate_connections: bool = True) -> list[Teardown]:
-        """End the leases of sessions that no longer exist, and lock users left enabled."""
-        live = set(live_session_ids)
+        """End the leases of sessions that no longer exist, and lock users left enabled.
+
+        ``live_session_ids`` may be a live view (any container): it is asked about each lease
+        only after the leases were read, so a session opened while the sweep runs is not
+        mistaken for a dead one.
+        """
+        live = live_session_ids if isinstance(live_session_ids, Container) \
+            else set(live_session_ids)
         return await self._retrying("sweeping managed users", lambda: self._users.sweep(
             live, terminate_connections=terminate_connections, revoke_permissions=self._revoke))
 

@@ -47,3 +47,6 @@ class Teardown:
     reason: str
     terminated_backends: int = 0
     blockers: tuple[str, ...] = ()
+    # The lease the sweep ended (a session that no longer exists), so the caller can remove
+    # what else that session left behind (its credentials Secret).
+    session_id: str | None = None

@@ -24,7 +24,10 @@ ID = sql.Identifier
 # a plain membership in the managed role: on PostgreSQL 16+ the admin itself holds an ADMIN
 # OPTION membership in the role it created, and must never count as a managed user. The admin's
 # grantability follows each version's rules: PostgreSQL 16+ needs ADMIN OPTION on the granted
-# role, 15 lets CREATEROLE grant any non-superuser role.
+# role, 15 lets CREATEROLE grant any non-superuser role. Backends are counted from
+# pg_stat_get_activity() by role oid, not from the pg_stat_activity view by name: the same rows
+# (the view is that function joined to pg_authid for usename), but planning the view's joins
+# cost about as much as the rest of this query, which runs up to three times per activate + end.
 USER_STATE = Q("""
 SELECT r.oid IS NOT NULL AS exists,
        coalesce(r.rolcanlogin, false) AS can_login,
@@ -46,9 +49,13 @@ SELECT r.oid IS NOT NULL AS exists,
                 AND NOT (me.rolsuper OR CASE
                      WHEN current_setting('server_version_num')::int >= 160000
                      THEN pg_has_role(current_user, g.oid, 'MEMBER WITH ADMIN OPTION')
+                          OR EXISTS (SELECT 1 FROM pg_auth_members am2 WHERE am2.roleid = g.oid
+                                        AND am2.member = me.oid AND am2.admin_option)
                      ELSE me.rolcreaterole AND NOT g.rolsuper END)
               ORDER BY 1) AS ungrantable_roles,
-       (SELECT count(*) FROM pg_stat_activity a WHERE a.usename = %(name)s)::int AS backends
+       (SELECT count(*) FROM pg_stat_get_activity(NULL) a
+         WHERE a.usesysid = r.oid)::int AS backends,
+       r.oid::bigint AS role_oid
   FROM pg_roles me
   LEFT JOIN pg_roles r ON r.rolname = %(name)s
   LEFT JOIN pg_roles m ON m.rolname = %(managed)s
@@ -67,11 +74,12 @@ SELECT r.rolname::text, r.rolcanlogin, shobj_description(r.oid, 'pg_authid')
 
 ADVISORY_LOCK = Q("SELECT pg_advisory_xact_lock(%s)")
 
+# By role oid, so a backend that logged in just before its role was dropped is still found.
 TERMINATE_BACKENDS = Q("""
 SELECT count(*) FILTER (WHERE pg_terminate_backend(pid))::int
-  FROM pg_stat_activity WHERE usename = %s AND pid <> pg_backend_pid()
+  FROM pg_stat_get_activity(NULL) WHERE usesysid = %s AND pid <> pg_backend_pid()
 """)
-COUNT_BACKENDS = Q("SELECT count(*)::int FROM pg_stat_activity WHERE usename = %s")
+COUNT_BACKENDS = Q("SELECT count(*)::int FROM pg_stat_get_activity(NULL) WHERE usesysid = %s")
 
 # What blocks DROP ROLE, grouped by database, from the shared dependency catalog: readable from
 # any database, unlike the objects themselves.

@@ -51,14 +51,15 @@ class UserState:
     missing_roles: tuple[str, ...]
     ungrantable_roles: tuple[str, ...]
     backends: int
+    role_oid: int | None = None
 
     @classmethod
     def from_row(cls, row) -> "UserState":
         (exists, can_login, managed_exists, is_managed, memberships, comment, missing,
-         ungrantable, backends) = row
+         ungrantable, backends, role_oid) = row
         return cls(exists, can_login, managed_exists, is_managed, frozenset(memberships or ()),
                    Ledger.parse(comment), tuple(missing or ()), tuple(ungrantable or ()),
-                   backends)
+                   backends, role_oid)
 
 
 @dataclass
@@ -235,6 +236,11 @@ class UserLifecycle:
     async def end_username(self, name: str, session_id: str | None, *, mode: str | None,
                            terminate_connections: bool, revoke_permissions=None) -> Teardown:
         now = datetime.now(timezone.utc)
+        # Whatever needs another admin connection (revoking object permissions, terminating
+        # backends) runs after this one is given back: holding a slot while waiting for a second
+        # deadlocks as soon as max_connections ends run at once (a burst of deletes).
+        released: Teardown | None = None
+        dropped: Teardown | None = None
         async with self.conns.connection() as conn:
             try:
                 state = await self._begin_locked(conn, name)
@@ -250,44 +256,83 @@ class UserLifecycle:
                 ledger = state.ledger.without({session_id} if session_id else set())
                 mode = mode or state.ledger.mode
                 batch = Batch()
+                oid = state.role_oid
                 if others:
                     batch.add(S.set_valid_until(name, max(o.expires_at for o in others)))
                     batch.add(S.comment_on_role(name, ledger.render()))
                     await self._run(conn, batch, commit=True)
-                    needs_revoke = lease is not None and lease.has_permissions and not any(
-                        o.database == lease.database and o.has_permissions for o in others)
-                    if needs_revoke and revoke_permissions is not None:
-                        await revoke_permissions(name, lease.database)
-                    return Teardown(name, RELEASED, (
+                    released = Teardown(name, RELEASED, (
                         f"{len(others)} other live session(s) still use this user; "
                         "it stays enabled for them"))
-                # The last lease: lock the user first and commit that on its own, so no new
-                # login can start while the rest of the teardown runs.
-                ledger = replace(ledger, leases={}, mode=mode)
-                batch.add(S.disable_login(name))
-                if mode != MODE_DROP:
-                    for role in sorted(state.memberships):
-                        batch.add(S.revoke_role(role, name))
-                batch.add(S.comment_on_role(name, ledger.render()))
-                await self._run(conn, batch, commit=True)
+                elif (mode == MODE_DROP and not state.backends
+                        and not (lease is not None and lease.has_permissions)):
+                    dropped = await self._drop_at_once(conn, name)
+                    if dropped is None:
+                        # The refused drop rolled back and released the lock: look again.
+                        state = await self._begin_locked(conn, name)
+                        others = state.ledger.live(now, excluding=session_id)
+                        ledger = state.ledger.without({session_id} if session_id else set())
+                        if others:
+                            batch.add(S.comment_on_role(name, ledger.render()))
+                            await self._run(conn, batch, commit=True)
+                            released = Teardown(name, RELEASED, "a new session took over the "
+                                                "user before it could be dropped")
+                if released is None and dropped is None:
+                    # The last lease: lock the user first and commit that on its own, so no new
+                    # login can start while the rest of the teardown runs.
+                    ledger = replace(ledger, leases={}, mode=mode)
+                    batch.add(S.disable_login(name))
+                    if mode != MODE_DROP:
+                        for role in sorted(state.memberships):
+                            batch.add(S.revoke_role(role, name))
+                    batch.add(S.comment_on_role(name, ledger.render()))
+                    await self._run(conn, batch, commit=True)
             except BaseException:
                 await self._rollback(conn)
                 raise
+
+        if released is not None:
+            needs_revoke = lease is not None and lease.has_permissions and not any(
+                o.database == lease.database and o.has_permissions for o in others)
+            if needs_revoke and revoke_permissions is not None:
+                await revoke_permissions(name, lease.database)
+            return released
+        if dropped is not None:
+            terminated = await self._terminate_backends(oid) if terminate_connections else 0
+            return replace(dropped, terminated_backends=terminated)
 
         if lease is not None and lease.has_permissions and revoke_permissions is not None:
             await revoke_permissions(name, lease.database)
         terminated = 0
         if terminate_connections:
-            terminated = await self._terminate_backends(name)
+            terminated = await self._terminate_backends(oid)
         if mode == MODE_DROP:
             return await self._drop(name, terminated)
         return Teardown(name, LOCKED, "login disabled and database roles revoked; the user is "
                         "kept with the objects it owns", terminated_backends=terminated)
 
-    async def _terminate_backends(self, name: str) -> int:
+    async def _drop_at_once(self, conn, name: str) -> Teardown | None:
+        """Drop in the transaction that read the state, when nothing is connected.
+
+        The common best_effort_drop end then costs two round trips instead of five. None when
+        PostgreSQL refuses (2BP01): the caller continues with the lock-first teardown, which
+        reports what blocks the drop.
+        """
+        batch = Batch()
+        batch.add(S.drop_role(name))
+        try:
+            await self._run(conn, batch, commit=True)
+        except psycopg.errors.DependentObjectsStillExist:
+            await self._rollback(conn)
+            return None
+        return Teardown(name, DROPPED, "user dropped")
+
+    async def _terminate_backends(self, role_oid: int | None) -> int:
         """End the user's connections and wait, bounded, until they are gone (edge case 32)."""
+        if role_oid is None:
+            return 0
         async with self.conns.connection() as conn:
-            cur = await conn.execute(S.TERMINATE_BACKENDS, [name])
+            cur = await conn.execute(S.TERMINATE_BACKENDS, [role_oid])
             terminated = (await cur.fetchone())[0]
             self.stats.round_trips += 1
             if not terminated:
@@ -295,7 +340,7 @@ class UserLifecycle:
             deadline = time.monotonic() + BACKEND_EXIT_DEADLINE
             delay = 0.01
             while time.monotonic() < deadline:
-                cur = await conn.execute(S.COUNT_BACKENDS, [name])
+                cur = await conn.execute(S.COUNT_BACKENDS, [role_oid])
                 if (await cur.fetchone())[0] == 0:
                     break
                 await asyncio.sleep(delay)
@@ -364,9 +409,9 @@ class UserLifecycle:
             ledger = Ledger.parse(comment)
             dead = [sid for sid in ledger.leases if sid not in live_session_ids]
             for sid in dead:
-                results.append(await self.end_username(
+                results.append(replace(await self.end_username(
                     name, sid, mode=None, terminate_connections=terminate_connections,
-                    revoke_permissions=revoke_permissions))
+                    revoke_permissions=revoke_permissions), session_id=sid))
             live = [l for l in ledger.leases.values()
                     if l.session_id in live_session_ids and l.live_at(now)]
             if can_login and not live and not dead:

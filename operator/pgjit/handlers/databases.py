@@ -2,20 +2,45 @@
 
 from __future__ import annotations
 
+import logging
+import os
+
 import kopf
 
 from .. import GROUP, VERSION
 from ..api.database import Database
 from ..core import conditions
+from ..core.credentials_secret import SESSION_LABEL, session_label_value
 from ..engine import EngineError
 from . import metrics
 
 RESOURCE = (GROUP, VERSION, "databases")
-HEALTH_INTERVAL = 60.0
+log = logging.getLogger(__name__)
+#: Seconds between health checks (and sweeps) of each Database.
+HEALTH_INTERVAL = float(os.environ.get("PGJIT_HEALTH_SECONDS", "60"))
+#: Seconds between checks whether a Database being deleted has no sessions left.
+RELEASE_RETRY = 5.0
 
 
 def _live_sessions(index, namespace: str, name: str) -> set[str]:
     return set(index.get((namespace, name), ()))
+
+
+class LiveSessions:
+    """Whether a session id holds a live lease, read from the index at the moment of asking.
+
+    The sweep reads the users' leases from PostgreSQL and only then asks about each one, so a
+    session created (and activated) after the sweep started is seen as live: a snapshot taken
+    before would call its brand-new lease dead and lock the user under it. Every Database's
+    sessions count, not only this one's: several Database objects may point at one server and
+    managed role, and a session id (namespace/name/uid) is unique anyway.
+    """
+
+    def __init__(self, index):
+        self._index = index
+
+    def __contains__(self, session_id: object) -> bool:
+        return any(session_id in store for store in self._index.values())
 
 
 async def _check(body, namespace: str, name: str, patch: kopf.Patch, memo: kopf.Memo,
@@ -27,9 +52,12 @@ async def _check(body, namespace: str, name: str, patch: kopf.Patch, memo: kopf.
     patch.status["activeSessions"] = len(live)
     patch.status["observedGeneration"] = generation
 
-    def report(ready: bool, reason: str, message: str, *, stalled: bool = False) -> None:
+    def report(ready: bool, reason: str, message: str, *, stalled: bool = False,
+               settled: bool = False) -> None:
         if ready:
             new = conditions.ready(previous, generation, reason, message)
+        elif settled:
+            new = conditions.not_ready(previous, generation, reason, message)
         elif stalled:
             new = conditions.stalled(previous, generation, reason, message)
         else:
@@ -45,7 +73,8 @@ async def _check(body, namespace: str, name: str, patch: kopf.Patch, memo: kopf.
                                      terminate_connections=database.spec.terminate_connections)
     except EngineError as error:
         report(False, error.reason, error.message, stalled=not error.transient)
-        raise kopf.TemporaryError(error.message, delay=30 if error.transient else 120)
+        raise kopf.TemporaryError(error.message, delay=min(HEALTH_INTERVAL, 30 if error.transient
+                                                           else 120))
 
     patch.status["serverVersion"] = pre.server_version
     patch.status["readOnly"] = pre.read_only
@@ -69,18 +98,37 @@ async def _check(body, namespace: str, name: str, patch: kopf.Patch, memo: kopf.
         await engine.ensure_managed_role()
         if sweep:
             for teardown in await engine.sweep(
-                    live, terminate_connections=database.spec.terminate_connections):
+                    LiveSessions(live_sessions_by_database),
+                    terminate_connections=database.spec.terminate_connections):
                 kopf.event(body, type="Normal", reason="UserSwept",
                            message=f'user "{teardown.username}": {teardown.action}: '
                                    f"{teardown.reason}")
+                if teardown.session_id:
+                    await _remove_secrets_of(memo, teardown.session_id)
     except EngineError as error:
         report(False, error.reason, error.message, stalled=not error.transient)
-        raise kopf.TemporaryError(error.message, delay=30)
+        raise kopf.TemporaryError(error.message, delay=min(HEALTH_INTERVAL, 30))
     if database.spec.suspended:
         report(False, "Suspended", "spec.suspended is true: no new sessions are opened; ending "
-               "sessions still works")
+               "sessions still works", settled=True)
         return
     report(True, "Connected", f"PostgreSQL {pre.server_version}; the admin can provision users")
+
+
+async def _remove_secrets_of(memo: kopf.Memo, session_id: str) -> None:
+    """The credentials Secret of a session that is gone (its lease was just swept).
+
+    A session deleted before the operator's finalizer took hold is removed without the delete
+    handler ever running; a garbage collector would delete the Secret it owns, but not every
+    cluster runs one and the credentials must not outlive the session.
+    """
+    namespace, _, rest = session_id.partition("/")
+    name, _, uid = rest.rpartition("/")
+    if not (namespace and name and uid):
+        return
+    selector = f"{SESSION_LABEL}={session_label_value(name)}"
+    for secret in await memo.kube.delete_owned_secrets(namespace, selector, uid):
+        log.info("[%s/%s] deleted Secret %s of the swept session", namespace, name, secret)
 
 
 @kopf.on.resume(*RESOURCE, id="connect")
@@ -103,11 +151,16 @@ async def health(body, namespace, name, patch, memo, live_sessions_by_database, 
 @kopf.on.delete(*RESOURCE, id="release")
 async def release(body, namespace, name, patch, memo, live_sessions_by_database, **_):
     live = _live_sessions(live_sessions_by_database, namespace, name)
+    patch.status["activeSessions"] = len(live)
     if live:
-        message = (f"{len(live)} DatabaseSession(s) still use this Database; it is deleted once "
-                   "they have ended (delete them to end them now)")
-        patch.status["conditions"] = conditions.in_progress(
-            body.get("status", {}).get("conditions"), body.get("metadata", {}).get("generation"),
-            "SessionsActive", message)
-        raise kopf.TemporaryError(message, delay=10)
+        message = (f"deletion waits: {len(live)} DatabaseSession(s) still use this Database; it "
+                   "is deleted once they have ended (delete them to end them now)")
+        previous = body.get("status", {}).get("conditions")
+        new = conditions.in_progress(previous, body.get("metadata", {}).get("generation"),
+                                     "SessionsActive", message)
+        if conditions.condition_changed(conditions.find_condition(previous, "Ready"),
+                                        conditions.find_condition(new, "Ready")):
+            kopf.event(body, type="Normal", reason="SessionsActive", message=message)
+        patch.status["conditions"] = new
+        raise kopf.TemporaryError(message, delay=RELEASE_RETRY)
     await memo.engines.forget(namespace, name)

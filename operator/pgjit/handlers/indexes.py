@@ -1,6 +1,11 @@
 """In-memory indexes, so no handler lists Roles, Databases or sessions from the API server.
 
 Kopf keeps them current from its watch streams and fills them before any handler runs.
+
+An index function that stops matching an object must return ``{}``, not ``None``: Kopf keeps an
+object's previous entries when its function returns ``None`` (kopf 1.45,
+``OperatorIndexers.replace``), so a session that ended would stay "live" for ever and, for
+instance, keep its Database from being deleted.
 """
 
 from __future__ import annotations
@@ -31,14 +36,18 @@ def databases_by_name(namespace, name, body, **_):
 def live_sessions_by_database(namespace, name, uid, spec, status, **_):
     """Sessions that hold (or are about to hold) a lease: every one not in a terminal phase."""
     if status.get("phase") in TERMINAL_PHASES:
-        return None
+        return {}
     return {(namespace, spec.get("databaseRef", {}).get("name")): session_id(namespace, name, uid)}
 
 
 @kopf.index(GROUP, VERSION, "databasesessions")
 def active_sessions_by_user(namespace, name, spec, status, **_):
-    """Active sessions per (namespace, Database, user): where a shared user's password lives."""
+    """Active sessions per (namespace, user): where a shared user's password lives.
+
+    Values are (session name, Secret name, Database name); several Databases of a namespace may
+    point at one server, where the user is one PostgreSQL role.
+    """
     if status.get("phase") != "Active":
-        return None
-    key = (namespace, spec.get("databaseRef", {}).get("name"), spec.get("user"))
-    return {key: (name, status.get("secretName"))}
+        return {}
+    return {(namespace, spec.get("user")): (name, status.get("secretName"),
+                                            spec.get("databaseRef", {}).get("name"))}

@@ -8,6 +8,7 @@ is retried, or re-run after the operator was killed at any instruction, converge
 from __future__ import annotations
 
 import asyncio
+import logging
 import os
 from datetime import datetime, timezone
 
@@ -23,13 +24,17 @@ from ..core.certificates import issue_client_certificate
 from ..core.credentials import generate_password
 from ..core.credentials_secret import (ConnectionTarget, certificate_secret_data,
                                        password_secret_data, secret_labels)
+from ..core.naming import postgres_username
 from ..engine import ActivationRequest, EngineError
 from ..engine.results import ABSENT, NOT_MANAGED
 from . import metrics
 from .indexes import TERMINAL_PHASES, session_id
 
 RESOURCE = (GROUP, VERSION, "databasesessions")
+log = logging.getLogger(__name__)
 REVALIDATE_INTERVAL = float(os.environ.get("PGJIT_REVALIDATE_SECONDS", "30"))
+#: Seconds between looks at a Database a session is waiting for (missing, suspended, not ready).
+DATABASE_WAIT = 10.0
 
 
 def _now() -> datetime:
@@ -48,18 +53,50 @@ class Outcome(Exception):
     """A decided end state of one reconciliation, carrying the status to write."""
 
     def __init__(self, phase: str | None, reason: str, message: str, *, retry: float | None = None,
-                 terminal: bool = False):
+                 terminal: bool = False, release: bool = False):
         super().__init__(message)
         self.phase, self.reason, self.message = phase, reason, message
         self.retry, self.terminal = retry, terminal
+        # The session may hold a lease in PostgreSQL (or a Secret) that must be ended with it.
+        self.release = release
+
+
+class SharedPasswords:
+    """What this process knows about the password of each shared PostgreSQL user.
+
+    A PostgreSQL role has one password, and sessions sharing a user must all hand out the one in
+    effect. Activations of one user are serialized here (per server and user name) so that the
+    session that sets the password records it before another session of the user looks for it;
+    the Kopf index only learns that the first session is Active a watch event later. Lives in the
+    operator's memo, in memory only: after a restart the live sessions' Secrets are the source.
+    """
+
+    def __init__(self) -> None:
+        self._locks: dict[tuple, asyncio.Lock] = {}
+        self._passwords: dict[tuple, str] = {}
+
+    def lock(self, key: tuple) -> asyncio.Lock:
+        return self._locks.setdefault(key, asyncio.Lock())
+
+    def get(self, key: tuple) -> str | None:
+        return self._passwords.get(key)
+
+    def remember(self, key: tuple, password: str) -> None:
+        self._passwords[key] = password
+
+    def __repr__(self) -> str:  # never print a password, even by accident
+        return f"<SharedPasswords users={len(self._passwords)}>"
 
 
 def _set_conditions(body, status: dict, ready: bool, reason: str, message: str, *,
-                    terminal: bool = False) -> None:
+                    terminal: bool = False, settled: bool = False) -> None:
+    """``settled``: not ready and nothing left to do, and not an error (Ended, Expired)."""
     previous = body.get("status", {}).get("conditions")
     generation = body.get("metadata", {}).get("generation")
     if ready:
         new = conditions.ready(previous, generation, reason, message)
+    elif settled:
+        new = conditions.not_ready(previous, generation, reason, message)
     elif terminal:
         new = conditions.stalled(previous, generation, reason, message)
     else:
@@ -72,23 +109,29 @@ def _set_conditions(body, status: dict, ready: bool, reason: str, message: str, 
     status["observedGeneration"] = generation
 
 
-def _database(databases_by_name, namespace: str, name: str) -> Database:
+def _database(databases_by_name, namespace: str, name: str, *, opening: bool = True) -> Database:
+    """The session's Database, if sessions can be opened on it (``opening``) or at all."""
     body = next(iter(databases_by_name.get((namespace, name), ())), None)
     if body is None:
         raise Outcome("Pending", "DatabaseNotReady",
-                      f'Database "{name}" does not exist in namespace "{namespace}"', retry=15)
+                      f'Database "{name}" does not exist in namespace "{namespace}"',
+                      retry=DATABASE_WAIT)
+    if opening and body.get("metadata", {}).get("deletionTimestamp"):
+        raise Outcome("Failed", "DatabaseNotReady",
+                      f'Database "{name}" is being deleted; no new sessions are opened on it',
+                      terminal=True)
     database = Database.model_validate(body)
     ready = next((c for c in body.get("status", {}).get("conditions") or ()
                   if c.get("type") == "Ready"), None)
     if database.spec.suspended:
         raise Outcome("Pending", "DatabaseNotReady",
                       f'Database "{name}" is suspended; the session waits until it is resumed',
-                      retry=30)
+                      retry=DATABASE_WAIT)
     if ready is not None and ready.get("status") != "True" and ready.get("reason") in (
             "ReadOnly", "InsufficientPrivilege", "AuthenticationFailed", "Unreachable"):
         raise Outcome("Pending", "DatabaseNotReady",
                       f'Database "{name}" is not ready ({ready.get("reason")}): '
-                      f'{ready.get("message")}', retry=30)
+                      f'{ready.get("message")}', retry=DATABASE_WAIT)
     return database
 
 
@@ -120,14 +163,38 @@ def _decide(session: DatabaseSession, database: Database, roles_by_namespace, na
     return decision
 
 
-async def _shared_password(memo, namespace, database_name, session, active_sessions_by_user):
-    """A shared user keeps one password: hand out the one the live sessions already hold."""
-    for other_name, secret_name in active_sessions_by_user.get(
-            (namespace, database_name, session.spec.user), []):
+def _server_key(database: Database, username: str) -> tuple:
+    return (database.spec.host, database.spec.port, username)
+
+
+async def _own_password(memo, namespace: str, session: DatabaseSession) -> str:
+    """The password this session sets when it is the one activating the user: the one it wrote
+    before (a retry, or a restart after the Secret was written), else a new one."""
+    existing = await memo.kube.read_secret(namespace, session.credentials_secret_name)
+    return (existing or {}).get("password", b"").decode("utf-8") or generate_password()
+
+
+async def _shared_password(memo, namespace: str, session: DatabaseSession, database: Database,
+                           username: str, databases_by_name, active_sessions_by_user
+                           ) -> str | None:
+    """The password in effect for a user other live sessions hold, or None if unknown.
+
+    Known when this process set it (it is remembered until the user is activated afresh), or
+    from the Secret of a live session of the same user on the same server, which handed it out.
+    """
+    known = memo.shared_passwords.get(_server_key(database, username))
+    if known is not None:
+        return known
+    for other_name, secret_name, other_db in active_sessions_by_user.get(
+            (namespace, session.spec.user), ()):
         if other_name == session.metadata.name or not secret_name:
             continue
+        other = next(iter(databases_by_name.get((namespace, other_db), ())), None)
+        if other is None or (other.get("spec", {}).get("host"), other.get("spec", {}).get(
+                "port", 5432)) != (database.spec.host, database.spec.port):
+            continue  # another server: another PostgreSQL role of that name
         data = await memo.kube.read_secret(namespace, secret_name)
-        if data and "password" in data:
+        if data and data.get("password"):
             return data["password"].decode("utf-8")
     return None
 
@@ -143,28 +210,45 @@ async def _open(body, name, namespace, uid, memo, indexes, status: dict) -> None
     created = _parse_ts(body["metadata"]["creationTimestamp"])
     expires_at = created + decision.duration
     if expires_at <= _now():
-        raise Outcome("Expired", "Expired", "the session expired before it could be opened",
-                      terminal=True)
+        # Possibly after holding a lease (the operator stopped mid-activation): end it too.
+        raise Outcome("Expired", "Expired", f"the session expired at {_ts(expires_at)} before it "
+                      "could be opened", release=True)
     secret_name = session.credentials_secret_name
     cert_type = str(database.spec.credentials.type) == "clientCertificate"
-    password = None
-    if not cert_type:
-        existing = await memo.kube.read_secret(namespace, secret_name)
-        password = (existing or {}).get("password", b"").decode("utf-8") or generate_password()
-
     engine = await memo.engines.engine_for(database, namespace)
-    request = ActivationRequest(
-        session_id=session_id(namespace, name, uid), identity=session.spec.user,
-        database=session.spec.database_name, roles=tuple(decision.database_roles),
-        expires_at=expires_at, mode=str(decision.mode), permissions=decision.permissions,
-        password=password)
-    try:
-        activation = await engine.activate(request)
-    except EngineError as error:
-        if error.transient:
-            raise Outcome("Pending", error.reason, error.message, retry=10)
-        raise Outcome("Failed", error.reason, error.message, terminal=True)
-    metrics.POSTGRES_OPERATIONS.labels("activate", "success").inc()
+    username = postgres_username(session.spec.user)
+    user_key = _server_key(database, username)
+    async with memo.shared_passwords.lock(user_key):
+        # Serialized per user, so that a session sharing the user finds the password the one
+        # activating it has just set (in memory: the index learns it is Active only later).
+        password = None if cert_type else await _own_password(memo, namespace, session)
+        request = ActivationRequest(
+            session_id=session_id(namespace, name, uid), identity=session.spec.user,
+            database=session.spec.database_name, roles=tuple(decision.database_roles),
+            expires_at=expires_at, mode=str(decision.mode), permissions=decision.permissions,
+            password=password)
+        try:
+            activation = await engine.activate(request)
+        except EngineError as error:
+            metrics.POSTGRES_OPERATIONS.labels("activate", "error").inc()
+            if error.transient:
+                raise Outcome("Pending", error.reason, error.message, retry=10)
+            raise Outcome("Failed", error.reason, error.message, terminal=True)
+        metrics.POSTGRES_OPERATIONS.labels("activate", "success").inc()
+        if password is not None:
+            if activation.shared:
+                # The user kept the password it had (live credentials must keep working).
+                password = await _shared_password(memo, namespace, session, database, username,
+                                                  databases_by_name, active_sessions_by_user)
+            if password is None:
+                # Other sessions hold the user and none has handed out its password yet (they
+                # are being opened, or were when the operator stopped). Step back so that one of
+                # them (or this one, on retry) activates it and sets the password.
+                await engine.end(session.spec.user, request.session_id, mode=str(decision.mode),
+                                 terminate_connections=False)
+                raise Outcome("Pending", "UserShared", f'PostgreSQL user "{username}" is being '
+                              "activated by another session of the same user; retrying", retry=2)
+            memo.shared_passwords.remember(user_key, password)
 
     tls_mode = str(database.spec.tls.ssl_mode) if database.spec.tls else "prefer"
     target = ConnectionTarget(activation.username, database.spec.host, database.spec.port,
@@ -181,18 +265,20 @@ async def _open(body, name, namespace, uid, memo, indexes, status: dict) -> None
             issued = issue_client_certificate(ca["tls.crt"], ca["tls.key"], activation.username,
                                               expires_at)
         except ValueError as exc:
-            raise Outcome("Failed", "InvalidClientCA", str(exc), terminal=True)
+            raise Outcome("Failed", "InvalidClientCA", str(exc), terminal=True, release=True)
         data = certificate_secret_data(target, issued.cert_pem, issued.key_pem, ca["tls.crt"],
                                        expires_at, server_ca)
     else:
-        if activation.shared:
-            password = await _shared_password(memo, namespace, db_name, session,
-                                              active_sessions_by_user)
-            if password is None:
-                raise Outcome("Failed", "RolesChanged", f'"{activation.username}" is shared '
-                              "with other live sessions whose credentials could not be read; "
-                              "end them and retry", terminal=True)
         data = password_secret_data(target, password, expires_at, server_ca)
+    if not await memo.kube.exists(GROUP, VERSION, "databasesessions", namespace, name, uid):
+        # Deleted meanwhile, possibly without this operator ever running its delete handler: a
+        # DELETE that races with the finalizer being added removes the object anyway. Nothing
+        # may outlive it: release the lease now, and write no credentials.
+        log.info("[%s/%s] deleted while being opened; releasing its lease", namespace, name)
+        raise Outcome("Ended", "Deleted", "the session was deleted while it was being opened",
+                      release=True)
+    log.info("[%s/%s] PostgreSQL user %r active; writing Secret %s", namespace, name,
+             activation.username, secret_name)
     await memo.kube.write_secret(namespace, secret_name, data, labels=secret_labels(name),
                                  owner={"apiVersion": body["apiVersion"], "kind": body["kind"],
                                         "name": name, "uid": uid})
@@ -219,16 +305,25 @@ async def _server_ca(memo, namespace: str, database: Database) -> bytes | None:
 def _apply_outcome(body, status: dict, outcome: Outcome) -> None:
     if outcome.phase:
         status["phase"] = outcome.phase
-    if outcome.phase in ("Failed", "Expired"):
-        status["endedAt"] = _ts(_now())
-    _set_conditions(body, status, False, outcome.reason, outcome.message, terminal=outcome.terminal)
+    if outcome.phase in ("Failed", "Expired", "Ended"):
+        status.setdefault("endedAt", _ts(_now()))
+    _set_conditions(body, status, False, outcome.reason, outcome.message,
+                    terminal=outcome.terminal, settled=outcome.phase in ("Expired", "Ended"))
 
 
 @kopf.on.resume(*RESOURCE, id="lease")
 @kopf.on.create(*RESOURCE, id="lease")
 async def open_lease(body, name, namespace, uid, patch, memo, databases_by_name,
                      roles_by_namespace, active_sessions_by_user, **_):
-    if body.get("status", {}).get("phase") in TERMINAL_PHASES:
+    phase = body.get("status", {}).get("phase")
+    if phase in TERMINAL_PHASES:
+        return
+    if phase == "Active":
+        # Opened before (this is a resume after a restart, or the operator stopped between
+        # writing the status and recording the handler as done). The expiry daemon takes it from
+        # here, including an expiry missed while the operator was down; activating again would
+        # only churn PostgreSQL for every live session on each restart.
+        metrics.ACTIVE_SESSIONS.inc()
         return
     with metrics.reconcile("databasesession"):
         status: dict = {}
@@ -236,6 +331,9 @@ async def open_lease(body, name, namespace, uid, patch, memo, databases_by_name,
             await _open(body, name, namespace, uid, memo,
                         (databases_by_name, roles_by_namespace, active_sessions_by_user), status)
         except Outcome as outcome:
+            if outcome.release:
+                status.update(await end_lease(body, namespace, name, uid, memo,
+                                              databases_by_name, reason=outcome.reason))
             _apply_outcome(body, status, outcome)
             patch.status.update(status)
             if outcome.retry is not None:
@@ -271,6 +369,8 @@ async def end_lease(body, namespace: str, name: str, uid: str, memo, databases_b
             raise kopf.TemporaryError(
                 f'Database "{session.spec.database_ref.name}" is gone; the PostgreSQL user '
                 "cannot be ended (its VALID UNTIL still applies)", delay=60)
+    log.info("[%s/%s] lease ended (%s); deleting Secret %s", namespace, name,
+             teardown["action"], session.credentials_secret_name)
     await memo.kube.delete_secret(namespace, session.credentials_secret_name)
     if status.get("phase") == "Active":
         metrics.ACTIVE_SESSIONS.dec()
@@ -295,34 +395,41 @@ async def watch_expiry(body, name, namespace, uid, memo, stopped, databases_by_n
     while not stopped:
         remaining = (expires_at - _now()).total_seconds()
         if remaining <= 0:
-            await _finish(body, name, namespace, uid, memo, databases_by_name, "Expired",
-                          "Expired", f"the session expired at {_ts(expires_at)}")
+            await _finish(body, name, namespace, uid, memo, stopped, databases_by_name,
+                          "Expired", "Expired", f"the session expired at {_ts(expires_at)}")
             return
         await stopped.wait(min(remaining, REVALIDATE_INTERVAL))
         if stopped or (expires_at - _now()).total_seconds() <= 0:
             continue
         session = DatabaseSession.model_validate(body)
         try:
-            database = _database(databases_by_name, namespace, session.spec.database_ref.name)
+            # A Database being deleted waits for its sessions; it does not end them.
+            database = _database(databases_by_name, namespace, session.spec.database_ref.name,
+                                 opening=False)
             _decide(session, database, roles_by_namespace, namespace,
                     await _traits(memo, session.spec.user))
         except Outcome as outcome:
             if outcome.terminal:
-                await _finish(body, name, namespace, uid, memo, databases_by_name, "Ended",
-                              "AccessRevoked", f"access was revoked: {outcome.message}")
+                await _finish(body, name, namespace, uid, memo, stopped, databases_by_name,
+                              "Ended", "AccessRevoked", f"access was revoked: {outcome.message}")
                 return
 
 
-async def _finish(body, name, namespace, uid, memo, databases_by_name, phase, reason, message):
-    for attempt in range(1000):
+async def _finish(body, name, namespace, uid, memo, stopped, databases_by_name, phase, reason,
+                  message):
+    attempt = 0
+    while True:
         try:
             status = await end_lease(body, namespace, name, uid, memo, databases_by_name,
                                      reason=reason)
             break
-        except kopf.TemporaryError:
-            await asyncio.sleep(min(60, 2 ** min(attempt, 6)))
+        except kopf.TemporaryError as error:
+            kopf.warn(body, reason="EndFailed", message=str(error))
+            await stopped.wait(min(60, 2 ** min(attempt, 6)))
+            attempt += 1
+            if stopped:
+                return  # the operator is stopping; the daemon starts again with it
     status["phase"] = phase
-    _set_conditions(body, status, False, reason, message)
     # An ended session is not in progress and not stalled: it is done.
-    status["conditions"] = [c for c in status["conditions"] if c["type"] == "Ready"]
+    _set_conditions(body, status, False, reason, message, settled=True)
     await memo.kube.patch_status(GROUP, VERSION, "databasesessions", namespace, name, status)

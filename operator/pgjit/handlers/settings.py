@@ -10,6 +10,7 @@ from .. import GROUP
 from ..kube.client import Kube, load_client
 from ..kube.engines import EngineRegistry
 from . import metrics
+from .sessions import SharedPasswords
 
 FINALIZER = f"{GROUP}/finalizer"
 
@@ -32,6 +33,7 @@ async def configure(settings: kopf.OperatorSettings, memo: kopf.Memo, **_) -> No
         settings.scanning.disabled = True
     memo.kube = Kube(load_client())
     memo.engines = EngineRegistry(memo.kube)
+    memo.shared_passwords = SharedPasswords()
     port = os.environ.get("PGJIT_METRICS_PORT")
     if port:
         metrics.serve(int(port))

@@ -72,6 +72,30 @@ class Kube:
             if exc.status != 404:
                 raise
 
+    async def exists(self, group: str, version: str, plural: str, namespace: str, name: str,
+                     uid: str) -> bool:
+        """Whether this very object (same uid, not a same-named successor) still exists."""
+        try:
+            obj = await asyncio.to_thread(self.custom.get_namespaced_custom_object, group,
+                                          version, namespace, plural, name)
+        except ApiException as exc:
+            if exc.status == 404:
+                return False
+            raise
+        return obj.get("metadata", {}).get("uid") == uid
+
+    async def delete_owned_secrets(self, namespace: str, label_selector: str,
+                                   owner_uid: str) -> list[str]:
+        """Delete the Secrets matching ``label_selector`` that ``owner_uid`` owns; their names."""
+        secrets = await asyncio.to_thread(self.core.list_namespaced_secret, namespace,
+                                          label_selector=label_selector)
+        deleted = []
+        for secret in secrets.items:
+            if any(ref.uid == owner_uid for ref in secret.metadata.owner_references or ()):
+                await self.delete_secret(namespace, secret.metadata.name)
+                deleted.append(secret.metadata.name)
+        return deleted
+
     async def read_configmap(self, namespace: str, name: str) -> dict[str, str] | None:
         try:
             cm = await asyncio.to_thread(self.core.read_namespaced_config_map, name, namespace)

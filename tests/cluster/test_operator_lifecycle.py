@@ -1,0 +1,124 @@
+"""Revocation, deletion order and Events."""
+
+from __future__ import annotations
+
+import psycopg
+import pytest
+
+from operatorkit import (Env, condition_of, installed_crds, make_env, operator,  # noqa: F401
+                         postgres16, token)
+
+
+@pytest.fixture
+def env(kube_api, namespace, postgres16, operator) -> Env:
+    return make_env(kube_api, namespace, postgres16, operator)
+
+
+def test_deleting_the_role_ends_the_session_with_access_revoked(env):
+    env.role("analysts", "keep")
+    user = f"jane-{token()}@example.com"
+    env.create("DatabaseSession", "s1", env.session_spec(user))
+    env.wait_phase("s1", "Active")
+    creds = env.secret("s1-credentials")
+    conn = env.login(creds)
+
+    env.delete("Role", "analysts")
+    session = env.wait_phase("s1", "Ended", timeout=20)
+    ready = condition_of(session)
+    assert ready["status"] == "False" and ready["reason"] == "AccessRevoked"
+    assert "no Role allows" in ready["message"]
+    assert condition_of(session, "Stalled") is None
+    status = session["status"]
+    assert status["teardown"]["action"] == "Locked" and status["endedAt"]
+    assert env.secret("s1-credentials") is None
+    row = env.role_row(user)
+    assert row["rolcanlogin"] is False and row["member_of"] == [env.managed_role]
+    assert env.login_refused(creds)
+    with pytest.raises(psycopg.OperationalError):
+        conn.execute("SELECT 1")
+    conn.close()
+    env.wait_event("s1", "AccessRevoked")
+
+    # Putting the Role back does not bring an ended session back: it stays Ended.
+    env.role("analysts", "keep")
+    env.create("DatabaseSession", "probe", env.session_spec(user))
+    env.wait_phase("probe", "Active")
+    assert env.get("DatabaseSession", "s1")["status"]["phase"] == "Ended"
+
+
+def test_database_with_an_active_session_is_deleted_after_the_session(env):
+    env.role("analysts", "best_effort_drop")
+    user = f"karl-{token()}"
+    env.create("DatabaseSession", "s1", env.session_spec(user))
+    env.wait_phase("s1", "Active")
+    creds = env.secret("s1-credentials")
+
+    env.delete("Database", "db")
+
+    def waiting():
+        database = env.get("Database", "db")
+        ready = condition_of(database or {}) or {}
+        return database if ready.get("reason") == "SessionsActive" else None
+    database = env._with_log("the Database to say why it waits", waiting, 20)
+    assert database["metadata"]["deletionTimestamp"]
+    message = condition_of(database)["message"]
+    assert "1 DatabaseSession(s) still use this Database" in message, message
+    assert database["status"]["activeSessions"] == 1
+    env.wait_event("db", "SessionsActive")
+    # The session is untouched meanwhile, and new ones are refused.
+    assert env.get("DatabaseSession", "s1")["status"]["phase"] == "Active"
+    with env.login(creds) as conn:
+        assert conn.execute("SELECT count(*) FROM public.items").fetchone() == (2,)
+    env.create("DatabaseSession", "late", env.session_spec(f"late-{token()}"))
+    late = env.wait_phase("late", "Failed")
+    assert condition_of(late)["reason"] == "DatabaseNotReady"
+    assert "being deleted" in condition_of(late)["message"]
+    assert env.get("Database", "db") is not None
+
+    env.delete("DatabaseSession", "s1")
+    env.wait_gone("DatabaseSession", "s1")
+    assert env.role_row(user) is None  # ended through the Database it was opened on
+    env.wait_gone("Database", "db", timeout=30)
+    assert env.login_refused(creds)
+
+
+def test_events_on_transitions_never_carry_the_password(env, kubectl):
+    env.role("analysts", "keep")
+    user = f"lena-{token()}@example.com"
+    env.create("DatabaseSession", "ok", env.session_spec(user))
+    env.wait_phase("ok", "Active")
+    password = env.secret("ok-credentials")["password"]
+    env.create("DatabaseSession", "denied", env.session_spec(user, databaseRoles=["writer"]))
+    env.wait_phase("denied", "Failed")
+    # A second session of the same user hands out the same password: still not in any Event.
+    env.create("DatabaseSession", "twin", env.session_spec(user))
+    env.wait_phase("twin", "Active")
+    assert env.secret("twin-credentials")["password"] == password
+
+    active = env.wait_event("ok", "Active", "Normal")
+    assert user in active.message
+    assert active.involved_object.kind == "DatabaseSession"
+    assert active.involved_object.uid == env.get("DatabaseSession", "ok")["metadata"]["uid"]
+    warning = env.wait_event("denied", "AccessDenied", "Warning")
+    assert 'access to database role "writer" denied' in warning.message
+    env.wait_event("db", "Connected", "Normal")
+
+    env.delete("DatabaseSession", "ok")
+    env.delete("DatabaseSession", "twin")
+    env.wait_gone("DatabaseSession", "ok")
+    env.wait_gone("DatabaseSession", "twin")
+
+    assert not env.session_secrets()
+    events = env.events()
+    assert {"Active", "AccessDenied", "Connected"} <= {e.reason for e in events}
+    for event in events:
+        assert password not in f"{event.reason} {event.message}"
+    # What a person would look at: kubectl, in both Event APIs.
+    for resource in ("events", "events.events.k8s.io"):
+        shown = kubectl("get", resource, "-n", env.namespace, "-o", "json", check=True).stdout
+        assert '"Active"' in shown and "AccessDenied" in shown
+        assert password not in shown
+    # Nor in any status, nor in the operator's log.
+    for session in env.list("DatabaseSession"):
+        assert password not in str(session)
+    assert password not in env.operator.log_path.read_text(errors="replace")
