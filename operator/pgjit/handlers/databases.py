@@ -9,10 +9,10 @@ import kopf
 
 from .. import GROUP, VERSION
 from ..api.database import Database
-from ..core import conditions
 from ..core.credentials_secret import SESSION_LABEL, session_label_value
 from ..engine import EngineError
 from . import metrics
+from .status import set_conditions
 
 RESOURCE = (GROUP, VERSION, "databases")
 log = logging.getLogger(__name__)
@@ -46,7 +46,6 @@ class LiveSessions:
 async def _check(body, namespace: str, name: str, patch: kopf.Patch, memo: kopf.Memo,
                  live_sessions_by_database, *, refresh: bool, sweep: bool) -> None:
     database = Database.model_validate(body)
-    previous = body.get("status", {}).get("conditions")
     generation = body.get("metadata", {}).get("generation")
     live = _live_sessions(live_sessions_by_database, namespace, name)
     patch.status["activeSessions"] = len(live)
@@ -54,18 +53,8 @@ async def _check(body, namespace: str, name: str, patch: kopf.Patch, memo: kopf.
 
     def report(ready: bool, reason: str, message: str, *, stalled: bool = False,
                settled: bool = False) -> None:
-        if ready:
-            new = conditions.ready(previous, generation, reason, message)
-        elif settled:
-            new = conditions.not_ready(previous, generation, reason, message)
-        elif stalled:
-            new = conditions.stalled(previous, generation, reason, message)
-        else:
-            new = conditions.in_progress(previous, generation, reason, message)
-        if conditions.condition_changed(conditions.find_condition(previous, "Ready"),
-                                        conditions.find_condition(new, "Ready")):
-            kopf.event(body, type="Normal" if ready else "Warning", reason=reason, message=message)
-        patch.status["conditions"] = new
+        set_conditions(body, patch.status, ready, reason, message, stalled=stalled,
+                       settled=settled)
 
     try:
         engine = await memo.engines.engine_for(database, namespace, refresh=refresh)
@@ -155,12 +144,6 @@ async def release(body, namespace, name, patch, memo, live_sessions_by_database,
     if live:
         message = (f"deletion waits: {len(live)} DatabaseSession(s) still use this Database; it "
                    "is deleted once they have ended (delete them to end them now)")
-        previous = body.get("status", {}).get("conditions")
-        new = conditions.in_progress(previous, body.get("metadata", {}).get("generation"),
-                                     "SessionsActive", message)
-        if conditions.condition_changed(conditions.find_condition(previous, "Ready"),
-                                        conditions.find_condition(new, "Ready")):
-            kopf.event(body, type="Normal", reason="SessionsActive", message=message)
-        patch.status["conditions"] = new
+        set_conditions(body, patch.status, False, "SessionsActive", message)
         raise kopf.TemporaryError(message, delay=RELEASE_RETRY)
     await memo.engines.forget(namespace, name)

@@ -19,7 +19,7 @@ from .. import GROUP, VERSION
 from ..api.database import Database
 from ..api.role import Role
 from ..api.session import DatabaseSession
-from ..core import conditions, policy
+from ..core import policy
 from ..core.certificates import issue_client_certificate
 from ..core.credentials import generate_password
 from ..core.credentials_secret import (ConnectionTarget, certificate_secret_data,
@@ -28,6 +28,7 @@ from ..core.naming import postgres_username
 from ..engine import ActivationRequest, EngineError
 from ..engine.results import ABSENT, NOT_MANAGED
 from . import metrics
+from .status import set_conditions
 from .indexes import TERMINAL_PHASES, session_id
 
 RESOURCE = (GROUP, VERSION, "databasesessions")
@@ -90,23 +91,7 @@ class SharedPasswords:
 
 def _set_conditions(body, status: dict, ready: bool, reason: str, message: str, *,
                     terminal: bool = False, settled: bool = False) -> None:
-    """``settled``: not ready and nothing left to do, and not an error (Ended, Expired)."""
-    previous = body.get("status", {}).get("conditions")
-    generation = body.get("metadata", {}).get("generation")
-    if ready:
-        new = conditions.ready(previous, generation, reason, message)
-    elif settled:
-        new = conditions.not_ready(previous, generation, reason, message)
-    elif terminal:
-        new = conditions.stalled(previous, generation, reason, message)
-    else:
-        new = conditions.in_progress(previous, generation, reason, message)
-    if conditions.condition_changed(conditions.find_condition(previous, "Ready"),
-                                    conditions.find_condition(new, "Ready")):
-        kopf.event(body, type="Normal" if ready or reason in ("Ended", "Expired") else "Warning",
-                   reason=reason, message=message)
-    status["conditions"] = new
-    status["observedGeneration"] = generation
+    set_conditions(body, status, ready, reason, message, stalled=terminal, settled=settled)
 
 
 def _database(databases_by_name, namespace: str, name: str, *, opening: bool = True) -> Database:

@@ -1,0 +1,38 @@
+"""Writing conditions and posting the matching Event, the same way for every kind."""
+
+from __future__ import annotations
+
+from typing import MutableMapping
+
+import kopf
+
+from ..core import conditions
+
+# Reasons that end an object's work normally: reported as Normal Events, not Warnings.
+NORMAL_REASONS = frozenset({"Ended", "Expired", "Suspended", "SessionsActive"})
+
+
+def set_conditions(body, status: MutableMapping, ready: bool, reason: str, message: str, *,
+                   stalled: bool = False, settled: bool = False) -> None:
+    """Write Ready (+ Reconciling or Stalled) into ``status``; post an Event on a transition.
+
+    ``stalled``: a terminal error a person must fix. ``settled``: not ready, but nothing is
+    left to do and nothing is wrong (Ended, Expired, Suspended). Otherwise not-ready means the
+    operator is still working on it.
+    """
+    previous = body.get("status", {}).get("conditions")
+    generation = body.get("metadata", {}).get("generation")
+    if ready:
+        new = conditions.ready(previous, generation, reason, message)
+    elif settled:
+        new = conditions.not_ready(previous, generation, reason, message)
+    elif stalled:
+        new = conditions.stalled(previous, generation, reason, message)
+    else:
+        new = conditions.in_progress(previous, generation, reason, message)
+    if conditions.condition_changed(conditions.find_condition(previous, "Ready"),
+                                    conditions.find_condition(new, "Ready")):
+        kopf.event(body, type="Normal" if ready or reason in NORMAL_REASONS else "Warning",
+                   reason=reason, message=message)
+    status["conditions"] = new
+    status["observedGeneration"] = generation
