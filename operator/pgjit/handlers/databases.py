@@ -12,6 +12,7 @@ from ..api.database import Database
 from ..core.credentials_secret import SESSION_LABEL, session_label_value
 from ..engine import EngineError
 from . import metrics
+from .sessions import supervise_leases
 from .status import set_conditions
 
 RESOURCE = (GROUP, VERSION, "databases")
@@ -147,3 +148,11 @@ async def release(body, namespace, name, patch, memo, live_sessions_by_database,
         set_conditions(body, patch.status, False, "SessionsActive", message)
         raise kopf.TemporaryError(message, delay=RELEASE_RETRY)
     await memo.engines.forget(namespace, name)
+
+
+@kopf.daemon(*RESOURCE, id="leases", cancellation_timeout=10.0)
+async def leases(namespace, name, memo, stopped, active_sessions_by_database, databases_by_name,
+                 roles_by_namespace, **_):
+    """Ends this Database's sessions at expiry and when access is revoked (see sessions.py)."""
+    await supervise_leases(namespace, name, memo, stopped, active_sessions_by_database,
+                           databases_by_name, roles_by_namespace)

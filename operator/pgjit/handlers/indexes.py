@@ -51,3 +51,11 @@ def active_sessions_by_user(namespace, name, spec, status, **_):
         return {}
     return {(namespace, spec.get("user")): (name, status.get("secretName"),
                                             spec.get("databaseRef", {}).get("name"))}
+
+
+@kopf.index(GROUP, VERSION, "databasesessions")
+def active_sessions_by_database(namespace, spec, status, body, **_):
+    """Active sessions per (namespace, Database): what each Database's lease loop watches."""
+    if status.get("phase") != "Active":
+        return {}
+    return {(namespace, spec.get("databaseRef", {}).get("name")): body}

@@ -10,6 +10,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import os
+import time
 from datetime import datetime, timezone
 
 import kopf
@@ -34,6 +35,7 @@ from .indexes import TERMINAL_PHASES, session_id
 RESOURCE = (GROUP, VERSION, "databasesessions")
 log = logging.getLogger(__name__)
 REVALIDATE_INTERVAL = float(os.environ.get("PGJIT_REVALIDATE_SECONDS", "30"))
+EXPIRY_TICK = float(os.environ.get("PGJIT_EXPIRY_TICK_SECONDS", "1"))
 #: Seconds between looks at a Database a session is waiting for (missing, suspended, not ready).
 DATABASE_WAIT = 10.0
 
@@ -120,12 +122,20 @@ def _database(databases_by_name, namespace: str, name: str, *, opening: bool = T
     return database
 
 
-async def _traits(memo: kopf.Memo, user: str) -> dict[str, list[str]]:
+async def _load_traits_data(memo: kopf.Memo) -> dict[str, str]:
+    """The traits ConfigMap's data (user name -> YAML map of lists), if one is configured."""
     name = os.environ.get("PGJIT_TRAITS_CONFIGMAP")
     namespace = os.environ.get("PGJIT_NAMESPACE")
     if not name or not namespace:
         return {}
-    data = await memo.kube.read_configmap(namespace, name)
+    return await memo.kube.read_configmap(namespace, name) or {}
+
+
+async def _traits(memo: kopf.Memo, user: str) -> dict[str, list[str]]:
+    return _user_traits(await _load_traits_data(memo), user)
+
+
+def _user_traits(data: dict[str, str] | None, user: str) -> dict[str, list[str]]:
     raw = (data or {}).get(user)
     try:
         traits = yaml.safe_load(raw) if raw else {}
@@ -371,33 +381,59 @@ async def end_on_delete(body, name, namespace, uid, memo, databases_by_name, **_
         await end_lease(body, namespace, name, uid, memo, databases_by_name, reason="deleted")
 
 
-@kopf.daemon(*RESOURCE, id="expiry", cancellation_timeout=10.0,
-             when=lambda status, **_: status.get("phase") == "Active")
-async def watch_expiry(body, name, namespace, uid, memo, stopped, databases_by_name,
-                       roles_by_namespace, **_):
-    """Ends the session at expiresAt, or earlier when no Role allows it any more."""
-    expires_at = _parse_ts(body["status"]["expiresAt"])
+async def supervise_leases(namespace: str, database_name: str, memo, stopped,
+                           active_sessions_by_database, databases_by_name,
+                           roles_by_namespace) -> None:
+    """End a Database's Active sessions at expiresAt, or when no Role allows them any more.
+
+    One loop per Database rather than one Kopf daemon per session: the work per tick is a
+    pass over the Database's Active sessions in the index, and memory does not grow with a
+    task, a stopper and a logger per session.
+    """
+    ending: dict[str, asyncio.Task] = {}
+    last_revalidation = time.monotonic()
     while not stopped:
-        remaining = (expires_at - _now()).total_seconds()
-        if remaining <= 0:
-            await _finish(body, name, namespace, uid, memo, stopped, databases_by_name,
-                          "Expired", "Expired", f"the session expired at {_ts(expires_at)}")
-            return
-        await stopped.wait(min(remaining, REVALIDATE_INTERVAL))
-        if stopped or (expires_at - _now()).total_seconds() <= 0:
-            continue
-        session = DatabaseSession.model_validate(body)
-        try:
-            # A Database being deleted waits for its sessions; it does not end them.
-            database = _database(databases_by_name, namespace, session.spec.database_ref.name,
-                                 opening=False)
-            _decide(session, database, roles_by_namespace, namespace,
-                    await _traits(memo, session.spec.user))
-        except Outcome as outcome:
-            if outcome.terminal:
-                await _finish(body, name, namespace, uid, memo, stopped, databases_by_name,
-                              "Ended", "AccessRevoked", f"access was revoked: {outcome.message}")
-                return
+        now = _now()
+        revalidate = time.monotonic() - last_revalidation >= REVALIDATE_INTERVAL
+        traits_data = await _load_traits_data(memo) if revalidate else None
+        active = list(active_sessions_by_database.get((namespace, database_name), ()))
+        for body in active:
+            name = body["metadata"]["name"]
+            if name in ending:
+                continue
+            expires_at = _parse_ts(body["status"]["expiresAt"])
+            end = None
+            if expires_at <= now:
+                end = ("Expired", "Expired", f"the session expired at {_ts(expires_at)}")
+            elif revalidate:
+                end = _revoked(body, namespace, databases_by_name, roles_by_namespace,
+                               traits_data)
+            if end is not None:
+                ending[name] = asyncio.create_task(_finish(
+                    body, name, namespace, body["metadata"]["uid"], memo, stopped,
+                    databases_by_name, *end))
+        if revalidate:
+            last_revalidation = time.monotonic()
+        # Forget a finished end only once the index no longer shows the session Active, so
+        # one end is never started twice for the same session.
+        still_active = {b["metadata"]["name"] for b in active}
+        for name in [n for n, task in ending.items() if task.done() and n not in still_active]:
+            ending.pop(name)
+        await stopped.wait(EXPIRY_TICK)
+
+
+def _revoked(body, namespace, databases_by_name, roles_by_namespace, traits_data):
+    session = DatabaseSession.model_validate(body)
+    try:
+        # A Database being deleted waits for its sessions; it does not end them.
+        database = _database(databases_by_name, namespace, session.spec.database_ref.name,
+                             opening=False)
+        _decide(session, database, roles_by_namespace, namespace,
+                _user_traits(traits_data, session.spec.user))
+    except Outcome as outcome:
+        if outcome.terminal:
+            return ("Ended", "AccessRevoked", f"access was revoked: {outcome.message}")
+    return None
 
 
 async def _finish(body, name, namespace, uid, memo, stopped, databases_by_name, phase, reason,
