@@ -21,10 +21,10 @@ import kubernetes
 import psycopg
 import pytest
 from kubernetes.client.rest import ApiException
-from psycopg import sql
 
 from pgjit.devstack.kube_binaries import find_repo_root
 from pgjit.devstack.postgres import start_postgres
+from pgjit.devstack.stack import prepare_demo_postgres
 
 GROUP, VERSION = "pgjit.dev", "v1alpha1"
 PLURALS = {"Database": "databases", "Role": "roles", "DatabaseSession": "databasesessions"}
@@ -100,17 +100,7 @@ def _start_postgres16():
     workdir = Path(tempfile.mkdtemp(prefix="pgjit-cluster-pg-"))
     os.chmod(workdir, 0o755)
     server = start_postgres("16", workdir / "pg16")
-    with psycopg.connect(server.superuser_conninfo(), autocommit=True) as conn:
-        admin = sql.Identifier(server.admin_user)
-        conn.execute("CREATE ROLE reader NOLOGIN; CREATE ROLE writer NOLOGIN")
-        conn.execute(sql.SQL("GRANT reader, writer TO {} WITH ADMIN OPTION").format(admin))
-        conn.execute(sql.SQL("GRANT pg_signal_backend TO {}").format(admin))
-        conn.execute(sql.SQL("CREATE DATABASE app OWNER {}").format(admin))
-    with psycopg.connect(server.superuser_conninfo("app"), autocommit=True) as conn:
-        conn.execute("CREATE TABLE public.items(id int)")
-        conn.execute("INSERT INTO public.items VALUES (1), (2)")
-        conn.execute("GRANT SELECT ON public.items TO reader")
-        conn.execute("GRANT INSERT ON public.items TO writer")
+    prepare_demo_postgres(server, dbname="app", table="items")
     return server
 
 

@@ -33,20 +33,24 @@ def _kubectl(cp: ControlPlane, *args: str, stdin: str | None = None) -> str:
     return result.stdout
 
 
-def _prepare_postgres(server) -> None:
-    """What the docs tell a DBA to set up: roles to hand out, and the admin's extra grants."""
+def prepare_demo_postgres(server, dbname: str = "orders", table: str = "orders") -> None:
+    """What the docs tell a DBA to set up: roles to hand out (reader, writer), the admin's
+    extra grants, and a database owned by the admin with one table the roles can use."""
     with psycopg.connect(server.superuser_conninfo(), autocommit=True) as conn:
         admin = sql.Identifier(server.admin_user)
         conn.execute("CREATE ROLE reader NOLOGIN")
         conn.execute("CREATE ROLE writer NOLOGIN")
         conn.execute(sql.SQL("GRANT reader, writer TO {} WITH ADMIN OPTION").format(admin))
         conn.execute(sql.SQL("GRANT pg_signal_backend TO {}").format(admin))
-        conn.execute(sql.SQL("CREATE DATABASE orders OWNER {}").format(admin))
-    with psycopg.connect(server.superuser_conninfo("orders"), autocommit=True) as conn:
-        conn.execute("CREATE TABLE public.orders (id serial PRIMARY KEY, item text)")
-        conn.execute("INSERT INTO public.orders (item) VALUES ('coffee'), ('tea')")
-        conn.execute("GRANT SELECT ON public.orders TO reader")
-        conn.execute("GRANT INSERT, UPDATE ON public.orders TO writer")
+        conn.execute(sql.SQL("CREATE DATABASE {} OWNER {}").format(sql.Identifier(dbname), admin))
+    with psycopg.connect(server.superuser_conninfo(dbname), autocommit=True) as conn:
+        relation = sql.Identifier("public", table)
+        conn.execute(sql.SQL("CREATE TABLE {} (id serial PRIMARY KEY, item text)").format(relation))
+        conn.execute(sql.SQL("INSERT INTO {} (item) VALUES ('coffee'), ('tea')").format(relation))
+        conn.execute(sql.SQL("GRANT SELECT ON {} TO reader").format(relation))
+        conn.execute(sql.SQL("GRANT INSERT, UPDATE ON {} TO writer").format(relation))
+        conn.execute(sql.SQL("GRANT USAGE ON SEQUENCE {} TO writer").format(
+            sql.Identifier("public", f"{table}_id_seq")))
 
 
 def _example_objects(server) -> list[dict]:
@@ -77,7 +81,7 @@ def main() -> int:
     operator = None
     with ControlPlane() as cp, start_postgres("16", workdir / "pg16") as server:
         try:
-            _prepare_postgres(server)
+            prepare_demo_postgres(server)
             _kubectl(cp, "apply", "--server-side", "-f", str(root / "crds"))
             _kubectl(cp, "wait", "--for=condition=Established", "--timeout=60s",
                      "crd/databases.pgjit.dev", "crd/roles.pgjit.dev",

@@ -363,12 +363,7 @@ class UserLifecycle:
                     return await self._deactivate(conn, name, state, terminated, (
                         f"the user still has {state.backends} open connection(s); it was "
                         "locked instead of dropped",))
-                batch = Batch()
-                batch.add(S.drop_role(name))
-                try:
-                    await self._run(conn, batch, commit=True)
-                except psycopg.errors.DependentObjectsStillExist:
-                    await self._rollback(conn)
+                if await self._drop_at_once(conn, name) is None:
                     state = await self._begin_locked(conn, name)
                     blockers = await self._drop_blockers(conn, name)
                     return await self._deactivate(conn, name, state, terminated, blockers)
