@@ -22,13 +22,11 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import kubernetes
-import psycopg
-from kubernetes.client.rest import ApiException
-from psycopg import sql
 
 from pgjit.devstack.controlplane import ControlPlane
 from pgjit.devstack.kube_binaries import find_repo_root
 from pgjit.devstack.postgres import start_postgres
+from pgjit.devstack.stack import prepare_demo_postgres
 
 GROUP, VERSION, PLURAL = "pgjit.dev", "v1alpha1", "databasesessions"
 NS = "bench"
@@ -114,12 +112,7 @@ def main() -> int:
     lines: list[str] = []
     with ControlPlane() as cp, start_postgres("16", workdir / "pg16",
                                               settings={"max_connections": "200"}) as pg:
-        with psycopg.connect(pg.superuser_conninfo(), autocommit=True) as conn:
-            admin = sql.Identifier(pg.admin_user)
-            conn.execute("CREATE ROLE reader NOLOGIN")
-            conn.execute(sql.SQL("GRANT reader TO {} WITH ADMIN OPTION").format(admin))
-            conn.execute(sql.SQL("GRANT pg_signal_backend TO {}").format(admin))
-            conn.execute(sql.SQL("CREATE DATABASE app OWNER {}").format(admin))
+        prepare_demo_postgres(pg, dbname="app", table="items")
         kubectl = [str(cp.binaries.kubectl), f"--kubeconfig={cp.kubeconfig()}"]
         subprocess.run([*kubectl, "apply", "--server-side", "-f", str(root / "crds")], check=True,
                        capture_output=True)
