@@ -64,6 +64,37 @@ def cmd_dev(args: argparse.Namespace) -> int:
     return run_stack()
 
 
+def cmd_explain(args: argparse.Namespace) -> int:
+    """Which Roles apply to a user on a Database, and what they grant: the operator's policy."""
+    import kubernetes
+
+    from pgjit import GROUP, VERSION
+    from pgjit.api.database import Database
+    from pgjit.api.role import Role
+    from pgjit.core.explain import render_explanation
+    from pgjit.core.policy import AccessRequest, evaluate
+
+    kubernetes.config.load_kube_config()
+    custom = kubernetes.client.CustomObjectsApi()
+    namespace = args.namespace or kubernetes.config.list_kube_config_contexts()[1].get(
+        "context", {}).get("namespace", "default")
+    try:
+        database = Database.model_validate(custom.get_namespaced_custom_object(
+            GROUP, VERSION, namespace, "databases", args.database))
+    except kubernetes.client.ApiException as exc:
+        print(f'pgjit explain: Database "{args.database}" in namespace "{namespace}": '
+              f"{exc.reason}", file=sys.stderr)
+        return 1
+    roles = [Role.model_validate(item) for item in custom.list_namespaced_custom_object(
+        GROUP, VERSION, namespace, "roles")["items"]]
+    request = AccessRequest(user=args.user, database_name=args.db_name or "*",
+                            groups=tuple(args.group or ()),
+                            database_roles=tuple(r for r in (args.db_roles or "").split(",") if r))
+    decision = evaluate(request, database, roles)
+    sys.stdout.write(render_explanation(decision))
+    return 0 if decision.allowed else 1
+
+
 def _not_implemented(name: str) -> Callable[[argparse.Namespace], int]:
     def run(args: argparse.Namespace) -> int:
         print(f"pgjit {name}: not implemented yet", file=sys.stderr)
@@ -102,6 +133,18 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("-v", "--verbose", action="store_true")
     run.set_defaults(func=cmd_run)
 
+    explain = sub.add_parser("explain", help="explain which Roles apply to a user on a Database, "
+                             "and what they grant (exit 1 when the session would be refused)")
+    explain.add_argument("database", metavar="DATABASE", help="the Database object's name")
+    explain.add_argument("--user", required=True,
+                         help="the Kubernetes user name the session would be for")
+    explain.add_argument("--group", action="append", metavar="GROUP",
+                         help="a group of that user (repeatable)")
+    explain.add_argument("--db-name", metavar="NAME", help="the PostgreSQL database to open")
+    explain.add_argument("--db-roles", metavar="A,B", help="database roles the session would ask for")
+    explain.add_argument("-n", "--namespace", help="namespace (default: the kubeconfig's)")
+    explain.set_defaults(func=cmd_explain)
+
     dev = sub.add_parser("dev", help="start a local stack for trying pgjit without a cluster "
                          "(needs a source checkout; Ctrl-C stops everything)")
     dev.set_defaults(func=cmd_dev)
@@ -109,7 +152,6 @@ def build_parser() -> argparse.ArgumentParser:
     # Registered now, implemented later; each keeps its final name and help text.
     stubs = {
         "connect": "open a DatabaseSession and run psql with its credentials",
-        "explain": "explain which Roles apply to a user on a Database, and what they grant",
         "sessions": "list DatabaseSessions",
     }
     for name, help_text in stubs.items():

@@ -84,7 +84,7 @@ def test_cli_writes_one_file_per_kind(tmp_path: pathlib.Path) -> None:
     ]
 
 
-@pytest.mark.parametrize("command", ["connect", "explain", "sessions"])
+@pytest.mark.parametrize("command", ["connect", "sessions"])
 def test_unimplemented_commands_exit_2(command: str) -> None:
     assert main([command]) == 2
 
