@@ -58,4 +58,14 @@ def active_sessions_by_database(namespace, spec, status, body, **_):
     """Active sessions per (namespace, Database): what each Database's lease loop watches."""
     if status.get("phase") != "Active":
         return {}
-    return {(namespace, spec.get("databaseRef", {}).get("name")): body}
+    return {(namespace, spec.get("databaseRef", {}).get("name")): _slim(body)}
+
+
+def _slim(body) -> dict:
+    """What the lease loop and the end of a session read, without managedFields and Kopf's
+    annotations: a full body costs several times more memory, per Active session."""
+    metadata = body.get("metadata", {})
+    return {"apiVersion": body.get("apiVersion"), "kind": body.get("kind"),
+            "metadata": {key: metadata.get(key) for key in
+                         ("name", "namespace", "uid", "generation", "creationTimestamp")},
+            "spec": dict(body.get("spec", {})), "status": dict(body.get("status", {}))}
