@@ -345,6 +345,12 @@ class Env:
         return {"user": user, "groups": list(groups), "databaseRef": {"name": database},
                 "databaseName": dbname, **extra}
 
+    def open_session(self, name: str, user: str, **spec) -> dict[str, str]:
+        """Create a session for ``user``, wait until it is Active, return its credentials."""
+        self.create("DatabaseSession", name, self.session_spec(user, **spec))
+        self.wait_phase(name, "Active")
+        return self.secret(f"{name}-credentials")
+
     def role(self, name: str, mode: str, roles=("reader",), *, group: str = "analysts",
              **extra) -> dict:
         """A Role granting ``roles`` on database app of every Database labelled env=test."""

@@ -17,9 +17,7 @@ def env(kube_api, namespace, postgres16, operator) -> Env:
 def test_deleting_the_role_ends_the_session_with_access_revoked(env):
     env.role("analysts", "keep")
     user = f"jane-{token()}@example.com"
-    env.create("DatabaseSession", "s1", env.session_spec(user))
-    env.wait_phase("s1", "Active")
-    creds = env.secret("s1-credentials")
+    creds = env.open_session("s1", user)
     conn = env.login(creds)
 
     env.delete("Role", "analysts")
@@ -49,9 +47,7 @@ def test_deleting_the_role_ends_the_session_with_access_revoked(env):
 def test_database_with_an_active_session_is_deleted_after_the_session(env):
     env.role("analysts", "best_effort_drop")
     user = f"karl-{token()}"
-    env.create("DatabaseSession", "s1", env.session_spec(user))
-    env.wait_phase("s1", "Active")
-    creds = env.secret("s1-credentials")
+    creds = env.open_session("s1", user)
 
     env.delete("Database", "db")
 

@@ -84,9 +84,7 @@ def test_psql_session_is_killed_when_the_last_session_ends(env):
     """A real psql client (not only psycopg) loses its connection when the session ends."""
     env.role("analysts", "best_effort_drop")
     user = f"carl-{token()}"
-    env.create("DatabaseSession", "s1", env.session_spec(user))
-    env.wait_phase("s1", "Active")
-    creds = env.secret("s1-credentials")
+    creds = env.open_session("s1", user)
     psql = subprocess.Popen([str(env.server.psql_path), creds["uri"], "-X", "-q", "-A", "-t", "-v",
                              "ON_ERROR_STOP=1"], stdin=subprocess.PIPE, stdout=subprocess.PIPE,
                             stderr=subprocess.PIPE, text=True)
