@@ -12,7 +12,7 @@ from ..api.database import Database
 from ..core.credentials_secret import SESSION_LABEL, session_label_value
 from ..engine import EngineError
 from . import metrics
-from .sessions import supervise_leases
+from .sessions import SECRET_ACCESS, supervise_leases
 from .status import set_conditions
 
 RESOURCE = (GROUP, VERSION, "databases")
@@ -118,6 +118,8 @@ async def _remove_secrets_of(memo: kopf.Memo, session_id: str) -> None:
         return
     selector = f"{SESSION_LABEL}={session_label_value(name)}"
     for secret in await memo.kube.delete_owned_secrets(namespace, selector, uid):
+        if SECRET_ACCESS:
+            await memo.kube.revoke_secret_access(namespace, secret, uid)
         log.info("[%s/%s] deleted Secret %s of the swept session", namespace, name, secret)
 
 

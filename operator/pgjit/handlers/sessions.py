@@ -23,11 +23,13 @@ from ..api.session import DatabaseSession
 from ..core import policy
 from ..core.certificates import issue_client_certificate
 from ..core.credentials import generate_password
+from ..core.credential_access import secret_reader_binding, secret_reader_role
 from ..core.credentials_secret import (ConnectionTarget, certificate_secret_data,
                                        password_secret_data, secret_labels)
 from ..core.naming import postgres_username
 from ..engine import ActivationRequest, EngineError
 from ..engine.results import ABSENT, NOT_MANAGED
+from ..kube.client import NotOwned
 from . import metrics
 from .status import set_conditions
 from .indexes import TERMINAL_PHASES, session_id
@@ -36,6 +38,10 @@ RESOURCE = (GROUP, VERSION, "databasesessions")
 log = logging.getLogger(__name__)
 REVALIDATE_INTERVAL = float(os.environ.get("PGJIT_REVALIDATE_SECONDS", "30"))
 EXPIRY_TICK = float(os.environ.get("PGJIT_EXPIRY_TICK_SECONDS", "1"))
+#: Whether each session's user gets ``get`` on exactly its credentials Secret (a Role and
+#: RoleBinding named like the Secret). Off when the cluster grants Secret access some other way.
+SECRET_ACCESS = os.environ.get("PGJIT_SECRET_ACCESS", "true").strip().lower() not in (
+    "false", "0", "no", "off")
 #: Seconds between looks at a Database a session is waiting for (missing, suspended, not ready).
 DATABASE_WAIT = 10.0
 
@@ -274,9 +280,17 @@ async def _open(body, name, namespace, uid, memo, indexes, status: dict) -> None
                       release=True)
     log.info("[%s/%s] PostgreSQL user %r active; writing Secret %s", namespace, name,
              activation.username, secret_name)
-    await memo.kube.write_secret(namespace, secret_name, data, labels=secret_labels(name),
-                                 owner={"apiVersion": body["apiVersion"], "kind": body["kind"],
-                                        "name": name, "uid": uid})
+    owner = {"apiVersion": body["apiVersion"], "kind": body["kind"], "name": name, "uid": uid}
+    labels = secret_labels(name)
+    try:
+        await memo.kube.write_secret(namespace, secret_name, data, labels=labels, owner=owner)
+        if SECRET_ACCESS:
+            await memo.kube.grant_secret_access(
+                namespace, secret_reader_role(secret_name, labels),
+                secret_reader_binding(secret_name, session.spec.user, labels), owner=owner)
+    except NotOwned as conflict:
+        raise Outcome("Failed", "SecretConflict", f"{conflict}; choose another spec.secretName "
+                      "(the default is <session name>-credentials)", terminal=True, release=True)
     message = f"PostgreSQL user {activation.username} is active until {_ts(expires_at)}"
     if decision.duration_capped:
         message += f" ({decision.duration_message})"
@@ -366,7 +380,9 @@ async def end_lease(body, namespace: str, name: str, uid: str, memo, databases_b
                 "cannot be ended (its VALID UNTIL still applies)", delay=60)
     log.info("[%s/%s] lease ended (%s); deleting Secret %s", namespace, name,
              teardown["action"], session.credentials_secret_name)
-    await memo.kube.delete_secret(namespace, session.credentials_secret_name)
+    if SECRET_ACCESS:
+        await memo.kube.revoke_secret_access(namespace, session.credentials_secret_name, uid)
+    await memo.kube.delete_secret(namespace, session.credentials_secret_name, uid)
     if status.get("phase") == "Active":
         metrics.ACTIVE_SESSIONS.dec()
     return {"teardown": teardown, "endedAt": _ts(_now())}

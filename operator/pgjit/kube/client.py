@@ -23,10 +23,20 @@ def load_client() -> kubernetes.client.ApiClient:
     return kubernetes.client.ApiClient()
 
 
+class NotOwned(Exception):
+    """An object pgjit would write exists already and belongs to someone else."""
+
+    def __init__(self, kind: str, namespace: str, name: str):
+        super().__init__(f'{kind} "{name}" already exists in namespace "{namespace}" and does '
+                         "not belong to this session")
+        self.kind, self.namespace, self.name = kind, namespace, name
+
+
 class Kube:
     def __init__(self, api_client: kubernetes.client.ApiClient):
         self.core = kubernetes.client.CoreV1Api(api_client)
         self.custom = kubernetes.client.CustomObjectsApi(api_client)
+        self.rbac = kubernetes.client.RbacAuthorizationV1Api(api_client)
 
     async def patch_status(self, group: str, version: str, plural: str, namespace: str,
                            name: str, status: Mapping) -> None:
@@ -50,27 +60,81 @@ class Kube:
 
     async def write_secret(self, namespace: str, name: str, data: Mapping[str, str], *,
                            labels: Mapping[str, str], owner: Mapping[str, str]) -> None:
-        """Create the Secret, or replace its data if it exists (a retried activation)."""
-        body = kubernetes.client.V1Secret(
-            metadata=kubernetes.client.V1ObjectMeta(
-                name=name, namespace=namespace, labels=dict(labels),
-                owner_references=[kubernetes.client.V1OwnerReference(
-                    api_version=owner["apiVersion"], kind=owner["kind"], name=owner["name"],
-                    uid=owner["uid"], controller=True, block_owner_deletion=True)]),
-            type="Opaque", string_data=dict(data))
+        """Create the Secret, or replace its data if this session wrote it before (a retry).
+
+        Raises :class:`NotOwned` when a Secret of that name exists and belongs to something else:
+        ``spec.secretName`` is chosen by the user, and overwriting (or later deleting) someone
+        else's Secret would destroy data pgjit does not own.
+        """
+        body = {"apiVersion": "v1", "kind": "Secret", "type": "Opaque",
+                "metadata": {"name": name, "labels": dict(labels)}, "stringData": dict(data)}
+        await self._create_or_replace_owned(
+            namespace, body, owner, self.core.create_namespaced_secret,
+            self.core.read_namespaced_secret, self.core.replace_namespaced_secret)
+
+    async def _create_or_replace_owned(self, namespace: str, body: dict, owner: Mapping[str, str],
+                                       create, read, replace) -> None:
+        ref = {"apiVersion": owner["apiVersion"], "kind": owner["kind"], "name": owner["name"],
+               "uid": owner["uid"], "controller": True, "blockOwnerDeletion": True}
+        body = {**body, "metadata": {**body["metadata"], "ownerReferences": [ref]}}
+        name = body["metadata"]["name"]
         try:
-            await asyncio.to_thread(self.core.create_namespaced_secret, namespace, body)
+            await asyncio.to_thread(create, namespace, body)
+            return
         except ApiException as exc:
             if exc.status != 409:
                 raise
-            await asyncio.to_thread(self.core.replace_namespaced_secret, name, namespace, body)
+        existing = await asyncio.to_thread(read, name, namespace)
+        if not any(r.uid == owner["uid"] for r in existing.metadata.owner_references or ()):
+            raise NotOwned(body["kind"], namespace, name)
+        body["metadata"]["resourceVersion"] = existing.metadata.resource_version
+        await asyncio.to_thread(replace, name, namespace, body)
 
-    async def delete_secret(self, namespace: str, name: str) -> None:
+    async def delete_secret(self, namespace: str, name: str, owner_uid: str) -> None:
+        """Delete the Secret if ``owner_uid`` owns it; someone else's is left alone."""
         try:
-            await asyncio.to_thread(self.core.delete_namespaced_secret, name, namespace)
+            existing = await asyncio.to_thread(self.core.read_namespaced_secret, name, namespace)
+            if not any(r.uid == owner_uid for r in existing.metadata.owner_references or ()):
+                return
+            # The precondition makes the check and the delete one step: a Secret recreated by
+            # someone else in between is not deleted.
+            await asyncio.to_thread(
+                self.core.delete_namespaced_secret, name, namespace,
+                body=kubernetes.client.V1DeleteOptions(preconditions=kubernetes.client.V1Preconditions(
+                    uid=existing.metadata.uid)))
         except ApiException as exc:
-            if exc.status != 404:
+            if exc.status not in (404, 409):
                 raise
+
+    async def grant_secret_access(self, namespace: str, role: dict, binding: dict, *,
+                                  owner: Mapping[str, str]) -> None:
+        """Create (or, on a retried activation, replace) a Role and its RoleBinding.
+
+        Raises :class:`NotOwned` for a same-named Role or RoleBinding that is not this session's.
+        """
+        await self._create_or_replace_owned(
+            namespace, role, owner, self.rbac.create_namespaced_role,
+            self.rbac.read_namespaced_role, self.rbac.replace_namespaced_role)
+        await self._create_or_replace_owned(
+            namespace, binding, owner, self.rbac.create_namespaced_role_binding,
+            self.rbac.read_namespaced_role_binding, self.rbac.replace_namespaced_role_binding)
+
+    async def revoke_secret_access(self, namespace: str, name: str, owner_uid: str) -> None:
+        """Delete the RoleBinding and Role of that name that ``owner_uid`` owns.
+
+        A same-named object of someone else is left alone (the session never got to create
+        its own, see :class:`NotOwned`); absent ones are fine.
+        """
+        for read, delete in ((self.rbac.read_namespaced_role_binding,
+                              self.rbac.delete_namespaced_role_binding),
+                             (self.rbac.read_namespaced_role, self.rbac.delete_namespaced_role)):
+            try:
+                existing = await asyncio.to_thread(read, name, namespace)
+                if any(r.uid == owner_uid for r in existing.metadata.owner_references or ()):
+                    await asyncio.to_thread(delete, name, namespace)
+            except ApiException as exc:
+                if exc.status != 404:
+                    raise
 
     async def exists(self, group: str, version: str, plural: str, namespace: str, name: str,
                      uid: str) -> bool:
@@ -92,7 +156,7 @@ class Kube:
         deleted = []
         for secret in secrets.items:
             if any(ref.uid == owner_uid for ref in secret.metadata.owner_references or ()):
-                await self.delete_secret(namespace, secret.metadata.name)
+                await self.delete_secret(namespace, secret.metadata.name, owner_uid)
                 deleted.append(secret.metadata.name)
         return deleted
 

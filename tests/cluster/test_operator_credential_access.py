@@ -1,0 +1,137 @@
+"""Each session's user may read exactly that session's Secret, and only while it lasts.
+
+The identities ``alice`` and ``bob`` are the control plane's (static tokens), so the reads below
+are real requests authorized by the API server's RBAC against the Role and RoleBinding the
+operator created; the test grants them nothing itself.
+"""
+
+from __future__ import annotations
+
+import kubernetes
+import pytest
+from kubernetes.client.rest import ApiException
+
+from operatorkit import (Env, condition_of, installed_crds, make_env, operator,  # noqa: F401
+                         postgres16, token)
+
+
+@pytest.fixture
+def env(kube_api, namespace, postgres16, operator) -> Env:
+    env = make_env(kube_api, namespace, postgres16, operator)
+    # best_effort_drop: the PostgreSQL users "alice" and "bob" are server-wide and other tests'
+    # Databases (other managed roles) must be able to create them again.
+    env.role("analysts", "best_effort_drop")
+    return env
+
+
+def _status_of(call) -> int | None:
+    try:
+        call()
+    except ApiException as exc:
+        return exc.status
+    return None
+
+
+def test_alice_reads_her_secret_and_not_bobs(env, api_for):
+    env.open_session("a", "alice")
+    env.open_session("b", "bob")
+    alice = kubernetes.client.CoreV1Api(api_for("alice"))
+    bob = kubernetes.client.CoreV1Api(api_for("bob"))
+
+    secret = alice.read_namespaced_secret("a-credentials", env.namespace)
+    assert secret.data["username"] and secret.data["password"]
+    assert _status_of(lambda: alice.read_namespaced_secret("b-credentials", env.namespace)) == 403
+    assert _status_of(lambda: bob.read_namespaced_secret("a-credentials", env.namespace)) == 403
+    assert _status_of(lambda: bob.read_namespaced_secret("b-credentials", env.namespace)) is None
+    # resourceNames cannot narrow list/watch: neither is granted, nor is the admin password.
+    assert _status_of(lambda: alice.list_namespaced_secret(env.namespace)) == 403
+    assert _status_of(lambda: alice.read_namespaced_secret("admin", env.namespace)) == 403
+
+    rbac = kubernetes.client.RbacAuthorizationV1Api(env.api)
+    uid = env.get("DatabaseSession", "a")["metadata"]["uid"]
+    role = rbac.read_namespaced_role("a-credentials", env.namespace)
+    assert [(r.resources, r.resource_names, r.verbs) for r in role.rules] == \
+        [(["secrets"], ["a-credentials"], ["get"])]
+    binding = rbac.read_namespaced_role_binding("a-credentials", env.namespace)
+    assert [(s.kind, s.name) for s in binding.subjects] == [("User", "alice")]
+    for obj in (role, binding):
+        assert [(o.kind, o.uid) for o in obj.metadata.owner_references] == \
+            [("DatabaseSession", uid)]
+
+    env.delete("DatabaseSession", "a")
+    env.wait_gone("DatabaseSession", "a")
+    assert _status_of(lambda: rbac.read_namespaced_role("a-credentials", env.namespace)) == 404
+    assert _status_of(
+        lambda: rbac.read_namespaced_role_binding("a-credentials", env.namespace)) == 404
+    # Secret gone and her grant with it: she cannot even learn whether it exists.
+    assert _status_of(lambda: alice.read_namespaced_secret("a-credentials", env.namespace)) == 403
+    env.delete("DatabaseSession", "b")
+    env.wait_gone("DatabaseSession", "b")
+
+
+def test_a_service_account_user_is_bound_as_a_service_account(env):
+    user = f"system:serviceaccount:{env.namespace}:reports-{token()}"
+    env.open_session("sa", user)
+    rbac = kubernetes.client.RbacAuthorizationV1Api(env.api)
+    binding = rbac.read_namespaced_role_binding("sa-credentials", env.namespace)
+    sa_name = user.rsplit(":", 1)[1]
+    assert [(s.kind, s.name, s.namespace) for s in binding.subjects] == \
+        [("ServiceAccount", sa_name, env.namespace)]
+
+    # What the API server decides for that ServiceAccount's token: get this Secret, nothing else.
+    authz = kubernetes.client.AuthorizationV1Api(env.api)
+
+    def allowed(verb: str, name: str | None) -> bool:
+        review = authz.create_subject_access_review({
+            "apiVersion": "authorization.k8s.io/v1", "kind": "SubjectAccessReview",
+            "spec": {"user": user, "groups": ["system:serviceaccounts",
+                                              f"system:serviceaccounts:{env.namespace}",
+                                              "system:authenticated"],
+                     "resourceAttributes": {"namespace": env.namespace, "verb": verb,
+                                            "resource": "secrets", "name": name}}})
+        return review.status.allowed
+
+    assert allowed("get", "sa-credentials")
+    assert not allowed("get", "admin")
+    assert not allowed("list", None)
+    env.delete("DatabaseSession", "sa")
+    env.wait_gone("DatabaseSession", "sa")
+    assert not allowed("get", "sa-credentials")
+
+
+def test_a_secret_name_taken_by_someone_else_is_never_overwritten(env):
+    env.create_secret("taken", {"note": "not pgjit's"})
+    user = f"mia-{token()}"
+    env.create("DatabaseSession", "s", env.session_spec(user, secretName="taken"))
+    session = env.wait_phase("s", "Failed")
+    ready = condition_of(session)
+    assert ready["reason"] == "SecretConflict"
+    assert 'Secret "taken" already exists' in ready["message"]
+    assert "spec.secretName" in ready["message"]
+    assert condition_of(session, "Stalled")["status"] == "True"
+    # The lease it took was released: the user cannot log in.
+    state = env.role_state(user)
+    assert state is None or state[1] is False, state
+
+    env.delete("DatabaseSession", "s")
+    env.wait_gone("DatabaseSession", "s")
+    secret = env.secret_object("taken")
+    assert env.secret("taken") == {"note": "not pgjit's"}
+    assert not secret.metadata.owner_references
+
+
+def test_a_role_name_taken_by_someone_else_is_left_alone(env):
+    rbac = kubernetes.client.RbacAuthorizationV1Api(env.api)
+    rbac.create_namespaced_role(env.namespace, {
+        "metadata": {"name": "s-credentials"},
+        "rules": [{"apiGroups": [""], "resources": ["configmaps"], "verbs": ["list"]}]})
+    env.create("DatabaseSession", "s", env.session_spec(f"ola-{token()}"))
+    session = env.wait_phase("s", "Failed")
+    assert condition_of(session)["reason"] == "SecretConflict"
+    assert 'Role "s-credentials" already exists' in condition_of(session)["message"]
+    # Its credentials were written before the conflict showed; they must not outlive it.
+    assert env.secret("s-credentials") is None
+    env.delete("DatabaseSession", "s")
+    env.wait_gone("DatabaseSession", "s")
+    role = rbac.read_namespaced_role("s-credentials", env.namespace)
+    assert [r.resources for r in role.rules] == [["configmaps"]]
