@@ -1,23 +1,24 @@
 """The ``pgjit`` command line.
 
 Each subcommand is a small function taking the parsed arguments and returning an exit code; the
-parser is built in one place so that ``pgjit --help`` lists everything. Subcommands that do not
-exist yet are registered as stubs so the command line's shape is fixed from the start.
+parser is built in one place so that ``pgjit --help`` lists everything. The work is done in
+``pgjit.client`` (connect, disconnect, sessions, explain) and elsewhere; the functions here only
+translate arguments, and import lazily so that ``pgjit --help`` stays fast.
 """
 
 from __future__ import annotations
 
 import argparse
+import os
 import pathlib
 import sys
 from collections.abc import Callable, Sequence
+from datetime import timedelta
 from typing import Any
 
 import yaml
 
 from pgjit import __version__
-
-EXIT_NOT_IMPLEMENTED = 2
 
 
 def dump_yaml(documents: Sequence[dict[str, Any]]) -> str:
@@ -61,46 +62,123 @@ def cmd_dev(args: argparse.Namespace) -> int:
     """Run the local stack (control plane, PostgreSQL 16, CRDs, operator, examples)."""
     from pgjit.devstack.stack import main as run_stack
 
-    return run_stack()
+    return run_stack(state_dir=pathlib.Path(args.state_dir) if args.state_dir else None)
+
+
+def _duration(text: str) -> timedelta:
+    """argparse type for Go-style durations (30m, 1h, 1h30m), read as the CRD reads them."""
+    from pgjit.api.common import parse_duration
+
+    try:
+        value = parse_duration(text)
+    except ValueError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from None
+    if value <= timedelta(0):
+        raise argparse.ArgumentTypeError("must be longer than zero, like 30m or 1h")
+    return value
+
+
+def _csv(text: str) -> tuple[str, ...]:
+    return tuple(part.strip() for part in text.split(",") if part.strip())
+
+
+def _namespace(args: argparse.Namespace) -> str:
+    from pgjit.client.kubeconfig import current_namespace
+
+    return args.namespace or current_namespace()
+
+
+def cmd_connect(args: argparse.Namespace) -> int:
+    """Open a DatabaseSession as yourself, run psql with it, end it when psql exits."""
+    from pgjit.client.connect import ConnectOptions, connect
+    from pgjit.client.kubeconfig import api_client
+
+    options = ConnectOptions(
+        database=args.database, database_name=args.db_name, namespace=_namespace(args),
+        database_roles=args.db_roles or (), duration=args.duration,
+        psql_args=tuple(args.psql_args), psql_path=args.psql, keep_session=args.keep_session,
+        host=args.host, port=args.port, wait_timeout=args.wait_timeout.total_seconds(),
+        end_timeout=args.end_timeout.total_seconds())
+    with api_client() as api:
+        return connect(api, options)
+
+
+def cmd_disconnect(args: argparse.Namespace) -> int:
+    """End sessions: named ones, or every session pgjit connect created for you (--all)."""
+    from pgjit.client.connect import report
+    from pgjit.client.disconnect import disconnect
+    from pgjit.client.kubeconfig import api_client
+
+    if bool(args.names) == args.all:
+        print("pgjit disconnect: name sessions or give --all (not both)", file=sys.stderr)
+        return 2
+    with api_client() as api:
+        return disconnect(api, _namespace(args), args.names, all_mine=args.all,
+                          wait=not args.no_wait, timeout=args.timeout.total_seconds(),
+                          report=report)
+
+
+def cmd_sessions(args: argparse.Namespace) -> int:
+    """List DatabaseSessions: a table, or JSON/YAML records for scripts."""
+    from kubernetes.client.rest import ApiException
+
+    from pgjit.client import output
+    from pgjit.client.identity import whoami
+    from pgjit.client.kubeconfig import api_client
+    from pgjit.client.sessions import Sessions
+
+    namespace = None if args.all_namespaces else _namespace(args)
+    with api_client() as api:
+        try:
+            user = whoami(api).user if args.mine else None
+            items = Sessions(api, namespace).list(user=user)
+        except ApiException as exc:
+            where = "all namespaces" if namespace is None else f"namespace {namespace}"
+            print(f"pgjit sessions: cannot list DatabaseSessions in {where}: {exc.status}"
+                  f" {exc.reason}", file=sys.stderr)
+            return 1
+    render = {"json": output.to_json, "yaml": output.to_yaml}.get(args.output)
+    sys.stdout.write(render(items) if render else
+                     output.to_table(items, all_namespaces=namespace is None))
+    return 0
 
 
 def cmd_explain(args: argparse.Namespace) -> int:
     """Which Roles apply to a user on a Database, and what they grant: the operator's policy."""
-    import kubernetes
+    from pgjit.client.explaining import (EXIT_ERROR, EXIT_REFUSED, ExplainError, ExplainOptions,
+                                         explain, parse_extra)
+    from pgjit.client.kubeconfig import api_client
+    from pgjit.client.traits import parse_configmap_ref
 
-    from pgjit import GROUP, VERSION
-    from pgjit.api.database import Database
-    from pgjit.api.role import Role
-    from pgjit.core.explain import render_explanation
-    from pgjit.core.policy import AccessRequest, evaluate
-
-    kubernetes.config.load_kube_config()
-    custom = kubernetes.client.CustomObjectsApi()
-    namespace = args.namespace or kubernetes.config.list_kube_config_contexts()[1].get(
-        "context", {}).get("namespace", "default")
     try:
-        database = Database.model_validate(custom.get_namespaced_custom_object(
-            GROUP, VERSION, namespace, "databases", args.database))
-    except kubernetes.client.ApiException as exc:
-        print(f'pgjit explain: Database "{args.database}" in namespace "{namespace}": '
-              f"{exc.reason}", file=sys.stderr)
-        return 1
-    roles = [Role.model_validate(item) for item in custom.list_namespaced_custom_object(
-        GROUP, VERSION, namespace, "roles")["items"]]
-    request = AccessRequest(user=args.user, database_name=args.db_name or "*",
-                            groups=tuple(args.group or ()),
-                            database_roles=tuple(r for r in (args.db_roles or "").split(",") if r))
-    decision = evaluate(request, database, roles)
-    sys.stdout.write(render_explanation(decision))
-    return 0 if decision.allowed else 1
+        extra = parse_extra(args.extra or ())
+        traits_ref = _traits_configmap(args.traits_configmap, parse_configmap_ref)
+    except ValueError as exc:
+        print(f"pgjit explain: {exc}", file=sys.stderr)
+        return EXIT_ERROR
+    options = ExplainOptions(
+        database=args.database, namespace=_namespace(args), user=args.user,
+        groups=tuple(args.group) if args.group else None, extra=extra,
+        database_name=args.db_name, database_roles=args.db_roles or (),
+        duration=args.duration, traits_configmap=traits_ref,
+        include_unmatched=not args.only_matching)
+    with api_client() as api:
+        try:
+            text, allowed = explain(api, options)
+        except ExplainError as exc:
+            print(f"pgjit explain: {exc}", file=sys.stderr)
+            return EXIT_ERROR
+    sys.stdout.write(text)
+    return 0 if allowed else EXIT_REFUSED
 
 
-def _not_implemented(name: str) -> Callable[[argparse.Namespace], int]:
-    def run(args: argparse.Namespace) -> int:
-        print(f"pgjit {name}: not implemented yet", file=sys.stderr)
-        return EXIT_NOT_IMPLEMENTED
-
-    return run
+def _traits_configmap(flag: str | None, parse: Callable[[str], tuple[str, str]]
+                      ) -> tuple[str, str] | None:
+    """--traits-configmap NS/NAME, else the operator's own settings if set in this shell."""
+    if flag:
+        return parse(flag)
+    name, namespace = os.environ.get("PGJIT_TRAITS_CONFIGMAP"), os.environ.get("PGJIT_NAMESPACE")
+    return (namespace, name) if name and namespace else None
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -133,38 +211,114 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("-v", "--verbose", action="store_true")
     run.set_defaults(func=cmd_run)
 
-    explain = sub.add_parser("explain", help="explain which Roles apply to a user on a Database, "
-                             "and what they grant (exit 1 when the session would be refused)")
+    explain = sub.add_parser(
+        "explain", help="explain which Roles apply to a user on a Database and what they grant"
+        " (exit 0 allowed, 1 refused, 2 could not tell)")
     explain.add_argument("database", metavar="DATABASE", help="the Database object's name")
-    explain.add_argument("--user", required=True,
-                         help="the Kubernetes user name the session would be for")
+    explain.add_argument("--user", help="the Kubernetes user name to explain for (default: you,"
+                         " with your groups and extra attributes)")
     explain.add_argument("--group", action="append", metavar="GROUP",
-                         help="a group of that user (repeatable)")
-    explain.add_argument("--db-name", metavar="NAME", help="the PostgreSQL database to open")
-    explain.add_argument("--db-roles", metavar="A,B", help="database roles the session would ask for")
+                         help="a group of that user (repeatable; replaces your own groups)")
+    explain.add_argument("--extra", action="append", metavar="KEY=V1,V2",
+                         help="an extra attribute of that user, for {{external.KEY}} (repeatable)")
+    explain.add_argument("--db-name", metavar="NAME", help="the PostgreSQL database to open"
+                         " (default: the Database's only offered name, else any)")
+    explain.add_argument("--db-roles", type=_csv, metavar="A,B",
+                         help="database roles the session would ask for")
+    explain.add_argument("--duration", type=_duration, default=timedelta(hours=1),
+                         help="the duration the session would ask for (default 1h)")
+    explain.add_argument("--traits-configmap", metavar="NS/NAME",
+                         help="the operator's traits ConfigMap (default: $PGJIT_NAMESPACE/"
+                         "$PGJIT_TRAITS_CONFIGMAP when set)")
+    explain.add_argument("--only-matching", action="store_true",
+                         help="leave out Roles whose subjects do not name the user")
     explain.add_argument("-n", "--namespace", help="namespace (default: the kubeconfig's)")
     explain.set_defaults(func=cmd_explain)
 
+    connect = sub.add_parser(
+        "connect", help="open a DatabaseSession as yourself and run psql with it; the session"
+        " ends when psql exits", description="Extra psql arguments go after --, e.g."
+        " pgjit connect orders --db-name orders -- -c 'select 1'")
+    connect.add_argument("database", metavar="DATABASE", help="the Database object's name")
+    connect.add_argument("--db-name", required=True, metavar="NAME",
+                         help="the PostgreSQL database to open")
+    connect.add_argument("--db-roles", type=_csv, metavar="A,B",
+                         help="database roles to ask for (default: all the Roles allow)")
+    connect.add_argument("--duration", type=_duration, default=None,
+                         help="how long the session may last, like 30m (default 1h; the Roles"
+                         " may cap it)")
+    connect.add_argument("-n", "--namespace", help="namespace (default: the kubeconfig's)")
+    connect.add_argument("--psql", metavar="PATH", help="the psql to run (default: psql on PATH)")
+    connect.add_argument("--keep-session", action="store_true",
+                         help="leave the session open when psql exits (end it with pgjit"
+                         " disconnect, or let it expire)")
+    connect.add_argument("--host", help="connect to this host instead of the Secret's (e.g. a"
+                         " port-forward)")
+    connect.add_argument("--port", type=int, help="connect to this port instead of the Secret's")
+    connect.add_argument("--wait-timeout", type=_duration, default=timedelta(minutes=2),
+                         metavar="DURATION", help="how long to wait for Active (default 2m)")
+    connect.add_argument("--end-timeout", type=_duration, default=timedelta(minutes=1),
+                         metavar="DURATION",
+                         help="how long to wait for the session to be gone (default 1m)")
+    connect.set_defaults(func=cmd_connect, psql_args=())
+
+    disconnect = sub.add_parser("disconnect", help="end DatabaseSessions and wait until access"
+                                " is revoked")
+    disconnect.add_argument("names", nargs="*", metavar="NAME", help="sessions to end")
+    disconnect.add_argument("--all", action="store_true",
+                            help="every session pgjit connect created for you in the namespace")
+    disconnect.add_argument("-n", "--namespace", help="namespace (default: the kubeconfig's)")
+    disconnect.add_argument("--no-wait", action="store_true",
+                            help="return once the deletion is accepted")
+    disconnect.add_argument("--timeout", type=_duration, default=timedelta(minutes=1),
+                            metavar="DURATION", help="how long to wait per session (default 1m)")
+    disconnect.set_defaults(func=cmd_disconnect)
+
+    sessions = sub.add_parser("sessions", help="list DatabaseSessions")
+    scope = sessions.add_mutually_exclusive_group()
+    scope.add_argument("-n", "--namespace", help="namespace (default: the kubeconfig's)")
+    scope.add_argument("-A", "--all-namespaces", action="store_true",
+                       help="list sessions of every namespace")
+    sessions.add_argument("-o", "--output", choices=("table", "json", "yaml"), default="table")
+    sessions.add_argument("--mine", action="store_true", help="only your own sessions")
+    sessions.set_defaults(func=cmd_sessions)
+
     dev = sub.add_parser("dev", help="start a local stack for trying pgjit without a cluster "
                          "(needs a source checkout; Ctrl-C stops everything)")
+    dev.add_argument("--state-dir", metavar="DIR",
+                     help="where to write the kubeconfigs it prints (default: .cache/dev in the "
+                     "checkout; removed when the stack stops)")
     dev.set_defaults(func=cmd_dev)
 
-    # Registered now, implemented later; each keeps its final name and help text.
-    stubs = {
-        "connect": "open a DatabaseSession and run psql with its credentials",
-        "sessions": "list DatabaseSessions",
-    }
-    for name, help_text in stubs.items():
-        stub = sub.add_parser(name, help=f"{help_text} (not implemented yet)")
-        stub.add_argument("rest", nargs=argparse.REMAINDER, help=argparse.SUPPRESS)
-        stub.set_defaults(func=_not_implemented(name))
     return parser
+
+
+#: Exit code of commands that could not reach the cluster (explain's "could not tell" is 2).
+_KUBECONFIG_EXIT = {"explain": 2}
 
 
 def main(argv: Sequence[str] | None = None) -> int:
     """Entry point of the ``pgjit`` console script."""
+    argv = list(sys.argv[1:] if argv is None else argv)
+    psql_args: list[str] = []
+    # For connect, everything after the first "--" is psql's, untouched by argparse.
+    if argv[:1] == ["connect"] and "--" in argv:
+        cut = argv.index("--")
+        argv, psql_args = argv[:cut], argv[cut + 1:]
     args = build_parser().parse_args(argv)
-    return args.func(args)
+    if args.command == "connect":
+        args.psql_args = psql_args
+    try:
+        return args.func(args)
+    except Exception as exc:
+        # Imported here, not at the top: the kubernetes client is slow to import and most
+        # commands that never fail this way (crds, --help) should not pay for it.
+        from pgjit.client.kubeconfig import KubeconfigError
+
+        if not isinstance(exc, KubeconfigError):
+            raise
+        print(f"pgjit {args.command}: {exc}", file=sys.stderr)
+        return _KUBECONFIG_EXIT.get(args.command, 1)
 
 
 if __name__ == "__main__":

@@ -15,12 +15,15 @@ from .permissions import PermissionRule
 from .policy import Decision, RoleExplanation, describe_rule
 
 
-def render_explanation(decision: Decision, *, include_unmatched: bool = True) -> str:
+def render_explanation(decision: Decision, *, include_unmatched: bool = True,
+                       context: Sequence[tuple[str, str]] = ()) -> str:
     """The decision as a readable report. ``include_unmatched=False`` leaves out Roles whose
-    subjects do not name the user, which helps in namespaces with many Roles."""
+    subjects do not name the user, which helps in namespaces with many Roles. ``context`` rows
+    (label, text) join the summary: where the identity and the traits came from, which the
+    Decision cannot know."""
     explanations = [e for e in decision.explanations if include_unmatched or e.subjects_match]
     sections = [
-        _summary(decision),
+        _summary(decision, context),
         _role_table(explanations),
         _role_details(explanations),
         _database_roles(decision),
@@ -34,12 +37,12 @@ def render_explanation(decision: Decision, *, include_unmatched: bool = True) ->
 # Sections
 
 
-def _summary(decision: Decision) -> str:
+def _summary(decision: Decision, context: Sequence[tuple[str, str]]) -> str:
     request = decision.request
-    groups = ", ".join(request.groups) or "none"
     verdict = "ALLOWED" if decision.allowed else "REFUSED"
     rows = [
-        ("User", f"{request.user} (groups: {groups})"),
+        *_user_rows(request),
+        *context,
         ("Database", f'{decision.database}, database name "{request.database_name}"'),
         ("Result", f"{verdict} ({decision.reason}): {decision.message}"),
         ("Mode", _mode_line(decision)),
@@ -49,6 +52,14 @@ def _summary(decision: Decision) -> str:
         rows.append(("Expires", decision.expires_at.isoformat()))
     width = max(len(label) for label, _ in rows) + 1
     return "\n".join(f"{label + ':':<{width}} {value}" for label, value in rows)
+
+
+def _user_rows(request) -> list[tuple[str, str]]:
+    rows = [("User", f"{request.user} (groups: {', '.join(request.groups) or 'none'})")]
+    if request.extra:
+        rows.append(("Extra", "; ".join(f"{key}={','.join(values)}"
+                                        for key, values in sorted(request.extra.items()))))
+    return rows
 
 
 def _mode_line(decision: Decision) -> str:
@@ -62,7 +73,13 @@ def _duration_line(decision: Decision) -> str:
     duration = format_duration(decision.duration)
     if decision.duration_capped:
         return f"{duration}: {decision.duration_message}"
-    return f"{duration} (as requested)"
+    participants = [e for e in decision.explanations if e.takes_part]
+    if not participants:
+        return f"{duration} (as requested; no allowing Role, so no cap applies)"
+    cap = min(e.max_session_duration for e in participants)
+    limiting = ", ".join(e.role for e in participants if e.max_session_duration == cap)
+    return (f"{duration} (as requested; cap {format_duration(cap)}, the smallest"
+            f" maxSessionDuration of the allowing Roles: {limiting})")
 
 
 def _role_table(explanations: Sequence[RoleExplanation]) -> str:
