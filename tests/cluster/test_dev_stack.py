@@ -1,0 +1,115 @@
+"""`pgjit dev` as a newcomer uses it: start it in a terminal, run exactly the commands it prints,
+get a psql prompt as the provisioned user, then Ctrl-C and find nothing left running.
+
+The stack brings its own control plane, PostgreSQL 16 and operator, so this test needs none of
+the shared fixtures (and does not disturb them).
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import shlex
+import subprocess
+import sys
+from pathlib import Path
+
+import pexpect
+
+from clikit import finish
+from operatorkit import wait_for
+
+START_TIMEOUT = 180  # a cold start builds nothing, but a busy 2-core machine is slow
+TIMEOUT = 60
+
+
+def _descendants(pid: int) -> set[int]:
+    """Every live process below ``pid`` (from /proc, so nothing can hide by re-parenting late)."""
+    children: dict[int, list[int]] = {}
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit():
+            continue
+        try:
+            stat = (entry / "stat").read_text()
+        except OSError:
+            continue
+        ppid = int(stat.rsplit(")", 1)[1].split()[1])
+        children.setdefault(ppid, []).append(int(entry.name))
+    found, todo = set(), [pid]
+    while todo:
+        for child in children.get(todo.pop(), ()):
+            found.add(child)
+            todo.append(child)
+    return found
+
+
+def _alive(pid: int) -> bool:
+    try:
+        state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
+    except OSError:
+        return False
+    return state != "Z"
+
+
+def _printed_command(text: str, program: str, subcommand: str) -> list[str]:
+    line = next(line for line in text.splitlines()
+                if line.strip().startswith(program) and f" {subcommand} " in line)
+    return shlex.split(line.split("#", 1)[0])
+
+
+def test_clone_to_psql_prompt_and_ctrl_c_leaves_nothing(tmp_path):
+    state_dir = tmp_path / "dev"
+    stack = pexpect.spawn(sys.executable, ["-m", "pgjit.cli", "dev", "--state-dir",
+                                           str(state_dir)],
+                          encoding="utf-8", timeout=START_TIMEOUT, dimensions=(50, 200))
+    try:
+        stack.expect("pgjit local stack is up")
+        stack.expect(r"Look around as the cluster admin:\r?\n(.*)\r?\n")
+        printed = stack.before + stack.after
+        processes = _descendants(stack.pid)
+        assert len(processes) >= 4, processes  # etcd, kube-apiserver, postgres, the operator
+
+        kubeconfig = re.search(r"export KUBECONFIG=(\S+)", printed).group(1)
+        assert Path(kubeconfig).parent == state_dir
+        assert oct(Path(kubeconfig).stat().st_mode & 0o777) == "0o600"
+        pgjit = str(Path(sys.executable).parent / "pgjit")
+        env = dict(os.environ, KUBECONFIG=kubeconfig, PSQLRC="/dev/null", PAGER="cat")
+        for name in ("PGPASSWORD", "PGHOST", "PGUSER", "PGSERVICE", "PGSERVICEFILE"):
+            env.pop(name, None)
+
+        explain = subprocess.run(_printed_command(printed, pgjit, "explain"), env=env,
+                                 capture_output=True, text=True, timeout=TIMEOUT)
+        assert explain.returncode == 0, explain.stderr
+        assert "reader" in explain.stdout and "developers" in explain.stdout, explain.stdout
+
+        connect = _printed_command(printed, pgjit, "connect")
+        psql = pexpect.spawn(connect[0], connect[1:], env=env, encoding="utf-8",
+                             timeout=TIMEOUT, dimensions=(40, 200))
+        psql.expect("orders=> ")
+        psql.sendline("SELECT current_user, string_agg(item, ',' ORDER BY id) FROM orders;")
+        psql.expect(r"alice\s+\|\s+coffee,tea")
+        psql.expect("orders=> ")
+        psql.sendline("INSERT INTO orders (item) VALUES ('cake');")
+        psql.expect("permission denied for table orders")
+        psql.sendline(r"\q")
+        assert finish(psql) == 0
+
+        kubectl = next(line for line in printed.splitlines() if " get pgjit" in line)
+        listed = subprocess.run(shlex.split(kubectl.split("#", 1)[0]), capture_output=True,
+                                text=True, timeout=TIMEOUT)
+        assert listed.returncode == 0, listed.stderr
+        assert "database.pgjit.dev/orders" in listed.stdout
+        assert "databasesession" not in listed.stdout  # connect ended (deleted) its session
+
+        # Ctrl-C in the stack's terminal: the whole foreground group gets SIGINT, as for a user.
+        stack.sendintr()
+        stack.expect("stopping the local stack")
+        assert finish(stack) == 0
+        wait_for("every process of the stack to exit",
+                 lambda: [p for p in processes if _alive(p)] == [], TIMEOUT)
+        assert not state_dir.exists()
+        log_line = re.search(r"operator log\s*:\s*(\S+)", printed).group(1)
+        assert not Path(log_line).parent.exists(), "the stack's working directory was left"
+    finally:
+        if stack.isalive():
+            stack.kill(9)
