@@ -1,0 +1,337 @@
+"""The Helm chart as rendered: lint, values schema, the objects each mode produces, and the CRDs
+it carries being exactly what ``pgjit crds`` generates. (Installing it for real:
+test_chart_install.py.)"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+import yaml
+
+from chartkit import CHART, Helm, find, iter_schema_objects, one, set_args
+from pgjit.api.crd import build_crds
+from pgjit.cli import dump_yaml
+from pgjit.devstack.kube_binaries import ensure_kube_binaries
+
+NAMESPACED = {"watchNamespaces": ["team-a", "team-b"]}
+STANDARD_LABELS = ("app.kubernetes.io/name", "app.kubernetes.io/instance",
+                   "app.kubernetes.io/version", "app.kubernetes.io/managed-by",
+                   "app.kubernetes.io/part-of", "helm.sh/chart")
+REGENERATE = "run `pgjit crds --output-dir charts/pgjit/files/crds`"
+
+
+@pytest.fixture(scope="module")
+def helm(tmp_path_factory) -> Helm:
+    return Helm(ensure_kube_binaries().helm, tmp_path_factory.mktemp("helm-home"))
+
+
+@pytest.fixture(scope="module")
+def default_docs(helm) -> list[dict]:
+    return helm.render()
+
+
+@pytest.fixture(scope="module")
+def namespaced_docs(helm) -> list[dict]:
+    return helm.render(NAMESPACED)
+
+
+def operator_rules(docs: list[dict], kind: str, namespace: str | None = None) -> list[dict]:
+    return one(docs, kind, "pgjit-operator", namespace)["rules"]
+
+
+def rule_for(rules: list[dict], group: str, resource: str) -> dict | None:
+    return next((r for r in rules if group in r["apiGroups"] and resource in r["resources"]),
+                None)
+
+
+# --------------------------------------------------------------------------------------------
+# Lint and schema
+
+
+@pytest.mark.parametrize("values", [{}, NAMESPACED], ids=["cluster-wide", "namespaced"])
+def test_lint_strict_is_clean(helm, values) -> None:
+    result = helm("lint", "--strict", str(CHART), *set_args(values))
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert "[WARNING]" not in result.stdout and "[INFO]" not in result.stdout, result.stdout
+
+
+@pytest.mark.parametrize(("values", "where", "key"), [
+    ({"replicaCount": 2}, "''", "replicaCount"),
+    ({"image.tagg": "x"}, "'/image'", "tagg"),
+    ({"metrics.serviceMonitor.intervall": "1m"}, "'/metrics/serviceMonitor'", "intervall"),
+    ({"resources.request": {"cpu": "1"}}, "'/resources'", "request"),
+], ids=["top-level", "nested", "two-deep", "resources"])
+def test_unknown_keys_are_refused_by_name(helm, values, where, key) -> None:
+    for command in (["template", "t"], ["lint", "--strict"]):
+        result = helm(*command, str(CHART), *set_args(values))
+        assert result.returncode != 0, f"helm {command[0]} accepted unknown key {key}"
+        output = result.stdout + result.stderr
+        assert f"at {where}: additional properties '{key}' not allowed" in output, output
+
+
+def test_wrong_types_are_refused(helm) -> None:
+    result = helm("template", "t", str(CHART), *set_args({"watchNamespaces": "team-a"}))
+    assert result.returncode != 0 and "/watchNamespaces" in result.stderr, result.stderr
+
+
+def test_schema_closes_every_object() -> None:
+    """Every object in the schema either lists its keys (additionalProperties: false) or is a
+    map whose values it types; only Kubernetes' own structures pass through unchecked."""
+    schema = json.loads((CHART / "values.schema.json").read_text())
+    passthrough = {"affinity.nodeAffinity", "affinity.podAffinity", "affinity.podAntiAffinity",
+                   *(f"operator.extraEnv[].valueFrom.{k}" for k in
+                     ("secretKeyRef", "configMapKeyRef", "fieldRef", "resourceFieldRef"))}
+    open_nodes = [path for path, node in iter_schema_objects(schema)
+                  if "additionalProperties" not in node and path not in passthrough]
+    assert open_nodes == []
+
+
+def test_values_and_schema_list_the_same_keys() -> None:
+    """values.yaml documents every key the schema allows, and nothing else."""
+    schema = json.loads((CHART / "values.schema.json").read_text())
+    values = yaml.safe_load((CHART / "values.yaml").read_text())
+
+    def keys(node: dict, prefix: str = "") -> set[str]:
+        found = set()
+        for name, sub in node.get("properties", {}).items():
+            found.add(prefix + name)
+            if sub.get("type") == "object" and "properties" in sub and \
+                    not isinstance(sub.get("additionalProperties"), dict):
+                found |= keys(sub, f"{prefix}{name}.")
+        return found
+
+    def value_keys(node: dict, prefix: str = "") -> set[str]:
+        found = set()
+        for name, sub in node.items():
+            found.add(prefix + name)
+            if isinstance(sub, dict) and sub and prefix + name not in {
+                    "resources.requests", "resources.limits"}:
+                found |= value_keys(sub, f"{prefix}{name}.")
+        return found
+
+    schema_keys = keys(schema) - {"affinity.nodeAffinity", "affinity.podAffinity",
+                                  "affinity.podAntiAffinity", "resources.claims"}
+    assert value_keys(values) == schema_keys
+
+
+def test_identity_binding_values() -> None:
+    values = yaml.safe_load((CHART / "values.yaml").read_text())
+    assert values["identityBinding"] == {"enabled": True,
+                                         "sessionAdminGroups": ["pgjit-session-admins"],
+                                         "requireAllGroups": False}
+
+
+# --------------------------------------------------------------------------------------------
+# CRDs: generated, never hand-copied
+
+
+def test_chart_crd_files_equal_the_generator() -> None:
+    expected = {f"{crd['metadata']['name']}.yaml": dump_yaml([crd]) for crd in build_crds()}
+    present = {p.name: p.read_text() for p in (CHART / "files" / "crds").glob("*.yaml")}
+    assert sorted(present) == sorted(expected), f"stale or missing CRD files: {REGENERATE}"
+    for name, text in expected.items():
+        assert present[name] == text, f"charts/pgjit/files/crds/{name} drifted: {REGENERATE}"
+
+
+def test_rendered_crds_equal_the_generator_plus_keep(default_docs) -> None:
+    rendered = {d["metadata"]["name"]: d for d in find(default_docs, "CustomResourceDefinition")}
+    for crd in build_crds():
+        got = rendered.pop(crd["metadata"]["name"])
+        assert got["metadata"]["annotations"] == {"helm.sh/resource-policy": "keep"}
+        assert crd["metadata"]["labels"].items() <= got["metadata"]["labels"].items()
+        assert got["spec"] == crd["spec"], "the template must not alter the CRD's spec"
+    assert rendered == {}
+
+
+def test_crd_toggles(helm) -> None:
+    assert find(helm.render({"crds.install": False}), "CustomResourceDefinition") == []
+    unkept = find(helm.render({"crds.keep": False}), "CustomResourceDefinition")
+    assert len(unkept) == 3
+    assert all("helm.sh/resource-policy" not in (d["metadata"].get("annotations") or {})
+               for d in unkept)
+
+
+# --------------------------------------------------------------------------------------------
+# The Deployment
+
+
+def test_every_object_carries_the_standard_labels(default_docs, namespaced_docs) -> None:
+    for doc in default_docs + namespaced_docs:
+        labels = doc["metadata"].get("labels") or {}
+        missing = [label for label in STANDARD_LABELS if label not in labels]
+        assert not missing, f"{doc['kind']} {doc['metadata']['name']} lacks {missing}"
+
+
+def test_deployment_is_one_restricted_replica(default_docs) -> None:
+    deployment = one(default_docs, "Deployment", "pgjit", "pgjit-system")
+    spec = deployment["spec"]
+    assert spec["replicas"] == 1 and spec["strategy"] == {"type": "Recreate"}
+    pod = spec["template"]["spec"]
+    assert pod["serviceAccountName"] == "pgjit"
+    assert pod["securityContext"]["runAsNonRoot"] is True
+    assert pod["securityContext"]["runAsUser"] == 65532
+    assert pod["securityContext"]["seccompProfile"] == {"type": "RuntimeDefault"}
+    [container] = pod["containers"]
+    assert container["image"] == "ghcr.io/pgjit/pgjit:0.1.0"  # the chart's appVersion
+    assert container["securityContext"] == {
+        "allowPrivilegeEscalation": False, "readOnlyRootFilesystem": True,
+        "runAsNonRoot": True, "capabilities": {"drop": ["ALL"]}}
+    assert container["livenessProbe"]["httpGet"] == {"path": "/healthz", "port": "healthz"}
+    assert container["resources"]["requests"] and container["resources"]["limits"]["memory"]
+    assert container["args"] == ["run", "--all-namespaces",
+                                 "--liveness=http://0.0.0.0:8080/healthz",
+                                 "--metrics-port=9090", "--log-format=json"]
+    env = {e["name"]: e for e in container["env"]}
+    assert env["PGJIT_SECRET_ACCESS"]["value"] == "true"
+    assert env["PGJIT_NAMESPACE"]["valueFrom"]["fieldRef"]["fieldPath"] == "metadata.namespace"
+    assert "PGJIT_TRAITS_CONFIGMAP" not in env
+    selector = spec["selector"]["matchLabels"]
+    service = one(default_docs, "Service", "pgjit-metrics")
+    assert service["spec"]["selector"] == selector
+    assert selector.items() <= spec["template"]["metadata"]["labels"].items()
+
+
+def test_image_tag_and_digest(helm) -> None:
+    [container] = one(helm.render({"image.tag": "0.2.0"}), "Deployment")["spec"]["template"][
+        "spec"]["containers"]
+    assert container["image"] == "ghcr.io/pgjit/pgjit:0.2.0"
+    digest = "sha256:" + "ab" * 32
+    [container] = one(helm.render({"image.digest": digest}), "Deployment")["spec"]["template"][
+        "spec"]["containers"]
+    assert container["image"] == f"ghcr.io/pgjit/pgjit@{digest}"
+
+
+def test_same_port_for_metrics_and_liveness_fails(helm) -> None:
+    result = helm("template", "t", str(CHART), *set_args({"metrics.port": 8080}))
+    assert result.returncode != 0 and "must differ" in result.stderr
+
+
+def test_service_monitor_only_where_its_crd_is_served(helm) -> None:
+    on = {"metrics.serviceMonitor.enabled": True}
+    assert find(helm.render(on), "ServiceMonitor") == []
+    [monitor] = find(helm.render(on, extra=["--api-versions",
+                                            "monitoring.coreos.com/v1/ServiceMonitor"]),
+                     "ServiceMonitor")
+    assert monitor["spec"]["endpoints"][0]["port"] == "metrics"
+
+
+# --------------------------------------------------------------------------------------------
+# RBAC
+
+
+def test_cluster_wide_rbac(default_docs) -> None:
+    rules = operator_rules(default_docs, "ClusterRole")
+    binding = one(default_docs, "ClusterRoleBinding", "pgjit-operator")
+    assert binding["subjects"] == [{"kind": "ServiceAccount", "name": "pgjit",
+                                    "namespace": "pgjit-system"}]
+    assert rule_for(rules, "apiextensions.k8s.io", "customresourcedefinitions")["verbs"] == [
+        "list", "watch"]
+    assert find(default_docs, "Role") == [] and find(default_docs, "RoleBinding") == []
+
+
+def test_namespaced_rbac_has_nothing_cluster_scoped(namespaced_docs) -> None:
+    cluster_scoped = [d["kind"] for d in namespaced_docs
+                      if d["kind"] in ("ClusterRole", "ClusterRoleBinding")]
+    assert cluster_scoped == []
+    for namespace in NAMESPACED["watchNamespaces"]:
+        rules = operator_rules(namespaced_docs, "Role", namespace)
+        assert rule_for(rules, "apiextensions.k8s.io", "customresourcedefinitions") is None
+        binding = one(namespaced_docs, "RoleBinding", "pgjit-operator", namespace)
+        assert binding["roleRef"]["kind"] == "Role"
+        assert binding["subjects"][0]["namespace"] == "pgjit-system"
+    [container] = one(namespaced_docs, "Deployment")["spec"]["template"]["spec"]["containers"]
+    assert [a for a in container["args"] if "namespace" in a] == [
+        "--namespace=team-a", "--namespace=team-b"]
+
+
+@pytest.mark.parametrize("values", [{}, NAMESPACED], ids=["cluster-wide", "namespaced"])
+def test_operator_rules_are_least_privilege(helm, values) -> None:
+    docs = helm.render(values)
+    kind, namespace = ("ClusterRole", None) if not values else ("Role", "team-a")
+    rules = operator_rules(docs, kind, namespace)
+    for rule in rules:
+        assert "*" not in rule["verbs"] and "*" not in rule["resources"], rule
+        assert "*" not in rule["apiGroups"], rule
+    secrets = rule_for(rules, "", "secrets")
+    assert sorted(secrets["verbs"]) == ["create", "delete", "get", "list", "update"]
+    assert rule_for(rules, "", "events")["verbs"] == ["create"]
+    assert rule_for(rules, "", "pods") is None and rule_for(rules, "", "configmaps") is None
+    kinds = rule_for(rules, "pgjit.dev", "databasesessions")
+    assert "delete" not in kinds["verbs"] and "create" not in kinds["verbs"]
+    for rule in rules:
+        assert not ({"kopfpeerings", "clusterkopfpeerings"} & set(rule["resources"])), \
+            "the runner uses standalone mode; peering objects are not needed"
+
+
+def test_credential_access_toggle(helm) -> None:
+    for enabled in (True, False):
+        docs = helm.render({"credentialAccess.enabled": enabled})
+        rules = operator_rules(docs, "ClusterRole")
+        rbac = rule_for(rules, "rbac.authorization.k8s.io", "rolebindings")
+        if enabled:
+            assert sorted(rbac["verbs"]) == ["create", "delete", "get", "patch", "update"]
+            assert sorted(rbac["resources"]) == ["rolebindings", "roles"]
+        else:
+            assert rbac is None
+        [container] = one(docs, "Deployment")["spec"]["template"]["spec"]["containers"]
+        env = {e["name"]: e.get("value") for e in container["env"]}
+        assert env["PGJIT_SECRET_ACCESS"] == str(enabled).lower()
+
+
+def test_traits_configmap_is_the_only_configmap_it_may_read(helm) -> None:
+    docs = helm.render({"operator.traitsConfigMap": "traits", **NAMESPACED})
+    role = one(docs, "Role", "pgjit-traits", "pgjit-system")
+    assert role["rules"] == [{"apiGroups": [""], "resources": ["configmaps"],
+                              "resourceNames": ["traits"], "verbs": ["get"]}]
+    [container] = one(docs, "Deployment")["spec"]["template"]["spec"]["containers"]
+    assert {"name": "PGJIT_TRAITS_CONFIGMAP", "value": "traits"} in container["env"]
+
+
+def test_no_rbac_when_disabled(helm) -> None:
+    docs = helm.render({"rbac.create": False, "serviceAccount.create": False,
+                        "serviceAccount.name": "mine"})
+    assert not [d for d in docs if d["apiVersion"].startswith("rbac.authorization.k8s.io")
+                and d["metadata"]["name"].endswith("-operator")]
+    assert find(docs, "ServiceAccount") == []
+    assert one(docs, "Deployment")["spec"]["template"]["spec"]["serviceAccountName"] == "mine"
+
+
+def test_user_roles_are_opt_in_and_aggregate(helm, default_docs) -> None:
+    assert find(default_docs, "ClusterRole", "pgjit-session-user") == []
+    docs = helm.render({"userRoles.create": True})
+    user = one(docs, "ClusterRole", "pgjit-session-user")
+    viewer = one(docs, "ClusterRole", "pgjit-viewer")
+    assert user["metadata"]["labels"]["rbac.authorization.k8s.io/aggregate-to-edit"] == "true"
+    assert viewer["metadata"]["labels"]["rbac.authorization.k8s.io/aggregate-to-view"] == "true"
+    assert rule_for(user["rules"], "pgjit.dev", "databasesessions")["verbs"] == [
+        "create", "get", "list", "watch", "delete"]
+    assert rule_for(user["rules"], "pgjit.dev", "databases")["verbs"] == ["get", "list", "watch"]
+    assert all(set(r["verbs"]) <= {"get", "list", "watch"} for r in viewer["rules"])
+    plain = helm.render({"userRoles.create": True, "userRoles.aggregateToDefaultRoles": False})
+    assert not any("aggregate" in k for d in find(plain, "ClusterRole")
+                   for k in d["metadata"]["labels"])
+
+
+def test_notes_name_the_mode_and_the_uninstall_order(helm) -> None:
+    notes = helm("install", "pgjit", str(CHART), "--dry-run=client", "-n", "pgjit-system",
+                 *set_args(NAMESPACED), check=True).stdout
+    assert "watches only: team-a, team-b" in notes
+    assert "kubectl delete databasesessions --all -A" in notes
+
+
+def test_chart_metadata() -> None:
+    chart = yaml.safe_load((CHART / "Chart.yaml").read_text())
+    assert chart["apiVersion"] == "v2" and chart["type"] == "application"
+    annotations = chart["annotations"]
+    assert annotations["artifacthub.io/operator"] == "true"
+    crds = yaml.safe_load(annotations["artifacthub.io/crds"])
+    assert {c["name"] for c in crds} == {c["metadata"]["name"] for c in build_crds()}
+    examples = yaml.safe_load(annotations["artifacthub.io/crdsExamples"])
+    assert {e["kind"] for e in examples} == {"Database", "Role", "DatabaseSession"}
+    from pgjit import __version__
+    assert chart["appVersion"] == __version__
+    [image] = yaml.safe_load(annotations["artifacthub.io/images"])
+    assert image["image"] == f"ghcr.io/pgjit/pgjit:{chart['appVersion']}"
+    assert Path(CHART / "README.md").read_text().count("docs/install.md") >= 1
