@@ -11,7 +11,7 @@ VENV_STAMP := $(VENV)/.installed-$(shell sha256sum pyproject.toml | cut -c1-12)
 LOGS := .cache/test-logs
 
 .PHONY: test test-unit test-postgres test-cluster venv system-packages kube-binaries crds \
-        dev bench bench-engine clean
+        dev bench bench-engine clean lua-runner helm-lint
 
 test: venv
 	@mkdir -p $(LOGS)
@@ -32,8 +32,13 @@ system-packages:
 kube-binaries: venv
 	$(PY) -m pgjit.devstack.kube_binaries
 
+# The gopher-lua + kstatus runner the GitOps health tests judge objects with (tests/argocd-health).
+lua-runner: venv
+	$(PY) -m pgjit.devstack.lua_runner
+
 crds: venv
 	$(VENV)/bin/pgjit crds --output-dir crds
+	$(VENV)/bin/pgjit crds --output-dir charts/pgjit/files/crds
 
 test-unit: venv
 	$(PYTEST) tests/unit -q -p no:cacheprovider
@@ -41,7 +46,7 @@ test-unit: venv
 test-postgres: venv system-packages
 	$(PYTEST) tests/postgres -q -p no:cacheprovider
 
-test-cluster: venv kube-binaries
+test-cluster: venv system-packages kube-binaries lua-runner
 	$(PYTEST) tests/cluster -q -p no:cacheprovider
 
 dev: venv system-packages kube-binaries
@@ -49,6 +54,12 @@ dev: venv system-packages kube-binaries
 
 bench: venv system-packages kube-binaries
 	$(PY) tests/bench/bench_operator.py
+
+# The chart as CI checks it: strict lint in both RBAC modes (the tests also install it for real).
+helm-lint: kube-binaries
+	@helm=$$(ls .cache/bin/helm-* | tail -1); \
+	$$helm lint --strict charts/pgjit && \
+	$$helm lint --strict charts/pgjit --set 'watchNamespaces={team-a,team-b}'
 
 bench-engine: venv system-packages
 	$(PY) tests/bench/bench_engine.py

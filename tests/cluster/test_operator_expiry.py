@@ -47,8 +47,8 @@ def test_expiry_ends_the_session_on_time(env):
     assert "Expired" in status["teardown"]["reason"]
     ready = condition_of(session)
     assert ready["status"] == "False" and ready["reason"] == "Expired"
-    # An expired session is settled, not failing: no Stalled, no Reconciling.
-    assert condition_of(session, "Stalled") is None
+    # Nothing will change until someone replaces it: Stalled (kstatus Failed), not Reconciling.
+    assert condition_of(session, "Stalled")["reason"] == "Expired"
     assert condition_of(session, "Reconciling") is None
     assert env.secret("s1-credentials") is None
     assert env.login_refused(creds)

@@ -15,10 +15,12 @@ recommends that abnormal-true conditions be present only when true, and Flux's o
 delete them. An absent condition then means "no abnormal state", and ``kubectl get -o yaml``
 shows only what matters. At most one of the two is present at a time.
 
-kstatus does not read ``Ready`` at all (an object with ``Ready=False`` and nothing else is
-*Current*), so a session that ended or expired, or a suspended Database, is reported with
-:func:`not_ready`: ``Ready=False`` and neither abnormal condition, which is a settled state, not
-a failure.
+kstatus (cli-utils ``status.Compute``, checked with a real build in the GitOps tests) reads
+``Stalled=True`` as *Failed*, ``Reconciling=True`` as *InProgress*, and otherwise looks at
+``Ready``: ``True`` is *Current*, ``False`` is *InProgress*. So a session that ended or expired
+is reported :func:`stalled` (Failed: it will not become Ready again until someone replaces it),
+while a suspended Database uses :func:`not_ready` (InProgress: it waits, on purpose, for
+``spec.suspended`` to be lifted, and a Flux ``wait`` should wait with it).
 
 ``lastTransitionTime`` is the time ``status`` last changed, not the time of the last reconcile, so
 it is carried over whenever the status is unchanged even if the reason or message moved.
@@ -308,8 +310,8 @@ def not_ready(
     *,
     now: datetime | None = None,
 ) -> list[ConditionDict]:
-    """Settled but not usable, and not an error (a session that ``Ended`` or ``Expired``, a
-    ``Suspended`` Database): ``Ready=False``, neither Reconciling nor Stalled. kstatus reports
-    the object as Current, which is right: there is nothing more the operator will do."""
+    """Not usable on purpose, and not an error (a ``Suspended`` Database): ``Ready=False``,
+    neither Reconciling nor Stalled. kstatus reports InProgress, which is right for a pause:
+    whoever waits for the object waits for the pause to end."""
     desired = DesiredConditions(ConditionStatus.FALSE, reason, message, Progress.SETTLED)
     return build_conditions(previous, generation, desired, now=now)

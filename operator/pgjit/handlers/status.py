@@ -16,9 +16,9 @@ def set_conditions(body, status: MutableMapping, ready: bool, reason: str, messa
                    stalled: bool = False, settled: bool = False) -> None:
     """Write Ready (+ Reconciling or Stalled) into ``status``; post an Event on a transition.
 
-    ``stalled``: a terminal error a person must fix. ``settled``: not ready, but nothing is
-    left to do and nothing is wrong (Ended, Expired, Suspended). Otherwise not-ready means the
-    operator is still working on it.
+    ``stalled``: nothing will change until a person acts (a terminal error, or a session that
+    ended or expired). ``settled``: not ready on purpose and nothing is wrong (a suspended
+    Database). Otherwise not-ready means the operator is still working on it.
     """
     previous = body.get("status", {}).get("conditions")
     generation = body.get("metadata", {}).get("generation")
