@@ -5,8 +5,8 @@ from __future__ import annotations
 import psycopg
 import pytest
 
-from operatorkit import (Env, condition_of, installed_crds, make_env, operator,  # noqa: F401
-                         postgres16, token)
+from operatorkit import (GROUP, VERSION, Env, condition_of, installed_crds,  # noqa: F401
+                         make_env, operator, postgres16, token)
 
 
 @pytest.fixture
@@ -25,7 +25,7 @@ def test_deleting_the_role_ends_the_session_with_access_revoked(env):
     ready = condition_of(session)
     assert ready["status"] == "False" and ready["reason"] == "AccessRevoked"
     assert "no Role allows" in ready["message"]
-    assert condition_of(session, "Stalled") is None
+    assert condition_of(session, "Stalled")["reason"] == "AccessRevoked"
     status = session["status"]
     assert status["teardown"]["action"] == "Locked" and status["endedAt"]
     assert env.secret("s1-credentials") is None
@@ -118,3 +118,38 @@ def test_events_on_transitions_never_carry_the_password(env, kubectl):
     for session in env.list("DatabaseSession"):
         assert password not in str(session)
     assert password not in env.operator.log_path.read_text(errors="replace")
+
+
+def test_role_selection_follows_databases_and_roles_carry_no_finalizer(env, postgres16):
+    env.role("analysts", "keep")
+
+    def selected(names):
+        def check():
+            role = env.get("Role", "analysts") or {}
+            got = role.get("status", {}).get("selectedDatabases")
+            return role if got == names else None
+        return env._with_log(f"Role analysts to select {names}", check, 20)
+
+    selected(["db"])
+    # A second Database with the selected label is picked up without touching the Role...
+    env.create("Database", "db2", {
+        "host": postgres16.host, "port": postgres16.port, "databases": ["app"],
+        "admin": {"username": postgres16.admin_user,
+                  "passwordSecretRef": {"name": "admin", "key": "password"}},
+        "managedRole": env.managed_role, "credentials": {"scramIterations": 1}},
+        labels={"env": "test"})
+    role = selected(["db", "db2"])
+    assert condition_of(role)["message"] == "selects 2 Database(s)"
+    # ...and dropped when it is relabelled away or deleted.
+    env.custom.patch_namespaced_custom_object(GROUP, VERSION, env.namespace, "databases", "db2",
+                                              {"metadata": {"labels": {"env": "other"}}})
+    selected(["db"])
+    env.custom.patch_namespaced_custom_object(GROUP, VERSION, env.namespace, "databases", "db2",
+                                              {"metadata": {"labels": {"env": "test"}}})
+    selected(["db", "db2"])
+    env.delete("Database", "db2")
+    env.wait_gone("Database", "db2")
+    selected(["db"])
+    # Nothing in a Role needs the operator at deletion, so it carries no finalizer that would
+    # hold it (and its namespace) while the operator is away.
+    assert not env.get("Role", "analysts")["metadata"].get("finalizers")

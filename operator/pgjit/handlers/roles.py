@@ -29,36 +29,61 @@ def validation_problems(role: Role) -> list[str]:
     return problems
 
 
+def _role_status(body, namespace: str, databases_by_name) -> tuple[dict, list[str]]:
+    """The Role's status (validation and selection) and its validation problems."""
+    previous = body.get("status", {}).get("conditions")
+    generation = body.get("metadata", {}).get("generation")
+    try:
+        role = Role.model_validate(body)
+        problems = validation_problems(role)
+    except ValidationError as exc:
+        problems = [f"{'.'.join(map(str, e['loc']))}: {e['msg']}" for e in exc.errors()]
+        role = None
+    status: dict = {"observedGeneration": generation}
+    if problems:
+        message = "; ".join(problems)[:2048]
+        status["conditions"] = conditions.stalled(previous, generation, "InvalidRole", message)
+        return status, problems
+    selector = role.spec.allow.database_selector if role.spec.allow else None
+    status["selectedDatabases"] = sorted(
+        name for (ns, name), bodies in databases_by_name.items() if ns == namespace
+        and selector is not None
+        and any(selector.matches(b.get("metadata", {}).get("labels") or {}) for b in bodies))
+    status["conditions"] = conditions.ready(
+        previous, generation, "Valid", f"selects {len(status['selectedDatabases'])} Database(s)")
+    return status, problems
+
+
 @kopf.on.resume(*RESOURCE, id="validate")
 @kopf.on.create(*RESOURCE, id="validate")
 @kopf.on.update(*RESOURCE, id="validate", field="spec")
-@kopf.timer(*RESOURCE, id="selection", interval=60.0, idle=10.0)
 async def validate(body, namespace, patch, databases_by_name, **_):
     with metrics.reconcile("role"):
+        status, problems = _role_status(body, namespace, databases_by_name)
         previous = body.get("status", {}).get("conditions")
-        generation = body.get("metadata", {}).get("generation")
-        try:
-            role = Role.model_validate(body)
-            problems = validation_problems(role)
-        except ValidationError as exc:
-            problems = [f"{'.'.join(map(str, e['loc']))}: {e['msg']}" for e in exc.errors()]
-            role = None
-        patch.status["observedGeneration"] = generation
-        if problems:
-            message = "; ".join(problems)[:2048]
-            new = conditions.stalled(previous, generation, "InvalidRole", message)
-        else:
-            selector = role.spec.allow.database_selector if role.spec.allow else None
-            selected = sorted(
-                name for (ns, name), bodies in databases_by_name.items() if ns == namespace
-                and selector is not None
-                and any(selector.matches(b.get("metadata", {}).get("labels") or {}) for b in bodies))
-            patch.status["selectedDatabases"] = selected
-            new = conditions.ready(previous, generation, "Valid",
-                                   f"selects {len(selected)} Database(s)")
-        ready = conditions.find_condition(new, "Ready")
+        ready = conditions.find_condition(status["conditions"], "Ready")
         if conditions.condition_changed(conditions.find_condition(previous, "Ready"), ready):
             kopf.event(body, type="Warning" if problems else "Normal",
                        reason="InvalidRole" if problems else "Valid",
                        message=ready["message"] if ready else "")
-        patch.status["conditions"] = new
+        patch.status.update(status)
+
+
+@kopf.on.event(GROUP, VERSION, "databases", id="role-selection")
+async def refresh_selections(namespace, memo, roles_by_namespace, databases_by_name, **_):
+    """Keep each valid Role's ``selectedDatabases`` current as Databases come, go or relabel.
+
+    Driven by Database events rather than a timer on Roles: Kopf puts a finalizer on every
+    object with a timer, and a finalizer on Roles would keep them (and their namespace) from
+    being deleted whenever the operator is not running, for the sake of a status field.
+    """
+    for body in list(roles_by_namespace.get(namespace, ())):
+        current = body.get("status") or {}
+        ready = conditions.find_condition(current.get("conditions"), "Ready") or {}
+        if ready.get("reason") != "Valid" or \
+                current.get("observedGeneration") != body.get("metadata", {}).get("generation"):
+            continue  # not validated yet (or invalid): the validate handler writes its status
+        status, _ = _role_status(body, namespace, databases_by_name)
+        if status.get("selectedDatabases") != current.get("selectedDatabases"):
+            await memo.kube.patch_status(GROUP, VERSION, "roles", namespace,
+                                         body["metadata"]["name"], status)

@@ -14,7 +14,6 @@ import time
 from datetime import datetime, timezone
 
 import kopf
-import yaml
 
 from .. import GROUP, VERSION
 from ..api.database import Database
@@ -27,6 +26,7 @@ from ..core.credential_access import secret_reader_binding, secret_reader_role
 from ..core.credentials_secret import (ConnectionTarget, certificate_secret_data,
                                        password_secret_data, secret_labels)
 from ..core.naming import postgres_username
+from ..core.traits import user_traits
 from ..engine import ActivationRequest, EngineError
 from ..engine.results import ABSENT, NOT_MANAGED
 from ..kube.client import NotOwned
@@ -98,8 +98,8 @@ class SharedPasswords:
 
 
 def _set_conditions(body, status: dict, ready: bool, reason: str, message: str, *,
-                    terminal: bool = False, settled: bool = False) -> None:
-    set_conditions(body, status, ready, reason, message, stalled=terminal, settled=settled)
+                    terminal: bool = False) -> None:
+    set_conditions(body, status, ready, reason, message, stalled=terminal)
 
 
 def _database(databases_by_name, namespace: str, name: str, *, opening: bool = True) -> Database:
@@ -138,16 +138,7 @@ async def _load_traits_data(memo: kopf.Memo) -> dict[str, str]:
 
 
 async def _traits(memo: kopf.Memo, user: str) -> dict[str, list[str]]:
-    return _user_traits(await _load_traits_data(memo), user)
-
-
-def _user_traits(data: dict[str, str] | None, user: str) -> dict[str, list[str]]:
-    raw = (data or {}).get(user)
-    try:
-        traits = yaml.safe_load(raw) if raw else {}
-    except yaml.YAMLError:
-        traits = {}  # a broken entry grants nothing extra; the policy notes empty templates
-    return traits if isinstance(traits, dict) else {}
+    return user_traits(await _load_traits_data(memo), user)
 
 
 def _decide(session: DatabaseSession, database: Database, roles_by_namespace, namespace: str,
@@ -317,7 +308,7 @@ def _apply_outcome(body, status: dict, outcome: Outcome) -> None:
     if outcome.phase in ("Failed", "Expired", "Ended"):
         status.setdefault("endedAt", _ts(_now()))
     _set_conditions(body, status, False, outcome.reason, outcome.message,
-                    terminal=outcome.terminal, settled=outcome.phase in ("Expired", "Ended"))
+                    terminal=outcome.terminal or outcome.phase in ("Expired", "Ended"))
 
 
 @kopf.on.resume(*RESOURCE, id="lease")
@@ -369,6 +360,7 @@ async def end_lease(body, namespace: str, name: str, uid: str, memo, databases_b
                                           mode=status.get("userProvisioning"),
                                           terminate_connections=database.spec.terminate_connections)
             except EngineError as error:
+                metrics.POSTGRES_OPERATIONS.labels("end", "error").inc()
                 raise kopf.TemporaryError(f"ending the PostgreSQL user failed: {error.message}",
                                           delay=10 if error.transient else 60)
             action = {ABSENT: "Dropped", NOT_MANAGED: "Released"}.get(result.action, result.action)
@@ -445,7 +437,7 @@ def _revoked(body, namespace, databases_by_name, roles_by_namespace, traits_data
         database = _database(databases_by_name, namespace, session.spec.database_ref.name,
                              opening=False)
         _decide(session, database, roles_by_namespace, namespace,
-                _user_traits(traits_data, session.spec.user))
+                user_traits(traits_data, session.spec.user))
     except Outcome as outcome:
         if outcome.terminal:
             return ("Ended", "AccessRevoked", f"access was revoked: {outcome.message}")
@@ -467,6 +459,8 @@ async def _finish(body, name, namespace, uid, memo, stopped, databases_by_name, 
             if stopped:
                 return  # the operator is stopping; the daemon starts again with it
     status["phase"] = phase
-    # An ended session is not in progress and not stalled: it is done.
-    _set_conditions(body, status, False, reason, message, settled=True)
+    # Stalled, not merely not-ready: the lease will not progress again until a person deletes
+    # (and re-creates) the session. kstatus then reports Failed, so a Flux `wait` on a session
+    # in Git fails at once instead of timing out on an InProgress that can never change.
+    _set_conditions(body, status, False, reason, message, terminal=True)
     await memo.kube.patch_status(GROUP, VERSION, "databasesessions", namespace, name, status)
