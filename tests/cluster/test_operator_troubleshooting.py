@@ -91,9 +91,23 @@ def test_admin_without_admin_option_on_a_requested_role(env):
     assert env.role_row(user) is None  # nothing half-done
     assert env.secret("s1-credentials") is None
 
-    # After the DBA's GRANT, a new session works.
+    # The Database's health check shows it too, for a DBA to see before anyone asks; the
+    # Database stays Ready, since sessions without that role are unaffected.
+    def admin_privileges(expected):
+        def check():
+            database = env.get("Database", "db")
+            privileges = database.get("status", {}).get("adminPrivileges") or {}
+            return database if privileges.get("rolesWithoutAdminOption") == expected else None
+        return env._with_log(f"Database adminPrivileges.rolesWithoutAdminOption {expected}",
+                             check, 20)
+    database = admin_privileges([auditor])
+    assert grant in database["status"]["adminPrivileges"]["summary"]
+    assert condition_of(database)["status"] == "True"
+
+    # After the DBA's GRANT, the Database says so and a new session works.
     with env.superuser() as su:
         su.execute(grant)
+    admin_privileges([])
     env.create("DatabaseSession", "s2", env.session_spec(user))
     status = env.wait_phase("s2", "Active")["status"]
     assert status["databaseRoles"] == [auditor]

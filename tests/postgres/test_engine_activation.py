@@ -174,7 +174,9 @@ async def test_12_role_the_admin_cannot_grant_names_the_fix(kit, pg_server):
     assert f'GRANT "{locked}" TO "{pg_server.admin_user}" WITH ADMIN OPTION;' in caught.value.message
     assert not (await kit.role(alice)).exists
     pre = await kit.engine.preflight(roles=[locked])
-    assert any(locked in s.fix for s in pre.shortfalls)
+    assert any(locked in s.fix for s in pre.role_shortfalls)
+    assert pre.roles_without_admin_option == (locked,)
+    assert not any(locked in s.fix for s in pre.shortfalls)  # the server itself is fine
 
 
 async def test_13_managed_role_created_by_someone_else_needs_admin_option_on_16(kit, pg_server):

@@ -610,7 +610,7 @@ def test_admin_setup_shows_every_statement_preflight_asks_for():
     result = asyncio.run(run_preflight(
         _ServerLackingEverything(), admin_user="pgjit-admin", managed_role="pgjit-auto-user",
         databases=("orders",), roles=("reader",), terminate_connections=True))
-    fixes = [shortfall.fix for shortfall in result.shortfalls]
+    fixes = [shortfall.fix for shortfall in result.shortfalls + result.role_shortfalls]
     assert len(fixes) == 5, fixes
     page = " ".join(_statement(body) for _, body in fences(read(DOCS / "admin-setup.md")))
     page += " " + " ".join(_statement(code.strip("`"))

@@ -23,6 +23,7 @@ from pgjit.core.policy import (
     Decision,
     evaluate,
     glob_matches,
+    roles_granted_on,
 )
 
 EVERYTHING = {"databaseSelector": {}, "databaseNames": ["*"]}
@@ -798,3 +799,25 @@ def test_explain_shows_notes_and_role_errors() -> None:
 
 def test_explain_with_no_roles() -> None:
     assert "Roles: none" in explain()
+
+
+# --------------------------------------------------------------------------------------------
+# The roles a Database's health check asks the server about
+
+
+def test_roles_granted_on_a_database_are_the_literal_entries_of_selecting_roles() -> None:
+    prod = make_database(labels={"env": "prod"})
+    roles = [
+        make_role("a", roles=["reader", "{{internal.db_roles}}", "writer"]),
+        make_role("b", allow={"databaseSelector": {"matchLabels": {"env": "prod"}},
+                              "databaseNames": ["orders"], "databaseRoles": ["auditor"]}),
+        make_role("elsewhere", allow={"databaseSelector": {"matchLabels": {"env": "dev"}},
+                                      "databaseNames": ["*"], "databaseRoles": ["dev_only"]}),
+        make_role("off", mode="off", roles=["never"]),
+        make_role("unselective", allow={"databaseNames": ["*"], "databaseRoles": ["nowhere"]}),
+        make_role("deny-only", deny={"databaseRoles": ["reader"]}),
+    ]
+    assert roles_granted_on(prod, roles) == ("auditor", "reader", "writer")
+    assert roles_granted_on(make_database(labels={"env": "dev"}), roles) == \
+        ("dev_only", "reader", "writer")
+    assert roles_granted_on(prod, []) == ()

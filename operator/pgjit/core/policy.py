@@ -722,3 +722,24 @@ def evaluate(
         explanations=tuple(explanations),
         notes=tuple(notes),
     )
+
+
+def roles_granted_on(database: Database, roles: Iterable[Role]) -> tuple[str, ...]:
+    """The PostgreSQL role names Roles may hand out on ``database``, literal entries only.
+
+    What the Database's health check asks the server about, so that a role the admin cannot
+    grant (no ADMIN OPTION on PostgreSQL 16+) or that does not exist shows on the Database before
+    a session is refused for it. Template entries depend on the requester and are checked when a
+    session asks; roles in mode ``off`` are left out, since they never grant.
+    """
+    labels = database.metadata.labels or {}
+    names: set[str] = set()
+    for role in roles:
+        allow = role.spec.allow
+        if allow is None or allow.database_selector is None or \
+                role.spec.user_provisioning == UserProvisioning.OFF or \
+                not allow.database_selector.matches(labels):
+            continue
+        names.update(entry for entry in allow.database_roles or ()
+                     if parse_template(entry) is None and "{" not in entry and "}" not in entry)
+    return tuple(sorted(names))

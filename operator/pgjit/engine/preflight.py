@@ -78,14 +78,18 @@ class Preflight:
     admin_can_create_roles: bool
     managed_role_exists: bool
     can_signal_backends: bool
+    #: What the server as a whole lacks: no session can be opened until it is fixed.
     shortfalls: tuple[Shortfall, ...]
     missing_databases: tuple[str, ...] = ()
     missing_roles: tuple[str, ...] = ()
+    #: Roles asked about that the admin cannot grant: only sessions given them are refused.
+    role_shortfalls: tuple[Shortfall, ...] = ()
+    roles_without_admin_option: tuple[str, ...] = ()
 
     @property
     def ok(self) -> bool:
         return not (self.read_only or self.shortfalls or self.missing_databases
-                    or self.missing_roles)
+                    or self.missing_roles or self.role_shortfalls)
 
     def summary(self) -> list[str]:
         """Short lines for ``status.adminPrivileges``."""
@@ -96,7 +100,10 @@ class Preflight:
             lines.append("CREATEROLE")
         if self.can_signal_backends:
             lines.append("can terminate connections")
-        lines.extend(str(s) for s in self.shortfalls)
+        lines.extend(str(s) for s in self.shortfalls + self.role_shortfalls)
+        if self.missing_roles:
+            lines.append("roles that Roles grant do not exist: "
+                         + ", ".join(quote_ident(r) for r in self.missing_roles))
         return lines
 
 
@@ -128,15 +135,15 @@ async def run_preflight(conn, *, admin_user: str, managed_role: str,
                 f"the admin lacks CONNECT on database {quote_ident(name)}",
                 f"GRANT CONNECT ON DATABASE {quote_ident(name)} TO {admin};"))
     missing_roles = tuple(name for name, exists, _ in role_rows if not exists)
-    for name, exists, grantable in role_rows:
-        if exists and not grantable:
-            shortfalls.append(Shortfall(
-                f"the admin cannot grant role {quote_ident(name)}",
-                f"GRANT {quote_ident(name)} TO {admin} WITH ADMIN OPTION;"))
+    ungrantable = tuple(name for name, exists, grantable in role_rows if exists and not grantable)
+    role_shortfalls = tuple(Shortfall(f"the admin cannot grant role {quote_ident(name)}",
+                                      f"GRANT {quote_ident(name)} TO {admin} WITH ADMIN OPTION;")
+                            for name in ungrantable)
     if terminate_connections and not can_signal:
         shortfalls.append(Shortfall(
             "the admin cannot terminate connections of ended users",
             f"GRANT pg_signal_backend TO {admin};"))
     return Preflight(version, version_num, in_recovery, bool(in_recovery or read_only),
                      superuser, superuser or createrole, managed_exists, can_signal,
-                     tuple(shortfalls), missing_dbs, missing_roles)
+                     tuple(shortfalls), missing_dbs, missing_roles, role_shortfalls,
+                     ungrantable)

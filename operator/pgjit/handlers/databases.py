@@ -6,9 +6,12 @@ import logging
 import os
 
 import kopf
+from pydantic import ValidationError
 
 from .. import GROUP, VERSION
 from ..api.database import Database
+from ..api.role import Role
+from ..core.policy import roles_granted_on
 from ..core.credentials_secret import SESSION_LABEL, session_label_value
 from ..engine import EngineError
 from . import metrics
@@ -44,8 +47,19 @@ class LiveSessions:
         return any(session_id in store for store in self._index.values())
 
 
+def _granted_roles(database: Database, namespace: str, roles_by_namespace) -> tuple[str, ...]:
+    roles = []
+    for role_body in roles_by_namespace.get(namespace, ()):
+        try:
+            roles.append(Role.model_validate(role_body))
+        except ValidationError:
+            continue  # an invalid Role grants nothing; its own status says why
+    return roles_granted_on(database, roles)
+
+
 async def _check(body, namespace: str, name: str, patch: kopf.Patch, memo: kopf.Memo,
-                 live_sessions_by_database, *, refresh: bool, sweep: bool) -> None:
+                 live_sessions_by_database, roles_by_namespace, *, refresh: bool,
+                 sweep: bool) -> None:
     database = Database.model_validate(body)
     generation = body.get("metadata", {}).get("generation")
     live = _live_sessions(live_sessions_by_database, namespace, name)
@@ -60,6 +74,7 @@ async def _check(body, namespace: str, name: str, patch: kopf.Patch, memo: kopf.
     try:
         engine = await memo.engines.engine_for(database, namespace, refresh=refresh)
         pre = await engine.preflight(databases=database.spec.databases or (),
+                                     roles=_granted_roles(database, namespace, roles_by_namespace),
                                      terminate_connections=database.spec.terminate_connections)
     except EngineError as error:
         report(False, error.reason, error.message, stalled=not error.transient)
@@ -71,7 +86,10 @@ async def _check(body, namespace: str, name: str, patch: kopf.Patch, memo: kopf.
     patch.status["adminPrivileges"] = {
         "superuser": pre.admin_is_superuser, "createRole": pre.admin_can_create_roles,
         "signalBackend": pre.can_signal_backends,
-        "summary": "; ".join(pre.summary())[:1024]}
+        # Not a reason to refuse every session: only those given these roles fail, each with
+        # the GRANT in its message. Listed here so a DBA sees it before anyone asks.
+        "rolesWithoutAdminOption": list(pre.roles_without_admin_option[:256]),
+        "summary": "; ".join(pre.summary())[:4096]}
     if pre.read_only:
         report(False, "ReadOnly", "the server is read-only (a standby or a reader endpoint); point"
                " spec.host at the primary", stalled=True)
@@ -126,18 +144,20 @@ async def _remove_secrets_of(memo: kopf.Memo, session_id: str) -> None:
 @kopf.on.resume(*RESOURCE, id="connect")
 @kopf.on.create(*RESOURCE, id="connect")
 @kopf.on.update(*RESOURCE, id="connect", field="spec")
-async def connect(body, namespace, name, patch, memo, live_sessions_by_database, **_):
+async def connect(body, namespace, name, patch, memo, live_sessions_by_database,
+                  roles_by_namespace, **_):
     with metrics.reconcile("database"):
         await _check(body, namespace, name, patch, memo, live_sessions_by_database,
-                     refresh=True, sweep=False)
+                     roles_by_namespace, refresh=True, sweep=False)
 
 
 @kopf.timer(*RESOURCE, id="health", interval=HEALTH_INTERVAL, initial_delay=HEALTH_INTERVAL)
-async def health(body, namespace, name, patch, memo, live_sessions_by_database, **_):
+async def health(body, namespace, name, patch, memo, live_sessions_by_database,
+                 roles_by_namespace, **_):
     """Re-check reachability and privileges, and end users no live session holds (crash safety)."""
     with metrics.reconcile("database"):
         await _check(body, namespace, name, patch, memo, live_sessions_by_database,
-                     refresh=True, sweep=True)
+                     roles_by_namespace, refresh=True, sweep=True)
 
 
 @kopf.on.delete(*RESOURCE, id="release")
