@@ -188,3 +188,31 @@ async def test_reactivation_replaces_permissions_rather_than_merging(kit):
                                           permissions=allow(("Sales", "*", ["SELECT"]))))
     assert await held(kit, db, alice) == {("Sales", 'Big "Quoted" Table', "SELECT")}
     assert await schema_usage(kit, db, alice) == {"Sales"}
+
+
+async def test_no_connect_on_the_session_database_fails_at_once_and_leaves_nothing(kit):
+    """A database outside the Database's spec.databases is not preflighted: the admin's missing
+    CONNECT there must still show as such, with the GRANT, before the user exists."""
+    import time
+
+    from pgjit.engine.errors import INSUFFICIENT_PRIVILEGE
+
+    db = await app_database(kit, "noconnect")
+    await kit.su(sql.SQL("REVOKE CONNECT ON DATABASE {} FROM PUBLIC").format(ID(db)))
+    alice = kit.name("alice")
+    began = time.monotonic()
+    with pytest.raises(EngineError) as caught:
+        await kit.engine.activate(kit.request("s1", alice, database=db,
+                                              permissions=allow(("*", "*", ["SELECT"]))))
+    # Not the pool's timeout (10 s) and not "unreachable": the server's own refusal.
+    assert time.monotonic() - began < 5
+    assert caught.value.reason == INSUFFICIENT_PRIVILEGE and not caught.value.transient
+    assert f'GRANT CONNECT ON DATABASE "{db}" TO "{kit.server.admin_user}";' \
+        in caught.value.message
+    assert not (await kit.role(alice)).exists
+
+    await kit.su(sql.SQL("GRANT CONNECT ON DATABASE {} TO {}").format(
+        ID(db), ID(kit.server.admin_user)))
+    await kit.engine.activate(kit.request("s2", alice, database=db,
+                                          permissions=allow(("*", "*", ["SELECT"]))))
+    assert ("public", "orders", "SELECT") in await held(kit, db, alice)

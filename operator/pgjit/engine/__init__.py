@@ -150,6 +150,11 @@ class Engine:
             except ManagedRoleMissing:
                 await self.ensure_managed_role()
                 return await self._users.activate(request)
+        if request.permissions and request.database != self.config.admin_database:
+            # The permissions are applied in the session's database after the user is active;
+            # make sure the admin can get in there first, so a refusal leaves nothing behind.
+            await self._retrying("connecting to the session's database",
+                                 self._can_connect(request.database))
         activation = await self._retrying("activating the user", activate_user)
         if not request.permissions:
             return activation
@@ -162,6 +167,12 @@ class Engine:
                            terminate_connections=False)
             raise
         return Activation(**{**activation.__dict__, "permissions_summary": summary})
+
+    def _can_connect(self, dbname: str):
+        async def check() -> None:
+            async with self._conns.connection(dbname):
+                pass
+        return check
 
     async def end(self, identity: str, session_id: str | None, *, mode: str | None = None,
                   terminate_connections: bool = True) -> Teardown:

@@ -25,9 +25,10 @@ from typing import AsyncIterator
 
 import psycopg
 from psycopg.conninfo import make_conninfo
-from psycopg_pool import AsyncConnectionPool
+from psycopg_pool import AsyncConnectionPool, PoolTimeout
 
 from .config import ServerConfig
+from .errors import DATABASE_NOT_FOUND, INSUFFICIENT_PRIVILEGE, EngineError
 
 _SESSION_OPTIONS = ("-c search_path=pg_catalog,pg_temp -c lock_timeout=10s "
                     "-c statement_timeout=60s -c idle_in_transaction_session_timeout=60s")
@@ -61,6 +62,8 @@ class AdminConnections:
         self.config = config
         self._files = _PrivateFiles()
         self._pools: dict[str, AsyncConnectionPool] = {}
+        #: Databases a pooled connection has been obtained for since the pools were made.
+        self._reachable: set[str] = set()
         self._slots = asyncio.Semaphore(config.max_connections)
         self._tls = self._tls_params()
 
@@ -103,15 +106,75 @@ class AdminConnections:
 
     @asynccontextmanager
     async def connection(self, dbname: str | None = None) -> AsyncIterator[psycopg.AsyncConnection]:
-        pool = self._pool(dbname or self.config.admin_database)
+        dbname = dbname or self.config.admin_database
+        pool = self._pool(dbname)
         async with self._slots:
             if pool.closed:
                 await pool.open(wait=False)
-            async with pool.connection() as conn:
+            if dbname not in self._reachable:
+                # A pool retries a refused login quietly until its timeout; the first time,
+                # ask the server directly so a refusal shows at once, with its cause.
+                await self._raise_refusal(dbname)
+            try:
+                conn = await pool.getconn()
+            except PoolTimeout:
+                await self._raise_refusal(dbname)
+                raise
+            self._reachable.add(dbname)
+            try:
                 yield conn
+            finally:
+                await pool.putconn(conn)
+
+    async def _raise_refusal(self, dbname: str) -> None:
+        """Raise the reason the server refuses the admin's logins to ``dbname``, if it does.
+
+        A pool retries a refused login quietly and only ever times out, and libpq reports no
+        SQLSTATE for a refused connection (messages are no option: servers speak German). So
+        one direct attempt tells whether a login works, and when it does not, the catalog, read
+        on the admin database, tells why: a missing database or a missing CONNECT privilege is
+        raised as such, with the fix, instead of being waited out as an unreachable server.
+        """
+        try:
+            conn = await self.connect(dbname)
+        except psycopg.Error as exc:
+            if dbname == self.config.admin_database:
+                return  # preflight explains the admin database's refusals
+            cause = await self._refusal_cause(dbname)
+            if cause is not None:
+                raise cause from exc
+            return
+        await conn.close()
+
+    async def _refusal_cause(self, dbname: str) -> EngineError | None:
+        try:
+            conn = await self.connect()
+        except psycopg.Error:
+            return None  # the server itself is not answering: waiting is right
+        try:
+            cur = await conn.execute(
+                "SELECT datallowconn, has_database_privilege(oid, 'CONNECT')"
+                " FROM pg_database WHERE datname = %s", [dbname])
+            row = await cur.fetchone()
+        finally:
+            await conn.close()
+        database = dbname.replace('"', '""')
+        if row is None:
+            return EngineError(DATABASE_NOT_FOUND, f'database "{database}" does not exist')
+        allows_connections, may_connect = row
+        if not allows_connections:
+            return EngineError(INSUFFICIENT_PRIVILEGE, f'database "{database}" does not allow '
+                               "connections (pg_database.datallowconn is false)")
+        if not may_connect:
+            admin = self.config.admin_user.replace('"', '""')
+            return EngineError(INSUFFICIENT_PRIVILEGE,
+                               f'the admin lacks CONNECT on database "{database}"; run as a '
+                               f'superuser: GRANT CONNECT ON DATABASE "{database}" TO "{admin}";')
+        return None
 
     async def close(self) -> None:
         pools, self._pools = list(self._pools.values()), {}
+        self._reachable.clear()
         for pool in pools:
             await pool.close()
         self._files.close()
