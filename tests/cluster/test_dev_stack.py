@@ -19,6 +19,7 @@ import pexpect
 from clikit import finish
 from operatorkit import wait_for
 
+REPO = Path(__file__).resolve().parents[2]
 START_TIMEOUT = 180  # a cold start builds nothing, but a busy 2-core machine is slow
 TIMEOUT = 60
 
@@ -57,6 +58,21 @@ def _printed_command(text: str, program: str, subcommand: str) -> list[str]:
     return shlex.split(line.split("#", 1)[0])
 
 
+def readme_terminal_two(state_dir: Path) -> str:
+    """The README's commands after ``make dev`` (terminal 2), as a shell script.
+
+    Only the kubeconfig directory is moved to this test's own (``$PWD/.cache/dev`` would collide
+    with a developer's running ``make dev``); every other word is the README's.
+    """
+    text = (REPO / "README.md").read_text()
+    block = next(b for b in re.findall(r"```sh\n(.*?)```", text, re.S)
+                 if b.lstrip().startswith("make dev ") and "pgjit connect" in b)
+    lines = [line.split("#", 1)[0].strip() for line in block.splitlines()[1:]]
+    script = "\n".join(line for line in lines if line)
+    assert "$PWD/.cache/dev/" in script and ".venv/bin/pgjit connect" in script, script
+    return script.replace("$PWD/.cache/dev/", f"{state_dir}/")
+
+
 def test_clone_to_psql_prompt_and_ctrl_c_leaves_nothing(tmp_path):
     state_dir = tmp_path / "dev"
     stack = pexpect.spawn(sys.executable, ["-m", "pgjit.cli", "dev", "--state-dir",
@@ -82,9 +98,14 @@ def test_clone_to_psql_prompt_and_ctrl_c_leaves_nothing(tmp_path):
         assert explain.returncode == 0, explain.stderr
         assert "reader" in explain.stdout and "developers" in explain.stdout, explain.stdout
 
-        connect = _printed_command(printed, pgjit, "connect")
-        psql = pexpect.spawn(connect[0], connect[1:], env=env, encoding="utf-8",
-                             timeout=TIMEOUT, dimensions=(40, 200))
+        # Terminal 2, exactly as the README shows it, from the checkout.
+        script = readme_terminal_two(state_dir)
+        assert _printed_command(printed, pgjit, "connect")[1:] == \
+            shlex.split(script.splitlines()[-1])[1:], "make dev and the README disagree"
+        readme_env = {k: v for k, v in env.items() if k != "KUBECONFIG"}  # the README sets it
+        psql = pexpect.spawn("bash", ["--norc", "--noprofile", "-c", script], cwd=str(REPO),
+                             env=readme_env, encoding="utf-8", timeout=TIMEOUT,
+                             dimensions=(40, 200))
         psql.expect("orders=> ")
         psql.sendline("SELECT current_user, string_agg(item, ',' ORDER BY id) FROM orders;")
         psql.expect(r"alice\s+\|\s+coffee,tea")
