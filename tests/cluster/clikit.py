@@ -7,6 +7,7 @@ import io
 import os
 import subprocess
 import sys
+from pathlib import Path
 
 import kubernetes
 import pexpect
@@ -70,3 +71,45 @@ def finish(child: pexpect.spawn) -> int:
     child.expect(pexpect.EOF)
     child.wait()
     return child.exitstatus if child.exitstatus is not None else 128 + child.signalstatus
+
+
+def _parent_pids() -> dict[int, int]:
+    """pid -> parent pid of every process, from /proc."""
+    parents = {}
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit():
+            continue
+        try:
+            stat = (entry / "stat").read_text()
+        except OSError:
+            continue
+        # Field 4 (after the parenthesised command, which may hold spaces) is the parent's pid.
+        parents[int(entry.name)] = int(stat.rsplit(")", 1)[1].split()[1])
+    return parents
+
+
+def child_pids(pid: int) -> list[int]:
+    """Direct child processes of ``pid``."""
+    return [child for child, parent in _parent_pids().items() if parent == pid]
+
+
+def descendant_pids(pid: int) -> set[int]:
+    """Every process below ``pid``."""
+    parents = _parent_pids()
+    found, todo = set(), [pid]
+    while todo:
+        current = todo.pop()
+        for child, parent in parents.items():
+            if parent == current and child not in found:
+                found.add(child)
+                todo.append(child)
+    return found
+
+
+def is_alive(pid: int) -> bool:
+    """Whether ``pid`` exists and is not a zombie."""
+    try:
+        state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
+    except OSError:
+        return False
+    return state != "Z"

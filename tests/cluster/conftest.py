@@ -17,7 +17,7 @@ import kubernetes
 import pytest
 
 from pgjit.devstack.controlplane import ControlPlane
-from pgjit.devstack.kube_binaries import ensure_kube_binaries
+from planekit import start_control_plane
 
 HERE = Path(__file__).parent
 NAMESPACE_NAME_LIMIT = 63
@@ -32,16 +32,7 @@ def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
 @pytest.fixture(scope="session")
 def control_plane(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ControlPlane]:
     """A running control plane; its workdir (logs, kubeconfigs) stays under pytest's tmp dir."""
-    try:
-        binaries = ensure_kube_binaries()
-    except Exception as error:
-        pytest.fail(f"cannot build the control-plane binaries: {error}", pytrace=False)
-    control_plane = ControlPlane(binaries, workdir=tmp_path_factory.mktemp("controlplane"))
-    try:
-        control_plane.start()
-    except Exception as error:
-        control_plane.stop()
-        pytest.fail(f"cannot start the control plane: {error}", pytrace=False)
+    control_plane = start_control_plane(tmp_path_factory.mktemp("controlplane"))
     yield control_plane
     control_plane.stop()
 

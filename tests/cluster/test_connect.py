@@ -15,7 +15,8 @@ from pathlib import Path
 
 import pytest
 
-from clikit import PROMPT, TIMEOUT, USER, finish, grant_cli_access, run_cli, spawn_connect
+from clikit import (PROMPT, TIMEOUT, USER, child_pids, finish, grant_cli_access, run_cli,
+                    spawn_connect)
 from operatorkit import (Env, installed_crds, make_env, operator,  # noqa: F401 - fixtures
                          postgres16, wait_for)
 
@@ -69,7 +70,7 @@ def test_psql_runs_as_the_provisioned_user_and_quitting_ends_the_session(control
     directory = Path(modes[1])
     assert directory.exists()
     # Nothing secret on psql's command line or in its environment (a \! shell inherits it).
-    (psql_pid,) = _children(child.pid)
+    (psql_pid,) = child_pids(child.pid)
     for part in ("cmdline", "environ"):
         assert creds["password"].encode() not in Path(f"/proc/{psql_pid}/{part}").read_bytes()
     child.expect(PROMPT)
@@ -125,7 +126,7 @@ def test_sigterm_ends_psql_and_the_session(control_plane, env):
     child.expect(PROMPT)
     name = only_session(env)["metadata"]["name"]
     creds = env.secret(f"{name}-credentials")
-    psql_pids = _children(child.pid)
+    psql_pids = child_pids(child.pid)
     assert len(psql_pids) == 1 and Path(f"/proc/{psql_pids[0]}/exe").resolve().name == "psql"
     assert alice_backends(env)
 
@@ -241,19 +242,3 @@ def test_a_missing_psql_is_reported_before_anything_is_created(control_plane, en
                      "--psql", "/nonexistent/psql")
     assert result.returncode == 1 and "--psql" in result.stderr
     assert env.list("DatabaseSession") == []
-
-
-def _children(pid: int) -> list[int]:
-    """Direct child processes of ``pid`` (from /proc)."""
-    found = []
-    for entry in Path("/proc").iterdir():
-        if not entry.name.isdigit():
-            continue
-        try:
-            stat = (entry / "stat").read_text()
-        except OSError:
-            continue
-        # Field 4 (after the parenthesised command, which may hold spaces) is the parent's pid.
-        if int(stat.rsplit(")", 1)[1].split()[1]) == pid:
-            found.append(int(entry.name))
-    return found

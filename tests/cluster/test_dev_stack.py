@@ -16,40 +16,12 @@ from pathlib import Path
 
 import pexpect
 
-from clikit import finish
+from clikit import descendant_pids, finish, is_alive
 from operatorkit import wait_for
 
 REPO = Path(__file__).resolve().parents[2]
 START_TIMEOUT = 180  # a cold start builds nothing, but a busy 2-core machine is slow
 TIMEOUT = 60
-
-
-def _descendants(pid: int) -> set[int]:
-    """Every live process below ``pid`` (from /proc, so nothing can hide by re-parenting late)."""
-    children: dict[int, list[int]] = {}
-    for entry in Path("/proc").iterdir():
-        if not entry.name.isdigit():
-            continue
-        try:
-            stat = (entry / "stat").read_text()
-        except OSError:
-            continue
-        ppid = int(stat.rsplit(")", 1)[1].split()[1])
-        children.setdefault(ppid, []).append(int(entry.name))
-    found, todo = set(), [pid]
-    while todo:
-        for child in children.get(todo.pop(), ()):
-            found.add(child)
-            todo.append(child)
-    return found
-
-
-def _alive(pid: int) -> bool:
-    try:
-        state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
-    except OSError:
-        return False
-    return state != "Z"
 
 
 def _printed_command(text: str, program: str, subcommand: str) -> list[str]:
@@ -82,7 +54,7 @@ def test_clone_to_psql_prompt_and_ctrl_c_leaves_nothing(tmp_path):
         stack.expect("pgjit local stack is up")
         stack.expect(r"Look around as the cluster admin:\r?\n(.*)\r?\n")
         printed = stack.before + stack.after
-        processes = _descendants(stack.pid)
+        processes = descendant_pids(stack.pid)
         assert len(processes) >= 4, processes  # etcd, kube-apiserver, postgres, the operator
 
         kubeconfig = re.search(r"export KUBECONFIG=(\S+)", printed).group(1)
@@ -127,7 +99,7 @@ def test_clone_to_psql_prompt_and_ctrl_c_leaves_nothing(tmp_path):
         stack.expect("stopping the local stack")
         assert finish(stack) == 0
         wait_for("every process of the stack to exit",
-                 lambda: [p for p in processes if _alive(p)] == [], TIMEOUT)
+                 lambda: [p for p in processes if is_alive(p)] == [], TIMEOUT)
         assert not state_dir.exists()
         log_line = re.search(r"operator log\s*:\s*(\S+)", printed).group(1)
         assert not Path(log_line).parent.exists(), "the stack's working directory was left"

@@ -20,6 +20,7 @@ import pytest
 import yaml
 from kubernetes.client.rest import ApiException
 from operatorkit import wait_for
+from planekit import start_control_plane
 
 from pgjit.devstack.controlplane import ControlPlane
 from pgjit.devstack.kube_binaries import KubeBinaries, ensure_kube_binaries, find_repo_root
@@ -157,17 +158,9 @@ def _policy_is_enforced(plane: GuardedPlane, alice: kubernetes.client.ApiClient)
 
 @pytest.fixture(scope="module")
 def plane(tmp_path_factory: pytest.TempPathFactory) -> Iterator[GuardedPlane]:
-    try:
-        binaries = ensure_kube_binaries()
-    except Exception as error:
-        pytest.fail(f"cannot build the control-plane binaries: {error}", pytrace=False)
     workdir = tmp_path_factory.mktemp("identity-binding")
-    control_plane = ControlPlane(binaries, workdir=workdir / "controlplane")
-    try:
-        control_plane.start()
-    except Exception as error:
-        control_plane.stop()
-        pytest.fail(f"cannot start the control plane: {error}", pytrace=False)
+    control_plane = start_control_plane(workdir / "controlplane")
+    binaries = control_plane.binaries
     guarded = GuardedPlane(control_plane, workdir)
     try:
         _apply(guarded, "apply", "--server-side", "-f", str(find_repo_root() / "crds"))

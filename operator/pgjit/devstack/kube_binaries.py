@@ -141,7 +141,7 @@ def _required_version(go_mod: Path, module: str) -> str:
     return match.group(1)
 
 
-def _go_executable() -> str:
+def go_executable() -> str:
     go = shutil.which("go") or next(
         (p for p in ("/usr/local/go/bin/go", "/usr/lib/go/bin/go") if os.access(p, os.X_OK)), None
     )
@@ -153,7 +153,7 @@ def _go_executable() -> str:
 
 
 @contextmanager
-def _exclusive_lock(path: Path) -> Iterator[None]:
+def exclusive_lock(path: Path) -> Iterator[None]:
     """Serialise builds across processes (pytest-xdist workers, a Makefile run)."""
     with open(path, "w") as handle:
         fcntl.flock(handle, fcntl.LOCK_EX)
@@ -177,7 +177,7 @@ def _start_build(
     # path element as their name, which for these packages equals the keys of `binaries`.
     output = str(staging / next(iter(build.binaries))) if len(packages) == 1 else f"{staging}/"
     command = [
-        _go_executable(), "build",
+        go_executable(), "build",
         "-trimpath",
         # The module dir sits in pgjit's git checkout; stamping VCS data of that checkout
         # would make builds depend on git state and fail on a dubious-ownership checkout.
@@ -291,7 +291,7 @@ def ensure_kube_binaries(repo_root: Path | None = None) -> KubeBinaries:
 
     if missing():
         bin_dir.mkdir(parents=True, exist_ok=True)
-        with _exclusive_lock(bin_dir / ".build.lock"):
+        with exclusive_lock(bin_dir / ".build.lock"):
             # Another process may have finished the build while this one waited for the lock.
             if pending := missing():
                 _run_builds(pending, controlplane_dir, bin_dir)

@@ -25,7 +25,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from .kube_binaries import _exclusive_lock, _go_executable, find_repo_root
+from .kube_binaries import exclusive_lock, go_executable, find_repo_root
 
 MODULE_DIR = Path("tests") / "argocd-health"
 SOURCES = ("go.mod", "go.sum", "main.go")
@@ -68,13 +68,13 @@ def ensure_lua_runner(repo_root: Path | None = None) -> Path:
     if os.access(target, os.X_OK):
         return target
     target.parent.mkdir(parents=True, exist_ok=True)
-    with _exclusive_lock(target.parent / ".argocd-health.lock"):
+    with exclusive_lock(target.parent / ".argocd-health.lock"):
         if os.access(target, os.X_OK):  # built by another process while this one waited
             return target
         staging = Path(tempfile.mkdtemp(prefix=".build-", dir=target.parent)) / target.name
         # -mod=mod lets a fresh checkout resolve go.sum entries through the module proxy.
         env = {**os.environ, "CGO_ENABLED": "0", "GOFLAGS": "-mod=mod"}
-        command = [_go_executable(), "build", "-trimpath", "-buildvcs=false",
+        command = [go_executable(), "build", "-trimpath", "-buildvcs=false",
                    "-ldflags=-s -w", "-o", str(staging), "."]
         built = subprocess.run(command, cwd=root / MODULE_DIR, env=env, capture_output=True,
                                text=True, stdin=subprocess.DEVNULL)
