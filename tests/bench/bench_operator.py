@@ -46,27 +46,52 @@ class PhaseWatch:
         self._thread.start()
 
     def _run(self) -> None:
+        # Each watch request ends after timeout_seconds; the next one resumes from the last
+        # resourceVersion seen, so no DELETED event falls between two requests. If that version
+        # is too old (410), a list tells which sessions went away meanwhile.
+        resource_version = None
         while not self._stop:
-            watch = kubernetes.watch.Watch()
             try:
-                for event in watch.stream(self.custom.list_namespaced_custom_object, GROUP,
-                                          VERSION, NS, PLURAL, timeout_seconds=60):
-                    obj, now = event["object"], time.monotonic()
-                    name = obj["metadata"]["name"]
-                    with self._cond:
-                        if event["type"] == "DELETED":
-                            self.gone.setdefault(name, now)
-                        else:
-                            phase = (obj.get("status") or {}).get("phase")
-                            if phase == "Active":
-                                self.active.setdefault(name, now)
-                            elif phase == "Failed":
-                                self.failed[name] = str(obj["status"].get("conditions"))
-                        self._cond.notify_all()
+                if resource_version is None:
+                    resource_version = self._resync()
+                for event in kubernetes.watch.Watch().stream(
+                        self.custom.list_namespaced_custom_object, GROUP, VERSION, NS, PLURAL,
+                        timeout_seconds=60, resource_version=resource_version):
+                    if event["type"] == "ERROR":
+                        resource_version = None
+                        break
+                    self._record(event["type"], event["object"], time.monotonic())
+                    resource_version = event["object"]["metadata"]["resourceVersion"]
                     if self._stop:
                         break
             except Exception:  # a dropped watch is re-opened; the bench goes on
+                resource_version = None
                 time.sleep(0.2)
+
+    def _resync(self) -> str:
+        listing = self.custom.list_namespaced_custom_object(GROUP, VERSION, NS, PLURAL)
+        now, present = time.monotonic(), set()
+        for obj in listing["items"]:
+            present.add(obj["metadata"]["name"])
+            self._record("MODIFIED", obj, now)
+        with self._cond:
+            for name in set(self.active) - present:
+                self.gone.setdefault(name, now)
+            self._cond.notify_all()
+        return listing["metadata"]["resourceVersion"]
+
+    def _record(self, kind: str, obj: dict, now: float) -> None:
+        name = obj["metadata"]["name"]
+        with self._cond:
+            if kind == "DELETED":
+                self.gone.setdefault(name, now)
+            else:
+                phase = (obj.get("status") or {}).get("phase")
+                if phase == "Active":
+                    self.active.setdefault(name, now)
+                elif phase == "Failed":
+                    self.failed[name] = str(obj["status"].get("conditions"))
+            self._cond.notify_all()
 
     def wait(self, names, table: dict, timeout: float) -> None:
         deadline = time.monotonic() + timeout

@@ -97,6 +97,15 @@ class SharedPasswords:
         return f"<SharedPasswords users={len(self._passwords)}>"
 
 
+async def _all_of(calls) -> None:
+    """Run independent API calls at once, and let every one finish before raising the first
+    failure: a call still in flight could otherwise create an object after the clean-up that
+    the failure triggers has already looked for it."""
+    for result in await asyncio.gather(*calls, return_exceptions=True):
+        if isinstance(result, BaseException):
+            raise result
+
+
 def _set_conditions(body, status: dict, ready: bool, reason: str, message: str, *,
                     terminal: bool = False) -> None:
     set_conditions(body, status, ready, reason, message, stalled=terminal)
@@ -273,12 +282,13 @@ async def _open(body, name, namespace, uid, memo, indexes, status: dict) -> None
              activation.username, secret_name)
     owner = {"apiVersion": body["apiVersion"], "kind": body["kind"], "name": name, "uid": uid}
     labels = secret_labels(name)
+    writes = [memo.kube.write_secret(namespace, secret_name, data, labels=labels, owner=owner)]
+    if SECRET_ACCESS:
+        writes.append(memo.kube.grant_secret_access(
+            namespace, secret_reader_role(secret_name, labels),
+            secret_reader_binding(secret_name, session.spec.user, labels), owner=owner))
     try:
-        await memo.kube.write_secret(namespace, secret_name, data, labels=labels, owner=owner)
-        if SECRET_ACCESS:
-            await memo.kube.grant_secret_access(
-                namespace, secret_reader_role(secret_name, labels),
-                secret_reader_binding(secret_name, session.spec.user, labels), owner=owner)
+        await _all_of(writes)
     except NotOwned as conflict:
         raise Outcome("Failed", "SecretConflict", f"{conflict}; choose another spec.secretName "
                       "(the default is <session name>-credentials)", terminal=True, release=True)
@@ -372,9 +382,11 @@ async def end_lease(body, namespace: str, name: str, uid: str, memo, databases_b
                 "cannot be ended (its VALID UNTIL still applies)", delay=60)
     log.info("[%s/%s] lease ended (%s); deleting Secret %s", namespace, name,
              teardown["action"], session.credentials_secret_name)
+    removals = [memo.kube.delete_secret(namespace, session.credentials_secret_name, uid)]
     if SECRET_ACCESS:
-        await memo.kube.revoke_secret_access(namespace, session.credentials_secret_name, uid)
-    await memo.kube.delete_secret(namespace, session.credentials_secret_name, uid)
+        removals.append(memo.kube.revoke_secret_access(namespace,
+                                                       session.credentials_secret_name, uid))
+    await _all_of(removals)
     if status.get("phase") == "Active":
         metrics.ACTIVE_SESSIONS.dec()
     return {"teardown": teardown, "endedAt": _ts(_now())}

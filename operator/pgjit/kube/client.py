@@ -37,6 +37,9 @@ class Kube:
         self.core = kubernetes.client.CoreV1Api(api_client)
         self.custom = kubernetes.client.CustomObjectsApi(api_client)
         self.rbac = kubernetes.client.RbacAuthorizationV1Api(api_client)
+        #: uid of each object this process created or replaced for a session, keyed by
+        #: (kind, namespace, name, owner uid): ending the session then deletes it in one request.
+        self._written: dict[tuple[str, str, str, str], str] = {}
 
     async def patch_status(self, group: str, version: str, plural: str, namespace: str,
                            name: str, status: Mapping) -> None:
@@ -78,33 +81,26 @@ class Kube:
                "uid": owner["uid"], "controller": True, "blockOwnerDeletion": True}
         body = {**body, "metadata": {**body["metadata"], "ownerReferences": [ref]}}
         name = body["metadata"]["name"]
+        key = (body["kind"], namespace, name, owner["uid"])
         try:
-            await asyncio.to_thread(create, namespace, body)
-            return
+            created = await asyncio.to_thread(create, namespace, body)
         except ApiException as exc:
             if exc.status != 409:
                 raise
+        else:
+            self._written[key] = created.metadata.uid
+            return
         existing = await asyncio.to_thread(read, name, namespace)
         if not any(r.uid == owner["uid"] for r in existing.metadata.owner_references or ()):
             raise NotOwned(body["kind"], namespace, name)
         body["metadata"]["resourceVersion"] = existing.metadata.resource_version
         await asyncio.to_thread(replace, name, namespace, body)
+        self._written[key] = existing.metadata.uid
 
     async def delete_secret(self, namespace: str, name: str, owner_uid: str) -> None:
         """Delete the Secret if ``owner_uid`` owns it; someone else's is left alone."""
-        try:
-            existing = await asyncio.to_thread(self.core.read_namespaced_secret, name, namespace)
-            if not any(r.uid == owner_uid for r in existing.metadata.owner_references or ()):
-                return
-            # The precondition makes the check and the delete one step: a Secret recreated by
-            # someone else in between is not deleted.
-            await asyncio.to_thread(
-                self.core.delete_namespaced_secret, name, namespace,
-                body=kubernetes.client.V1DeleteOptions(preconditions=kubernetes.client.V1Preconditions(
-                    uid=existing.metadata.uid)))
-        except ApiException as exc:
-            if exc.status not in (404, 409):
-                raise
+        await self._delete_owned("Secret", self.core.read_namespaced_secret,
+                                 self.core.delete_namespaced_secret, namespace, name, owner_uid)
 
     async def grant_secret_access(self, namespace: str, role: dict, binding: dict, *,
                                   owner: Mapping[str, str]) -> None:
@@ -112,12 +108,19 @@ class Kube:
 
         Raises :class:`NotOwned` for a same-named Role or RoleBinding that is not this session's.
         """
-        await self._create_or_replace_owned(
-            namespace, role, owner, self.rbac.create_namespaced_role,
-            self.rbac.read_namespaced_role, self.rbac.replace_namespaced_role)
-        await self._create_or_replace_owned(
-            namespace, binding, owner, self.rbac.create_namespaced_role_binding,
-            self.rbac.read_namespaced_role_binding, self.rbac.replace_namespaced_role_binding)
+        # Independent objects (a binding may name a Role that does not exist yet): one round
+        # trip for both. Both finish before a failure is raised, see the handlers' _all_of.
+        results = await asyncio.gather(
+            self._create_or_replace_owned(
+                namespace, role, owner, self.rbac.create_namespaced_role,
+                self.rbac.read_namespaced_role, self.rbac.replace_namespaced_role),
+            self._create_or_replace_owned(
+                namespace, binding, owner, self.rbac.create_namespaced_role_binding,
+                self.rbac.read_namespaced_role_binding, self.rbac.replace_namespaced_role_binding),
+            return_exceptions=True)
+        for result in results:
+            if isinstance(result, BaseException):
+                raise result
 
     async def revoke_secret_access(self, namespace: str, name: str, owner_uid: str) -> None:
         """Delete the RoleBinding and Role of that name that ``owner_uid`` owns.
@@ -125,16 +128,34 @@ class Kube:
         A same-named object of someone else is left alone (the session never got to create
         its own, see :class:`NotOwned`); absent ones are fine.
         """
-        for read, delete in ((self.rbac.read_namespaced_role_binding,
-                              self.rbac.delete_namespaced_role_binding),
-                             (self.rbac.read_namespaced_role, self.rbac.delete_namespaced_role)):
-            try:
+        await asyncio.gather(
+            self._delete_owned("RoleBinding", self.rbac.read_namespaced_role_binding,
+                               self.rbac.delete_namespaced_role_binding, namespace, name,
+                               owner_uid),
+            self._delete_owned("Role", self.rbac.read_namespaced_role,
+                               self.rbac.delete_namespaced_role, namespace, name, owner_uid))
+
+    async def _delete_owned(self, kind: str, read, delete, namespace: str, name: str,
+                            owner_uid: str) -> None:
+        """Delete the named object if ``owner_uid`` owns it; someone else's is left alone.
+
+        The uid precondition makes the check and the delete one step: an object recreated by
+        someone else in between is not deleted. When this process wrote the object, its uid is
+        known and the delete is a single request; otherwise (after a restart) it is read first.
+        """
+        uid = self._written.pop((kind, namespace, name, owner_uid), None)
+        try:
+            if uid is None:
                 existing = await asyncio.to_thread(read, name, namespace)
-                if any(r.uid == owner_uid for r in existing.metadata.owner_references or ()):
-                    await asyncio.to_thread(delete, name, namespace)
-            except ApiException as exc:
-                if exc.status != 404:
-                    raise
+                if not any(r.uid == owner_uid for r in existing.metadata.owner_references or ()):
+                    return
+                uid = existing.metadata.uid
+            options = kubernetes.client.V1DeleteOptions(
+                preconditions=kubernetes.client.V1Preconditions(uid=uid))
+            await asyncio.to_thread(delete, name, namespace, body=options)
+        except ApiException as exc:
+            if exc.status not in (404, 409):
+                raise
 
     async def exists(self, group: str, version: str, plural: str, namespace: str, name: str,
                      uid: str) -> bool:
