@@ -108,19 +108,15 @@ class Kube:
 
         Raises :class:`NotOwned` for a same-named Role or RoleBinding that is not this session's.
         """
-        # Independent objects (a binding may name a Role that does not exist yet): one round
-        # trip for both. Both finish before a failure is raised, see the handlers' _all_of.
-        results = await asyncio.gather(
-            self._create_or_replace_owned(
-                namespace, role, owner, self.rbac.create_namespaced_role,
-                self.rbac.read_namespaced_role, self.rbac.replace_namespaced_role),
-            self._create_or_replace_owned(
-                namespace, binding, owner, self.rbac.create_namespaced_role_binding,
-                self.rbac.read_namespaced_role_binding, self.rbac.replace_namespaced_role_binding),
-            return_exceptions=True)
-        for result in results:
-            if isinstance(result, BaseException):
-                raise result
+        # The Role first: for anyone without the `bind` verb (the operator's ServiceAccount), the
+        # API server checks a new RoleBinding against the Role it names, and a Role that does
+        # not exist yet makes that check fail with 404.
+        await self._create_or_replace_owned(
+            namespace, role, owner, self.rbac.create_namespaced_role,
+            self.rbac.read_namespaced_role, self.rbac.replace_namespaced_role)
+        await self._create_or_replace_owned(
+            namespace, binding, owner, self.rbac.create_namespaced_role_binding,
+            self.rbac.read_namespaced_role_binding, self.rbac.replace_namespaced_role_binding)
 
     async def revoke_secret_access(self, namespace: str, name: str, owner_uid: str) -> None:
         """Delete the RoleBinding and Role of that name that ``owner_uid`` owns.
