@@ -15,11 +15,12 @@ from typing import Any
 
 import pytest
 import yaml
-from kubernetes import client
+from kubernetes import client, config
 from kubernetes.client.exceptions import ApiException
 
 from pgjit.api.crd import build_crds
 from pgjit.api.examples import manifest
+from planekit import start_control_plane
 
 pytestmark = pytest.mark.cluster
 
@@ -31,6 +32,27 @@ ESTABLISH_TIMEOUT = 60.0
 
 # --------------------------------------------------------------------------------------------
 # Fixtures
+
+
+@pytest.fixture(scope="module")
+def control_plane(tmp_path_factory: pytest.TempPathFactory) -> Any:
+    """This module's own control plane, shadowing the shared one for every fixture here.
+
+    The shared control plane runs an operator for the other modules, and it would write status
+    and finalizers onto these objects while the tests write and read them (printer columns,
+    defaults). What is tested here is the API server alone.
+    """
+    plane = start_control_plane(tmp_path_factory.mktemp("crds-controlplane"))
+    yield plane
+    plane.stop()
+
+
+@pytest.fixture(scope="module")
+def kube_api(control_plane: Any) -> Any:
+    api = config.new_client_from_config(config_file=str(control_plane.kubeconfig("admin")),
+                                        persist_config=False)
+    yield api
+    api.close()
 
 
 def apply_crds(control_plane: Any) -> subprocess.CompletedProcess[str]:
