@@ -15,6 +15,7 @@ from .common import (
     KindModel,
     KindStatus,
     LocalObjectRef,
+    ObjectName,
     PasswordSecretRef,
     PgIdentifier,
     PrinterColumn,
@@ -23,6 +24,7 @@ from .common import (
     pg_identifier,
     validations,
 )
+from .role import NameGlob
 
 DEFAULT_MANAGED_ROLE = "pgjit-auto-user"
 DEFAULT_SCRAM_ITERATIONS = 4096
@@ -221,6 +223,22 @@ class DatabaseSpec(ApiModel):
         default=True,
         description="End the user's live connections when its last session ends (default true).",
     )
+    grantable_roles: list[NameGlob] | None = Field(
+        default=None,
+        max_length=256,
+        description="Globs over PostgreSQL role names: the most any session on this Database may"
+        " be granted, whatever the Roles say. Absent: no bound. Roles pgjit always refuses"
+        " (superuser-like, server-file access, members of them) are allowed only when listed"
+        " here by exact name, never through a glob.",
+        json_schema_extra={"x-kubernetes-list-type": "set"},
+    )
+    grantable_schemas: list[NameGlob] | None = Field(
+        default=None,
+        max_length=256,
+        description="Globs over schema names: object permissions of sessions on this Database"
+        " never reach objects outside them. Absent: no bound.",
+        json_schema_extra={"x-kubernetes-list-type": "set"},
+    )
 
 
 class AdminPrivileges(ApiModel):
@@ -242,6 +260,22 @@ class AdminPrivileges(ApiModel):
     )
 
 
+class ViolationKind(enum.StrEnum):
+    """What a policy violation is about."""
+
+    DATABASE_ROLE = "databaseRole"
+    SCHEMA = "schema"
+
+
+class PolicyViolation(ApiModel):
+    """A Role of the namespace that asks for more than this Database allows."""
+
+    role: ObjectName = Field(description="The Role that asks.")
+    kind: ViolationKind = Field(description="databaseRole or schema.")
+    name: NameGlob = Field(description="The PostgreSQL role or schema (glob) outside the bound.")
+    reason: str | None = Field(default=None, max_length=512, description="Why it is outside.")
+
+
 class DatabaseStatus(KindStatus):
     """Observed state of the server and of the operator's access to it."""
 
@@ -257,6 +291,13 @@ class DatabaseStatus(KindStatus):
     )
     active_sessions: int | None = Field(
         default=None, ge=0, description="Number of live DatabaseSessions on this Database."
+    )
+    policy_violations: list[PolicyViolation] | None = Field(
+        default=None,
+        max_length=256,
+        description="Roles of this namespace that ask for more than spec.grantableRoles,"
+        " spec.grantableSchemas or the hard refusals allow; sessions are refused what they ask"
+        " outside. Informational: the Database stays Ready.",
     )
 
 

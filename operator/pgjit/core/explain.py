@@ -50,8 +50,18 @@ def _summary(decision: Decision, context: Sequence[tuple[str, str]]) -> str:
     ]
     if decision.expires_at is not None:
         rows.append(("Expires", decision.expires_at.isoformat()))
+    rows.append(("Bound", _bound_line(decision)))
     width = max(len(label) for label, _ in rows) + 1
     return "\n".join(f"{label + ':':<{width}} {value}" for label, value in rows)
+
+
+def _bound_line(decision: Decision) -> str:
+    """The Database's own limit on what any session there may get (core.boundaries)."""
+    def globs(values: Sequence[str] | None) -> str:
+        return "any" if values is None else (", ".join(values) or "none")
+    return (f"roles {globs(decision.grantable_roles)}; schemas "
+            f"{globs(decision.grantable_schemas)} (Database spec.grantableRoles/Schemas; "
+            "superuser-like roles only by exact name)")
 
 
 def _user_rows(request) -> list[tuple[str, str]]:

@@ -36,14 +36,20 @@ class Lease:
     roles: tuple[str, ...]
     database: str
     has_permissions: bool = False
+    #: PermissionRules.digest() of the rules this lease was granted by: sessions sharing a user
+    #: in one database must hold the same rules, and the catalog is then made to match them.
+    permissions_digest: str | None = None
 
     def live_at(self, now: datetime) -> bool:
         return self.expires_at > now
 
     def to_json(self) -> dict:
-        return {"expires": self.expires_at.astimezone(timezone.utc).isoformat(),
-                "roles": list(self.roles), "database": self.database,
-                "permissions": self.has_permissions}
+        raw = {"expires": self.expires_at.astimezone(timezone.utc).isoformat(),
+               "roles": list(self.roles), "database": self.database,
+               "permissions": self.has_permissions}
+        if self.permissions_digest:
+            raw["grants"] = self.permissions_digest
+        return raw
 
     @classmethod
     def from_json(cls, session_id: str, raw: Mapping) -> "Lease":
@@ -51,7 +57,8 @@ class Lease:
                    expires_at=datetime.fromisoformat(raw["expires"]),
                    roles=tuple(raw.get("roles") or ()),
                    database=str(raw.get("database", "")),
-                   has_permissions=bool(raw.get("permissions", False)))
+                   has_permissions=bool(raw.get("permissions", False)),
+                   permissions_digest=raw.get("grants") or None)
 
 
 @dataclass(frozen=True)

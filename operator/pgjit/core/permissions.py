@@ -11,6 +11,7 @@ schemas never match, whatever the glob (Teleport's catch-all import rule granted
 
 from __future__ import annotations
 
+import hashlib
 from collections import Counter
 from dataclasses import dataclass
 from typing import Iterable, Mapping
@@ -76,9 +77,26 @@ class PermissionRules:
 
     allow: tuple[PermissionRule, ...] = ()
     deny: tuple[PermissionRule, ...] = ()
+    #: The Database's spec.grantableSchemas: objects outside these schemas never match. None:
+    #: no bound.
+    schemas: tuple[str, ...] | None = None
 
     def __bool__(self) -> bool:
         return bool(self.allow)
+
+    def digest(self) -> str:
+        """A short fingerprint of the rules: equal rules, equal digest, in any order."""
+        def text(rule: PermissionRule) -> str:
+            m = rule.match
+            return "\x1f".join((m.object_kind, m.schema, m.name, *sorted(rule.privileges)))
+        canonical = "\x1e".join(
+            ["allow", *sorted(map(text, self.allow)), "deny", *sorted(map(text, self.deny)),
+             "schemas", *(sorted(self.schemas) if self.schemas is not None else ["(none)"])])
+        return hashlib.sha256(canonical.encode("utf-8")).hexdigest()[:16]
+
+    def bounds_schema(self, schema: str) -> bool:
+        """Whether the Database's bound lets objects of ``schema`` be granted at all."""
+        return self.schemas is None or any(glob_matches(g, schema) for g in self.schemas)
 
 
 TableKey = tuple[str, str]  # (schema, table)
@@ -89,6 +107,8 @@ def resolve_table_privileges(tables: Iterable[TableKey], rules: PermissionRules
     """Privileges per table after allow and deny; tables that end up with none are left out."""
     result: dict[TableKey, frozenset[str]] = {}
     for schema, table in tables:
+        if not rules.bounds_schema(schema):
+            continue
         granted: set[str] = set()
         for rule in rules.allow:
             if rule.match.matches("table", schema, table):

@@ -50,6 +50,7 @@ from ..api.role import (
     parse_template,
 )
 from ..api.session import DatabaseSessionSpec
+from .boundaries import pattern_within, within
 from .globs import glob_matches
 from .permissions import ALL, TABLE_PRIVILEGES, PermissionError_, PermissionRule, PermissionRules
 
@@ -188,6 +189,9 @@ class Decision:
     explanations: tuple[RoleExplanation, ...]
     #: Remarks about the whole decision (e.g. allow rules a deny rule cancels entirely).
     notes: tuple[str, ...] = ()
+    #: The Database's bound (spec.grantableRoles, spec.grantableSchemas); None: no bound.
+    grantable_roles: tuple[str, ...] | None = None
+    grantable_schemas: tuple[str, ...] | None = None
 
     def explanation(self, role: str) -> RoleExplanation | None:
         """The explanation for the Role named ``role``, if it was considered."""
@@ -573,6 +577,30 @@ def _requested_outside(request: AccessRequest, allowed: Iterable[str]) -> _Refus
     return _Refusal(REASON_ACCESS_DENIED, denied_role_message(outside))
 
 
+def _outside_bound(database: Database, roles: Sequence[str], rules: PermissionRules
+                   ) -> _Refusal | None:
+    """Refusal when the session would get a role, or a schema, the Database does not allow."""
+    spec, name = database.spec, database.metadata.name
+    outside = [role for role in roles if not within(spec.grantable_roles, role)]
+    if outside:
+        return _Refusal(
+            REASON_ACCESS_DENIED,
+            f"database role(s) {_quoted_list(outside)} are outside what Database {name} allows:"
+            f" its spec.grantableRoles lists {_quoted_list(spec.grantable_roles or ())};"
+            " request only roles inside it (--db-roles), or ask the Database's owner",
+        )
+    schemas = sorted({r.match.schema for r in rules.allow if "*" not in r.match.schema
+                      and not within(spec.grantable_schemas, r.match.schema)})
+    if schemas:
+        return _Refusal(
+            REASON_ACCESS_DENIED,
+            f"permissions on schema(s) {_quoted_list(schemas)} are outside what Database {name}"
+            f" allows: its spec.grantableSchemas lists"
+            f" {_quoted_list(spec.grantable_schemas or ())}",
+        )
+    return None
+
+
 def _conflict(roles: Sequence[str], explanations: Sequence[RoleExplanation]) -> _Refusal:
     role_sources = [e.role for e in explanations if e.takes_part and set(e.granted_roles) & set(roles)]
     permission_sources = [e.role for e in explanations if e.takes_part and e.granted_permissions]
@@ -687,6 +715,9 @@ def evaluate(
     participants = [e for e in explanations if e.takes_part]
 
     rules, notes = _permission_rules(participants, explanations)
+    if database.spec.grantable_schemas is not None:
+        # Globs that reach outside the bound are narrowed to it where objects are resolved.
+        rules = replace(rules, schemas=tuple(database.spec.grantable_schemas))
     session_roles = (tuple(sorted(set(request.database_roles))) if request.database_roles
                      else allowed_roles)
     duration = _cap_duration(request.duration, participants)
@@ -697,6 +728,7 @@ def evaluate(
         or (None if participants else _no_allowing_role(request, database_label, explanations))
         or _invalid_role(explanations)
         or _requested_outside(request, allowed_roles)
+        or _outside_bound(database, session_roles, rules)
         or (_conflict(session_roles, explanations) if session_roles and rules else None)
     )
     matched = tuple(e.role for e in participants)
@@ -721,7 +753,13 @@ def evaluate(
         expires_at=now + duration.duration if now is not None else None,
         explanations=tuple(explanations),
         notes=tuple(notes),
+        grantable_roles=_optional_tuple(database.spec.grantable_roles),
+        grantable_schemas=_optional_tuple(database.spec.grantable_schemas),
     )
+
+
+def _optional_tuple(values: Sequence[str] | None) -> tuple[str, ...] | None:
+    return None if values is None else tuple(values)
 
 
 def roles_granted_on(database: Database, roles: Iterable[Role]) -> tuple[str, ...]:
@@ -743,3 +781,45 @@ def roles_granted_on(database: Database, roles: Iterable[Role]) -> tuple[str, ..
         names.update(entry for entry in allow.database_roles or ()
                      if parse_template(entry) is None and "{" not in entry and "}" not in entry)
     return tuple(sorted(names))
+
+
+@dataclass(frozen=True)
+class Violation:
+    """A Role asking for a database role or schema outside a Database's bound."""
+
+    role: str
+    kind: str  # "databaseRole" | "schema"
+    name: str
+    reason: str
+
+
+def bound_violations(database: Database, roles: Iterable[Role]) -> tuple[Violation, ...]:
+    """What the Roles that can reach ``database`` ask for outside its grantable bounds.
+
+    Literal entries only (a template depends on the requester and is judged when a session
+    asks); a schema glob counts as outside unless it is provably inside the bound.
+    """
+    spec = database.spec
+    if spec.grantable_roles is None and spec.grantable_schemas is None:
+        return ()
+    labels = database.metadata.labels or {}
+    found: list[Violation] = []
+    for role in roles:
+        allow = role.spec.allow
+        if allow is None or allow.database_selector is None or \
+                role.spec.user_provisioning == UserProvisioning.OFF or \
+                not allow.database_selector.matches(labels):
+            continue
+        name = _role_name(role)
+        for entry in allow.database_roles or ():
+            if parse_template(entry) is None and "{" not in entry and \
+                    not within(spec.grantable_roles, entry):
+                found.append(Violation(name, "databaseRole", entry,
+                                       "not in spec.grantableRoles"))
+        for permission in allow.permissions or ():
+            schema = permission.match.schema_name
+            if not pattern_within(spec.grantable_schemas, schema):
+                found.append(Violation(name, "schema", schema,
+                                       "not within spec.grantableSchemas"
+                                       + (" (narrowed to it)" if "*" in schema else "")))
+    return tuple(sorted(set(found), key=lambda v: (v.role, v.kind, v.name)))

@@ -10,7 +10,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import random
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from datetime import datetime, timezone
 from typing import Awaitable, Callable, Container, Iterable, TypeVar
 
@@ -23,11 +23,12 @@ from .connections import AdminConnections
 from .errors import INVALID_REQUEST, READ_ONLY, EngineError, classify
 from .grants import ObjectGrants
 from .preflight import Preflight, run_preflight
-from .results import Activation, ActivationRequest, Teardown
+from .results import Activation, ActivationRequest, DriftCorrection, Teardown
 from .users import ManagedRoleMissing, UserLifecycle, lock_key
 from . import statements as S
 
 __all__ = ["Engine", "ServerConfig", "ActivationRequest", "Activation", "Teardown", "Preflight",
+           "DriftCorrection",
            "EngineError", "RetryPolicy"]
 
 log = logging.getLogger(__name__)
@@ -159,14 +160,17 @@ class Engine:
         if not request.permissions:
             return activation
         try:
-            summary = await self._retrying("granting object permissions", lambda: self._grants.apply(
-                activation.username, request.database, request.permissions, request.session_id))
+            summary, drift = await self._retrying(
+                "granting object permissions", lambda: self._grants.apply(
+                    activation.username, request.database, request.permissions,
+                    request.session_id))
         except EngineError:
             # Nothing half-done: release this session's hold before reporting the failure.
             await self.end(request.identity, request.session_id, mode=request.mode,
                            terminate_connections=False)
             raise
-        return Activation(**{**activation.__dict__, "permissions_summary": summary})
+        return replace(activation, permissions_summary=summary,
+                       drift=activation.drift + drift)
 
     def _can_connect(self, dbname: str):
         async def check() -> None:
@@ -197,6 +201,11 @@ class Engine:
             else set(live_session_ids)
         return await self._retrying("sweeping managed users", lambda: self._users.sweep(
             live, terminate_connections=terminate_connections, revoke_permissions=self._revoke))
+
+    async def correct_drift(self, live_session_ids: Container[str]) -> list[DriftCorrection]:
+        """Strip, from users live sessions hold, memberships no lease granted (see users.py)."""
+        return await self._retrying("correcting drift", lambda: self._users.correct_drift(
+            live_session_ids))
 
     async def check_writable(self) -> None:
         pre = await self.preflight()

@@ -160,7 +160,8 @@ class AdminConnections:
             await conn.close()
         database = dbname.replace('"', '""')
         if row is None:
-            return EngineError(DATABASE_NOT_FOUND, f'database "{database}" does not exist')
+            return EngineError(DATABASE_NOT_FOUND, f'database "{database}" does not exist on '
+                               f"server {self.config.host}:{self.config.port}")
         allows_connections, may_connect = row
         if not allows_connections:
             return EngineError(INSUFFICIENT_PRIVILEGE, f'database "{database}" does not allow '

@@ -19,6 +19,7 @@ READ_ONLY = "ReadOnly"
 UNREACHABLE = "Unreachable"
 AUTHENTICATION_FAILED = "AuthenticationFailed"
 DATABASE_NOT_FOUND = "DatabaseNotFound"
+PRIVILEGED_ROLE = "PrivilegedRole"
 INVALID_REQUEST = "InvalidRequest"
 UNEXPECTED = "UnexpectedDatabaseError"
 

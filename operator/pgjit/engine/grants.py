@@ -13,8 +13,8 @@ from collections import defaultdict
 from datetime import datetime, timezone
 
 from ..core.leases import Ledger
-from ..core.permissions import (PermissionRules, TableKey, resolve_table_privileges,
-                                schemas_of, summarize)
+from ..core.permissions import (TABLE_PRIVILEGES, PermissionRules, TableKey,
+                                resolve_table_privileges, schemas_of, summarize)
 from . import statements as S
 from .errors import ROLES_CHANGED, EngineError
 from .users import Batch, lock_key
@@ -45,8 +45,11 @@ class ObjectGrants:
                 {k: frozenset(v) for k, v in current.items()}, {r[0] for r in usage_rows})
 
     async def apply(self, name: str, database: str, rules: PermissionRules,
-                    session_id: str) -> str:
-        """Make the user's privileges in ``database`` exactly what ``rules`` resolve to."""
+                    session_id: str) -> tuple[str, tuple[str, ...]]:
+        """Make the user's privileges in ``database`` exactly what ``rules`` resolve to.
+
+        Returns the summary for status and what was removed that no lease granted (drift).
+        """
         async with self.conns.connection(database) as conn:
             try:
                 ledger, tables, current, usage = await self._read(conn, name, database)
@@ -54,21 +57,34 @@ class ObjectGrants:
                 now = datetime.now(timezone.utc)
                 sharing = [lease for lease in ledger.live(now, excluding=session_id)
                            if lease.database == database and lease.has_permissions]
-                if sharing:
-                    if current != desired:
-                        raise EngineError(ROLES_CHANGED, (
-                            f'"{name}" has {len(sharing)} other live session(s) in database '
-                            f'"{database}" with different object permissions; end them or '
-                            "request the same access, then retry"))
-                    await conn.execute("COMMIT")
-                    return summarize(desired)
+                digest = rules.digest()
+                if sharing and any(lease.permissions_digest != digest for lease in sharing) \
+                        and current != desired:
+                    # Other rules (or a lease written before digests, whose rules only the
+                    # catalog can tell): one user has one set of privileges per database.
+                    raise EngineError(ROLES_CHANGED, (
+                        f'"{name}" has {len(sharing)} other live session(s) in database '
+                        f'"{database}" with different object permissions; end them or '
+                        "request the same access, then retry"))
+                # Alone, or sharing the same rules: the catalog is made to match the rules, so
+                # whatever was granted out of band is stripped here too.
                 batch = Batch()
+                drift: list[str] = []
+                held = dict(current)
                 for (schema, table), privileges in sorted(current.items()):
                     extra = privileges - desired.get((schema, table), frozenset())
-                    if extra:
+                    if not extra:
+                        continue
+                    drift.append(f"{', '.join(sorted(extra))} on {schema}.{table}")
+                    if extra <= set(TABLE_PRIVILEGES):
                         batch.add(S.revoke_on_table(extra, schema, table, name))
+                    else:
+                        # A privilege pgjit never grants (MAINTAIN, or one on a view): all of it
+                        # goes, and what the rules give is granted afresh below.
+                        batch.add(S.revoke_all_on_table(schema, table, name))
+                        held[(schema, table)] = frozenset()
                 for (schema, table), privileges in sorted(desired.items()):
-                    missing = privileges - current.get((schema, table), frozenset())
+                    missing = privileges - held.get((schema, table), frozenset())
                     if missing:
                         batch.add(S.grant_on_table(missing, schema, table, name))
                 needed = schemas_of(desired)
@@ -76,12 +92,13 @@ class ObjectGrants:
                     batch.add(S.grant_schema_usage(schema, name))
                 for schema in sorted(usage - needed):
                     batch.add(S.revoke_schema_usage(schema, name))
+                    drift.append(f"USAGE on schema {schema}")
                 async with conn.pipeline():
                     for statement, params in batch.statements:
                         await conn.execute(statement, params)
                     await conn.execute("COMMIT")
                 self.stats.round_trips += 1
-                return summarize(desired)
+                return summarize(desired), tuple(drift)
             except BaseException:
                 await _rollback(conn)
                 raise

@@ -27,6 +27,11 @@ class ActivationRequest:
     permissions: PermissionRules = field(default_factory=PermissionRules)
     # None for client-certificate credentials: the user gets no password at all.
     password: str | None = field(default=None, repr=False)
+    #: Roles the Database lists by exact name in spec.grantableRoles: the DBA's deliberate
+    #: exceptions to the hard refusals (core.boundaries).
+    grantable_by_name: tuple[str, ...] = ()
+    #: The Database object the session is on, named in refusals.
+    database_object: str | None = None
 
 
 @dataclass(frozen=True)
@@ -38,6 +43,9 @@ class Activation:
     password_set: bool
     valid_until: datetime
     permissions_summary: str | None = None
+    #: What the catalog held that no lease had granted, and this activation removed (e.g.
+    #: 'membership in "x"', 'SELECT on public.t'): reported as a DriftCorrected Event.
+    drift: tuple[str, ...] = ()
 
 
 @dataclass(frozen=True)
@@ -50,3 +58,13 @@ class Teardown:
     # The lease the sweep ended (a session that no longer exists), so the caller can remove
     # what else that session left behind (its credentials Secret).
     session_id: str | None = None
+
+
+@dataclass(frozen=True)
+class DriftCorrection:
+    """What the sweep removed from a user that live sessions hold, because no lease granted it."""
+
+    username: str
+    removed: tuple[str, ...]
+    #: The live leases of the user: the sessions whose access was corrected.
+    session_ids: tuple[str, ...]

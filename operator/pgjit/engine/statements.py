@@ -55,21 +55,62 @@ SELECT r.oid IS NOT NULL AS exists,
               ORDER BY 1) AS ungrantable_roles,
        (SELECT count(*) FROM pg_stat_get_activity(NULL) a
          WHERE a.usesysid = r.oid)::int AS backends,
-       r.oid::bigint AS role_oid
+       r.oid::bigint AS role_oid,
+       ARRAY_REMOVE(ARRAY[CASE WHEN r.rolcreaterole THEN 'CREATEROLE' END,
+                          CASE WHEN r.rolcreatedb THEN 'CREATEDB' END,
+                          CASE WHEN r.rolreplication THEN 'REPLICATION' END,
+                          CASE WHEN r.rolbypassrls THEN 'BYPASSRLS' END], NULL) AS attributes,
+       (SELECT d.datallowconn FROM pg_database d WHERE d.datname = %(database)s) AS database_allows
   FROM pg_roles me
   LEFT JOIN pg_roles r ON r.rolname = %(name)s
   LEFT JOIN pg_roles m ON m.rolname = %(managed)s
  WHERE me.rolname = current_user
 """)
 
+#: The predefined roles that reach outside the database, into the server's files and programs:
+#: a member of one can read (or write) any file the server's OS user can, or run programs as it.
+SERVER_ACCESS_ROLES = {
+    "pg_read_server_files": "reads any file the server's operating-system user can read",
+    "pg_write_server_files": "writes any file the server's operating-system user can write",
+    "pg_execute_server_program": "runs programs on the server as its operating-system user",
+}
+
+# Every role a requested role is (transitively) a member of, that a session must never get
+# through it: the admin itself, the managed role, roles with attributes that reach beyond one
+# user's data, and the predefined server-access roles. Read in the activation's transaction,
+# after the user's lock, so a role altered since the Role was admitted is judged as it is now.
+# Membership cycles cannot exist in PostgreSQL; the depth bound only keeps a broken catalog from
+# running away.
+PRIVILEGED_MEMBERSHIPS = Q("""
+WITH RECURSIVE up(wanted, oid, depth) AS (
+    SELECT g.rolname::text, g.oid, 0 FROM pg_roles g WHERE g.rolname = ANY(%(wanted)s::text[])
+  UNION
+    SELECT up.wanted, am.roleid, up.depth + 1
+      FROM up JOIN pg_auth_members am ON am.member = up.oid
+     WHERE up.depth < 64
+)
+SELECT up.wanted, r.rolname::text, up.depth,
+       r.rolname = current_user, r.rolname = %(managed)s,
+       r.rolsuper, r.rolcreaterole, r.rolcreatedb, r.rolreplication, r.rolbypassrls,
+       r.rolname = ANY(%(server_access)s::text[])
+  FROM up JOIN pg_roles r ON r.oid = up.oid
+ WHERE r.rolname = current_user OR r.rolname = %(managed)s OR r.rolsuper OR r.rolcreaterole
+    OR r.rolcreatedb OR r.rolreplication OR r.rolbypassrls
+    OR r.rolname = ANY(%(server_access)s::text[])
+ ORDER BY up.wanted, up.depth, r.rolname
+""")
+
 LEDGER_AND_MEMBERS = Q("""
-SELECT r.rolname::text, r.rolcanlogin, shobj_description(r.oid, 'pg_authid')
+SELECT r.rolname::text, r.rolcanlogin, shobj_description(r.oid, 'pg_authid'),
+       ARRAY(SELECT DISTINCT g.rolname::text FROM pg_auth_members am2
+               JOIN pg_roles g ON g.oid = am2.roleid
+              WHERE am2.member = r.oid AND am2.roleid <> m.oid ORDER BY 1)
   FROM pg_auth_members am
   JOIN pg_roles m ON m.oid = am.roleid
   JOIN pg_roles r ON r.oid = am.member
  WHERE m.rolname = %(managed)s AND NOT am.admin_option
    AND r.rolname <> current_user AND NOT r.rolsuper
- GROUP BY r.oid, r.rolname, r.rolcanlogin
+ GROUP BY r.oid, r.rolname, r.rolcanlogin, m.oid
 """)
 
 ADVISORY_LOCK = Q("SELECT pg_advisory_xact_lock(%s)")
@@ -150,6 +191,15 @@ def enable_login(name: str, verifier: str | None, valid_until: datetime) -> sql.
 def set_valid_until(name: str, valid_until: datetime) -> sql.Composed:
     return Q("ALTER ROLE {} VALID UNTIL {}").format(
         ID(name), sql.Literal(valid_until_literal(valid_until)))
+
+
+def strip_attributes(name: str, attributes) -> sql.Composed:
+    """ALTER ROLE … NOCREATEDB …: only attributes read from the catalog, from a fixed list."""
+    known = ("CREATEROLE", "CREATEDB", "REPLICATION", "BYPASSRLS")
+    words = [f"NO{a}" for a in known if a in set(attributes)]
+    if len(words) != len(set(attributes)):
+        raise ValueError(f"not role attributes pgjit strips: {sorted(set(attributes))}")
+    return Q("ALTER ROLE {} {}").format(ID(name), Q(" ").join(Q(w) for w in words))
 
 
 def disable_login(name: str) -> sql.Composed:

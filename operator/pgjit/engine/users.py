@@ -17,15 +17,16 @@ from datetime import datetime, timezone
 import psycopg
 from psycopg import sql
 
+from ..core.boundaries import PrivilegedPath, privileged_path, refusal_message, refusals
 from ..core.credentials import scram_sha256_verifier
 from ..core.leases import MODE_DROP, MODE_KEEP, Lease, Ledger
 from ..core.naming import postgres_username
 from . import statements as S
 from .connections import AdminConnections
-from .errors import (INSUFFICIENT_PRIVILEGE, MISSING_DATABASE_ROLE, ROLES_CHANGED, USER_CONFLICT,
-                     EngineError)
+from .errors import (DATABASE_NOT_FOUND, INSUFFICIENT_PRIVILEGE, MISSING_DATABASE_ROLE,
+                     PRIVILEGED_ROLE, ROLES_CHANGED, USER_CONFLICT, EngineError)
 from .results import (ABSENT, DEACTIVATED, DROPPED, LOCKED, NOT_MANAGED, RELEASED, Activation,
-                      ActivationRequest, Teardown)
+                      ActivationRequest, DriftCorrection, Teardown)
 
 BACKEND_EXIT_DEADLINE = 5.0
 
@@ -52,14 +53,26 @@ class UserState:
     ungrantable_roles: tuple[str, ...]
     backends: int
     role_oid: int | None = None
+    #: CREATEROLE, CREATEDB, REPLICATION, BYPASSRLS: attributes a managed user must not have.
+    attributes: tuple[str, ...] = ()
+    #: pg_database.datallowconn of the session's database; None when it does not exist.
+    database_allows: bool | None = None
+    privileged: tuple[PrivilegedPath, ...] = ()
 
     @classmethod
-    def from_row(cls, row) -> "UserState":
+    def from_row(cls, row, privileged_rows=()) -> "UserState":
         (exists, can_login, managed_exists, is_managed, memberships, comment, missing,
-         ungrantable, backends, role_oid) = row
+         ungrantable, backends, role_oid, attributes, database_allows) = row
+        privileged = tuple(
+            privileged_path(wanted, role, depth, is_admin=is_admin, is_managed=is_managed_role,
+                            attributes=[a for a, held in zip(
+                                ("SUPERUSER", "CREATEROLE", "CREATEDB", "REPLICATION",
+                                 "BYPASSRLS"), flags) if held],
+                            server_access=S.SERVER_ACCESS_ROLES.get(role) if server else None)
+            for wanted, role, depth, is_admin, is_managed_role, *flags, server in privileged_rows)
         return cls(exists, can_login, managed_exists, is_managed, frozenset(memberships or ()),
                    Ledger.parse(comment), tuple(missing or ()), tuple(ungrantable or ()),
-                   backends, role_oid)
+                   backends, role_oid, tuple(attributes or ()), database_allows, privileged)
 
 
 @dataclass
@@ -85,18 +98,31 @@ class UserLifecycle:
 
     # -- reading -------------------------------------------------------------------------------
 
+    def _state_params(self, name: str, wanted: tuple[str, ...] = (),
+                      database: str | None = None) -> dict:
+        return {"name": name, "managed": self.config.managed_role, "wanted": list(wanted),
+                "wanted_and_managed": list(wanted) + [self.config.managed_role],
+                "database": database, "server_access": list(S.SERVER_ACCESS_ROLES)}
+
     async def _begin_locked(self, conn: psycopg.AsyncConnection, name: str,
-                            wanted: tuple[str, ...] = ()) -> UserState:
-        """BEGIN, take the user's lock and read its state: one round trip."""
-        params = {"name": name, "managed": self.config.managed_role, "wanted": list(wanted),
-                  "wanted_and_managed": list(wanted) + [self.config.managed_role]}
+                            wanted: tuple[str, ...] = (), *,
+                            database: str | None = None) -> UserState:
+        """BEGIN, take the user's lock and read its state: one round trip.
+
+        With ``wanted`` roles, the same round trip reads which of them lead to a privileged
+        role, so the hard refusals are judged under the lock that the activation acts under.
+        """
+        params = self._state_params(name, wanted, database)
         async with conn.pipeline():
             await conn.execute("BEGIN")
             await conn.execute(S.ADVISORY_LOCK, [lock_key(name)])
             cur = await conn.execute(S.USER_STATE, params)
+            privileged = (await conn.execute(S.PRIVILEGED_MEMBERSHIPS, params)) if wanted \
+                else None
             row = await cur.fetchone()
+            privileged_rows = await privileged.fetchall() if privileged is not None else ()
         self.stats.round_trips += 1
-        return UserState.from_row(row)
+        return UserState.from_row(row, privileged_rows)
 
     async def _run(self, conn: psycopg.AsyncConnection, batch: Batch, *, commit: bool) -> None:
         async with conn.pipeline():
@@ -123,7 +149,8 @@ class UserLifecycle:
                                                self.config.scram_iterations)
         async with self.conns.connection() as conn:
             try:
-                state = await self._begin_locked(conn, name, wanted)
+                state = await self._begin_locked(conn, name, wanted,
+                                                 database=request.database)
                 result, batch, verify = self._plan_activation(name, wanted, request, verifier,
                                                               state)
                 await self._run(conn, batch, commit=not verify)
@@ -141,6 +168,17 @@ class UserLifecycle:
                          ) -> tuple[Activation, Batch, bool]:
         managed = self.config.managed_role
         now = datetime.now(timezone.utc)
+        server = f"{self.config.host}:{self.config.port}"
+        if state.database_allows is None:
+            database = request.database.replace('"', '""')
+            raise EngineError(DATABASE_NOT_FOUND, (
+                f'database "{database}" does not exist on server {server}; correct the '
+                "session's spec.databaseName (or create the database)"))
+        if not state.database_allows:
+            database = request.database.replace('"', '""')
+            raise EngineError(INSUFFICIENT_PRIVILEGE, (
+                f'database "{database}" on server {server} does not allow connections '
+                "(pg_database.datallowconn is false)"))
         if state.exists and not state.is_managed:
             raise EngineError(USER_CONFLICT, (
                 f'a PostgreSQL role named "{name}" already exists and is not managed by pgjit '
@@ -154,6 +192,10 @@ class UserLifecycle:
             raise EngineError(MISSING_DATABASE_ROLE, (
                 "database role(s) " + ", ".join(f'"{r}"' for r in state.missing_roles) +
                 " do not exist on the server; create them or remove them from the Role"))
+        refused = refusals(state.privileged, request.grantable_by_name)
+        if refused:
+            raise EngineError(PRIVILEGED_ROLE, refusal_message(
+                refused, request.database_object or f"server {server}"))
         ungrantable = [r for r in state.ungrantable_roles
                        if r in wanted or (r == managed and state.managed_role_exists)]
         if ungrantable:
@@ -163,7 +205,8 @@ class UserLifecycle:
                 f"GRANT {roles} TO {admin} WITH ADMIN OPTION;"))
 
         lease = Lease(request.session_id, request.expires_at, wanted, request.database,
-                      bool(request.permissions))
+                      bool(request.permissions),
+                      request.permissions.digest() if request.permissions else None)
         others = state.ledger.live(now, excluding=request.session_id)
         if not state.managed_role_exists:
             raise ManagedRoleMissing()
@@ -173,6 +216,9 @@ class UserLifecycle:
         ledger = ledger.with_lease(lease, _stronger_mode(request.mode, others, state.ledger.mode))
         valid_until = max([request.expires_at] + [o.expires_at for o in others])
         verify = False
+        # What the catalog holds and no lease granted (granted out of band, while the user was
+        # locked or shared): stripped on every activation, sharing included.
+        drift: list[str] = []
 
         if not state.exists:
             batch.add(S.create_user(name, managed, verifier, valid_until))
@@ -191,33 +237,46 @@ class UserLifecycle:
                 batch.add(S.enable_login(name, None, valid_until))
             else:
                 batch.add(S.set_valid_until(name, valid_until))
+            verify = self._replace_memberships(batch, name, state, wanted, drift)
             shared, created, password_set = True, False, False
         else:
             # Re-activation: replace roles (never merge) and strip what a crash left behind.
             batch.add(S.enable_login(name, verifier, valid_until))
-            leftovers = sorted(state.memberships - set(wanted))
-            for role in leftovers:
-                batch.add(S.revoke_role(role, name))
-            for role in sorted(set(wanted) - state.memberships):
-                batch.add(S.grant_role(role, name))
-            verify = bool(leftovers)
+            verify = self._replace_memberships(batch, name, state, wanted, drift)
             shared, created, password_set = False, False, verifier is not None
+        if state.exists and state.attributes:
+            batch.add(S.strip_attributes(name, state.attributes))
+            drift.extend(state.attributes)
         batch.add(S.comment_on_role(name, ledger.render()))
-        return (Activation(name, wanted, created, shared, password_set, valid_until),
-                batch, verify)
+        return (Activation(name, wanted, created, shared, password_set, valid_until,
+                           drift=tuple(drift)), batch, verify)
+
+    @staticmethod
+    def _replace_memberships(batch: Batch, name: str, state: UserState,
+                             wanted: tuple[str, ...], drift: list[str]) -> bool:
+        """Make the memberships exactly ``wanted`` (the managed role aside); True when a REVOKE
+        was added, whose effect must be verified (a REVOKE of someone else's grant only warns)."""
+        leftovers = sorted(state.memberships - set(wanted))
+        for role in leftovers:
+            batch.add(S.revoke_role(role, name))
+        for role in sorted(set(wanted) - state.memberships):
+            batch.add(S.grant_role(role, name))
+        drift.extend(f'membership in "{role}"' for role in leftovers)
+        return bool(leftovers)
 
     async def _verify_memberships(self, conn, name: str, wanted: tuple[str, ...]) -> None:
         """A REVOKE of a membership granted by someone else only warns; check it took effect."""
-        cur = await conn.execute(S.USER_STATE, {"name": name, "managed": self.config.managed_role,
-                                                "wanted": [], "wanted_and_managed": []})
+        cur = await conn.execute(S.USER_STATE, self._state_params(name))
         state = UserState.from_row(await cur.fetchone())
         self.stats.round_trips += 1
         left = sorted(state.memberships - set(wanted))
         if left:
+            quoted = lambda n: '"' + n.replace('"', '""') + '"'  # noqa: E731 - advice text only
+            revokes = " ".join(f"REVOKE {quoted(r)} FROM {quoted(name)};" for r in left)
             raise EngineError(INSUFFICIENT_PRIVILEGE, (
                 f'memberships of "{name}" in ' + ", ".join(f'"{r}"' for r in left) +
-                " were granted by another role and the admin cannot revoke them; a superuser "
-                "must REVOKE them before this user can be re-activated"))
+                " were granted by another role and the admin cannot revoke them; no session "
+                f"can use this user until a superuser runs: {revokes}"))
 
     # -- end -----------------------------------------------------------------------------------
 
@@ -400,7 +459,7 @@ class UserLifecycle:
             self.stats.round_trips += 1
         results = []
         now = datetime.now(timezone.utc)
-        for name, can_login, comment in rows:
+        for name, can_login, comment, _memberships in rows:
             ledger = Ledger.parse(comment)
             dead = [sid for sid in ledger.leases if sid not in live_session_ids]
             for sid in dead:
@@ -414,6 +473,66 @@ class UserLifecycle:
                     name, None, mode=None, terminate_connections=terminate_connections,
                     revoke_permissions=revoke_permissions))
         return results
+
+
+    async def correct_drift(self, live_session_ids) -> list[DriftCorrection]:
+        """Strip memberships no live lease granted from users that live sessions hold.
+
+        Runs after the sweep, so that drift on a user in use lives at most one health period.
+        Each user is corrected under its lock, from state re-read there; a user whose drift the
+        admin cannot revoke (PostgreSQL 16+, granted by someone else) does not stop the others:
+        its error is collected and raised once all were looked at.
+        """
+        async with self.conns.connection() as conn:
+            cur = await conn.execute(S.LEDGER_AND_MEMBERS, {"managed": self.config.managed_role})
+            rows = await cur.fetchall()
+            self.stats.round_trips += 1
+        now = datetime.now(timezone.utc)
+        implicit = set(self.config.implicit_roles)
+        corrections: list[DriftCorrection] = []
+        failures: list[EngineError] = []
+        for name, _can_login, comment, memberships in rows:
+            live = [lease for lease in Ledger.parse(comment).live(now)
+                    if lease.session_id in live_session_ids]
+            granted = {role for lease in live for role in lease.roles} | implicit
+            if not live or not set(memberships) - granted:
+                continue
+            try:
+                correction = await self._correct_user(name, live_session_ids)
+            except EngineError as error:
+                failures.append(error)
+                continue
+            if correction is not None:
+                corrections.append(correction)
+        if failures:
+            raise EngineError(failures[0].reason, "; ".join(f.message for f in failures),
+                              transient=all(f.transient for f in failures))
+        return corrections
+
+    async def _correct_user(self, name: str, live_session_ids) -> DriftCorrection | None:
+        async with self.conns.connection() as conn:
+            try:
+                state = await self._begin_locked(conn, name)
+                now = datetime.now(timezone.utc)
+                live = [lease for lease in state.ledger.live(now)
+                        if lease.session_id in live_session_ids]
+                granted = tuple(sorted({r for lease in live for r in lease.roles}
+                                       | set(self.config.implicit_roles)))
+                if not state.is_managed or not live or not state.memberships - set(granted):
+                    await self._run(conn, Batch(), commit=True)
+                    return None
+                batch = Batch()
+                drift: list[str] = []
+                self._replace_memberships(batch, name, state, granted, drift)
+                await self._run(conn, batch, commit=False)
+                await self._verify_memberships(conn, name, granted)
+                await conn.execute("COMMIT")
+                self.stats.round_trips += 1
+                return DriftCorrection(name, tuple(drift),
+                                       tuple(sorted(lease.session_id for lease in live)))
+            except BaseException:
+                await self._rollback(conn)
+                raise
 
 
 def _stronger_mode(requested: str, others: list[Lease], current: str) -> str:

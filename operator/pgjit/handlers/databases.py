@@ -11,11 +11,11 @@ from pydantic import ValidationError
 from .. import GROUP, VERSION
 from ..api.database import Database
 from ..api.role import Role
-from ..core.policy import roles_granted_on
+from ..core.policy import bound_violations, roles_granted_on
 from ..core.credentials_secret import SESSION_LABEL, session_label_value
 from ..engine import EngineError
 from . import metrics
-from .sessions import SECRET_ACCESS, supervise_leases
+from .sessions import SECRET_ACCESS, report_drift, supervise_leases
 from .status import set_conditions
 
 RESOURCE = (GROUP, VERSION, "databases")
@@ -47,14 +47,24 @@ class LiveSessions:
         return any(session_id in store for store in self._index.values())
 
 
-def _granted_roles(database: Database, namespace: str, roles_by_namespace) -> tuple[str, ...]:
+def _valid_roles(namespace: str, roles_by_namespace) -> list[Role]:
     roles = []
     for role_body in roles_by_namespace.get(namespace, ()):
         try:
             roles.append(Role.model_validate(role_body))
         except ValidationError:
             continue  # an invalid Role grants nothing; its own status says why
-    return roles_granted_on(database, roles)
+    return roles
+
+
+def _session_object(session_id: str) -> dict | None:
+    """Enough of a session for an Event, from its lease id (namespace/name/uid)."""
+    namespace, _, rest = session_id.partition("/")
+    name, _, uid = rest.rpartition("/")
+    if not (namespace and name and uid):
+        return None
+    return {"apiVersion": f"{GROUP}/{VERSION}", "kind": "DatabaseSession",
+            "metadata": {"namespace": namespace, "name": name, "uid": uid}}
 
 
 async def _check(body, namespace: str, name: str, patch: kopf.Patch, memo: kopf.Memo,
@@ -73,8 +83,12 @@ async def _check(body, namespace: str, name: str, patch: kopf.Patch, memo: kopf.
 
     try:
         engine = await memo.engines.engine_for(database, namespace, refresh=refresh)
+        roles = _valid_roles(namespace, roles_by_namespace)
+        patch.status["policyViolations"] = [
+            {"role": v.role, "kind": v.kind, "name": v.name, "reason": v.reason}
+            for v in bound_violations(database, roles)[:256]] or None
         pre = await engine.preflight(databases=database.spec.databases or (),
-                                     roles=_granted_roles(database, namespace, roles_by_namespace),
+                                     roles=roles_granted_on(database, roles),
                                      terminate_connections=database.spec.terminate_connections)
     except EngineError as error:
         report(False, error.reason, error.message, stalled=not error.transient)
@@ -113,6 +127,7 @@ async def _check(body, namespace: str, name: str, patch: kopf.Patch, memo: kopf.
                                    f"{teardown.reason}")
                 if teardown.session_id:
                     await _remove_secrets_of(memo, teardown.session_id)
+            await _correct_drift(body, engine, live_sessions_by_database)
     except EngineError as error:
         report(False, error.reason, error.message, stalled=not error.transient)
         raise kopf.TemporaryError(error.message, delay=min(HEALTH_INTERVAL, 30))
@@ -121,6 +136,20 @@ async def _check(body, namespace: str, name: str, patch: kopf.Patch, memo: kopf.
                "sessions still works", settled=True)
         return
     report(True, "Connected", f"PostgreSQL {pre.server_version}; the admin can provision users")
+
+
+async def _correct_drift(body, engine, live_sessions_by_database) -> None:
+    """Strip what no session granted from users in use; a failure here is the DBA's to fix and
+    does not make the Database unhealthy, so it is reported as a Warning, not raised."""
+    try:
+        corrections = await engine.correct_drift(LiveSessions(live_sessions_by_database))
+    except EngineError as error:
+        kopf.warn(body, reason="DriftNotCorrected", message=error.message[:1000])
+        return
+    for correction in corrections:
+        metrics.DRIFT_CORRECTED.labels("sweep").inc()
+        for session in filter(None, map(_session_object, correction.session_ids)):
+            report_drift(session, correction.username, correction.removed)
 
 
 async def _remove_secrets_of(memo: kopf.Memo, session_id: str) -> None:

@@ -28,6 +28,10 @@ PROVISIONING_LATENCY = Histogram(
     buckets=(0.05, 0.1, 0.15, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60))
 POSTGRES_OPERATIONS = Counter("pgjit_postgres_operations_total",
                               "Engine operations by kind and outcome", ["operation", "outcome"])
+DRIFT_CORRECTED = Counter(
+    "pgjit_drift_corrected_total",
+    "Users found holding memberships or privileges no session granted, and corrected",
+    ["where"])
 
 
 @contextmanager

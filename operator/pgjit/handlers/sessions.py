@@ -20,6 +20,7 @@ from ..api.database import Database
 from ..api.role import Role
 from ..api.session import DatabaseSession
 from ..core import policy
+from ..core.boundaries import exact_names
 from ..core.certificates import issue_client_certificate
 from ..core.credentials import generate_password
 from ..core.credential_access import secret_reader_binding, secret_reader_role
@@ -227,7 +228,8 @@ async def _open(body, name, namespace, uid, memo, indexes, status: dict) -> None
             session_id=session_id(namespace, name, uid), identity=session.spec.user,
             database=session.spec.database_name, roles=tuple(decision.database_roles),
             expires_at=expires_at, mode=str(decision.mode), permissions=decision.permissions,
-            password=password)
+            password=password, grantable_by_name=exact_names(database.spec.grantable_roles),
+            database_object=database.metadata.name)
         try:
             activation = await engine.activate(request)
         except EngineError as error:
@@ -236,6 +238,9 @@ async def _open(body, name, namespace, uid, memo, indexes, status: dict) -> None
                 raise Outcome("Pending", error.reason, error.message, retry=10)
             raise Outcome("Failed", error.reason, error.message, terminal=True)
         metrics.POSTGRES_OPERATIONS.labels("activate", "success").inc()
+        if activation.drift:
+            metrics.DRIFT_CORRECTED.labels("activation").inc()
+            report_drift(body, activation.username, activation.drift)
         if password is not None:
             if activation.shared:
                 # The user kept the password it had (live credentials must keep working).
@@ -302,6 +307,13 @@ async def _open(body, name, namespace, uid, memo, indexes, status: dict) -> None
         "expiresAt": _ts(expires_at), "secretName": secret_name})
     _set_conditions(body, status, True, "Active", message)
     metrics.PROVISIONING_LATENCY.observe(max(0.0, (_now() - created).total_seconds()))
+
+
+def report_drift(session_body, username: str, removed) -> None:
+    """The Event that says what pgjit took away from a session's user, and why."""
+    kopf.event(session_body, type="Normal", reason="DriftCorrected",
+               message=f'PostgreSQL user "{username}" held what no session had granted; removed: '
+                       + "; ".join(removed)[:900])
 
 
 async def _server_ca(memo, namespace: str, database: Database) -> bytes | None:
