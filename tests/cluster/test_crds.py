@@ -298,7 +298,32 @@ INVALID = [
     Invalid("database-both-admin-credentials",
             database(admin={"username": "a", "passwordSecretRef": {"name": "s"},
                             "clientCertificateSecretRef": {"name": "t"}}),
-            "spec.admin", "set only one of passwordSecretRef and clientCertificateSecretRef"),
+            "spec.admin", "set only one of passwordSecretRef, clientCertificateSecretRef and"),
+    Invalid("database-password-and-iam-admin",
+            database(admin={"username": "a", "passwordSecretRef": {"name": "s"},
+                            "awsIAM": {"region": "eu-central-1"}}, tls={"sslMode": "require"}),
+            "spec.admin", "set only one of passwordSecretRef, clientCertificateSecretRef and"),
+    Invalid("database-all-three-admin-methods",
+            database(admin={"username": "a", "passwordSecretRef": {"name": "s"},
+                            "clientCertificateSecretRef": {"name": "t"},
+                            "awsIAM": {"region": "eu-central-1"}}, tls={"sslMode": "require"}),
+            "spec.admin", "set only one of passwordSecretRef, clientCertificateSecretRef and"),
+    Invalid("database-iam-admin-without-tls",
+            database(admin={"username": "a", "awsIAM": {"region": "eu-central-1"}},
+                     tls={"sslMode": "prefer"}),
+            "spec.tls.sslMode", "admin.awsIAM needs TLS"),
+    Invalid("database-iam-bad-region",
+            database(admin={"username": "a", "awsIAM": {"region": "Frankfurt"}},
+                     tls={"sslMode": "require"}),
+            "spec.admin.awsIAM.region", "must be an AWS region"),
+    Invalid("database-iam-bad-role-arn",
+            database(admin={"username": "a", "awsIAM": {"region": "eu-central-1",
+                                                        "assumeRoleArn": "pgjit-admin"}},
+                     tls={"sslMode": "require"}),
+            "spec.admin.awsIAM.assumeRoleArn", "must be an IAM role ARN"),
+    Invalid("database-iam-users-without-iam-admin",
+            database(credentials={"type": "awsIAM"}, tls={"sslMode": "require"}),
+            "spec.credentials.type", "needs admin.awsIAM"),
     Invalid("database-no-admin-credentials", database(admin={"username": "a"}),
             "spec.admin.passwordSecretRef", "set passwordSecretRef"),
     Invalid("database-client-certificate-without-ca",
@@ -448,6 +473,20 @@ def test_status_is_validated(objects: Objects) -> None:
     with pytest.raises(ApiException) as err:
         objects.patch_status("Database", "db", {"status": {"conditions": [bad]}})
     assert_rejected(err.value, "status.conditions[0].status", "Unsupported value")
+
+
+@pytest.mark.parametrize("admin", [
+    {"username": "a", "passwordSecretRef": {"name": "s"}},
+    {"username": "a", "clientCertificateSecretRef": {"name": "t"}},
+    {"username": "a", "awsIAM": {"region": "eu-central-1",
+                                 "assumeRoleArn": "arn:aws:iam::123456789012:role/pgjit"}},
+], ids=["password", "clientCertificate", "awsIAM"])
+def test_each_admin_method_alone_is_admitted(objects: Objects, admin: dict[str, Any]) -> None:
+    body = database(admin=admin, tls={"sslMode": "verify-full"})
+    if "awsIAM" in admin:
+        body["spec"]["credentials"] = {"type": "awsIAM"}
+    created = objects.create(body)
+    assert subset(admin, created["spec"]["admin"])
 
 
 def test_database_spec_stays_mutable(objects: Objects) -> None:

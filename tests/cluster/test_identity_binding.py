@@ -106,8 +106,9 @@ class GuardedPlane:
         configuration = kubernetes.client.Configuration()
         configuration.host = self.control_plane.url
         configuration.ssl_ca_cert = str(self.control_plane.ca_file)
-        configuration.api_key = {"authorization": token}
-        configuration.api_key_prefix = {"authorization": "Bearer"}
+        # The key's name differs between client releases ("BearerToken" up to 36).
+        configuration.api_key = {"authorization": token, "BearerToken": token}
+        configuration.api_key_prefix = {"authorization": "Bearer", "BearerToken": "Bearer"}
         return kubernetes.client.ApiClient(configuration)
 
 

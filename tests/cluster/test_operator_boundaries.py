@@ -20,8 +20,14 @@ def env(kube_api, namespace, postgres16, operator) -> Env:
 
 
 def _patch_database(env: Env, spec: dict) -> None:
-    env.custom.patch_namespaced_custom_object("pgjit.dev", "v1alpha1", env.namespace, "databases",
-                                              "db", {"spec": spec})
+    """Change the Database and wait until the operator has seen the change (sessions are
+    decided from its cached copy)."""
+    patched = env.custom.patch_namespaced_custom_object(
+        "pgjit.dev", "v1alpha1", env.namespace, "databases", "db", {"spec": spec})
+    generation = patched["metadata"]["generation"]
+    wait_for("the operator to observe the Database change", lambda: (
+        env.get("Database", "db").get("status", {}).get("observedGeneration") == generation),
+        timeout=30)
 
 
 def test_a_role_naming_the_admin_fails_the_session_and_changes_nothing(env):
@@ -84,7 +90,6 @@ def test_the_database_bound_refuses_and_reports_roles_outside_it(env):
 
 def test_a_session_database_that_does_not_exist_fails_with_database_not_found(env):
     _patch_database(env, {"databases": None})
-    env.wait_ready("Database", "db", "True")
     env.role("anything", "keep")
     env.custom.patch_namespaced_custom_object(
         "pgjit.dev", "v1alpha1", env.namespace, "roles", "anything",

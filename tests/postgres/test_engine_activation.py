@@ -249,9 +249,9 @@ def test_16_missing_admin_configuration_fails_before_any_database_work():
     with pytest.raises(EngineError) as caught:
         Engine(ServerConfig(host="192.0.2.1", admin_user=""))
     assert caught.value.reason == INVALID_REQUEST and "admin" in caught.value.message
-    with pytest.raises(EngineError, match="password or a client certificate"):
+    with pytest.raises(EngineError, match="a password, a client certificate or IAM"):
         Engine(ServerConfig(host="192.0.2.1", admin_user="a"))
-    with pytest.raises(EngineError, match="not both"):
+    with pytest.raises(EngineError, match="not several"):
         Engine(ServerConfig(host="192.0.2.1", admin_user="a", admin_password="p",
                             admin_cert_pem=b"c", admin_key_pem=b"k"))
 

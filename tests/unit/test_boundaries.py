@@ -133,7 +133,7 @@ def path(wanted: str, role: str, depth: int, **kind: Any) -> PrivilegedPath:
     return privileged_path(wanted, role, depth, is_admin=kind.get("admin", False),
                            is_managed=kind.get("managed", False),
                            attributes=kind.get("attributes", ()),
-                           server_access=kind.get("server"))
+                           predefined=kind.get("server"))
 
 
 def test_refusals_name_the_shortest_path_and_why():

@@ -224,7 +224,7 @@ def test_defaults(kind: str, path: str, default: Any) -> None:
     [
         ("Database", "spec.tls.sslMode",
          ["disable", "allow", "prefer", "require", "verify-ca", "verify-full"]),
-        ("Database", "spec.credentials.type", ["password", "clientCertificate"]),
+        ("Database", "spec.credentials.type", ["password", "clientCertificate", "awsIAM"]),
         ("Role", "spec.userProvisioning", ["off", "keep", "best_effort_drop"]),
         ("Role", "spec.subjects.[].kind", ["User", "Group"]),
         ("Role", "spec.allow.permissions.[].match.objectKind", ["table"]),

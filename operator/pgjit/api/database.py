@@ -49,6 +49,35 @@ class CredentialsType(enum.StrEnum):
 
     PASSWORD = "password"
     CLIENT_CERTIFICATE = "clientCertificate"
+    AWS_IAM = "awsIAM"
+
+
+#: sslModes that do not guarantee TLS; IAM tokens must never travel without it.
+_WEAK_SSL_MODES = ("disable", "allow", "prefer")
+
+AwsRegion = matching_str(
+    r"^[a-z]{2}(-[a-z0-9]+)+-[0-9]+$",
+    "must be an AWS region such as eu-central-1 or us-gov-west-1",
+    max_length=32,
+    description="An AWS region.",
+)
+RoleArn = matching_str(
+    r"^arn:aws[a-z-]*:iam::[0-9]{12}:role/[A-Za-z0-9+=,.@_/-]{1,512}$",
+    "must be an IAM role ARN such as arn:aws:iam::123456789012:role/pgjit-admin",
+    max_length=600,
+    description="An IAM role ARN.",
+)
+
+
+class AwsIAM(ApiModel):
+    """AWS IAM database authentication (RDS, Aurora): the admin logs in with a token."""
+
+    region: AwsRegion = Field(description="The AWS region of the RDS instance or Aurora cluster.")
+    assume_role_arn: RoleArn | None = Field(
+        default=None,
+        description="An IAM role to assume before signing tokens; absent: the operator's own"
+        " identity (its Pod's web identity or EKS Pod Identity, the environment, a profile).",
+    )
 
 
 def _not_reserved(name: str) -> str:
@@ -83,15 +112,19 @@ class DatabaseAdmin(ApiModel):
     model_config = {
         "json_schema_extra": validations(
             cel_rule(
-                "has(self.passwordSecretRef) || has(self.clientCertificateSecretRef)",
-                message="set passwordSecretRef (a Secret key holding the admin password) or"
-                " clientCertificateSecretRef (a kubernetes.io/tls Secret)",
+                "has(self.passwordSecretRef) || has(self.clientCertificateSecretRef) ||"
+                " has(self.awsIAM)",
+                message="set passwordSecretRef (a Secret key holding the admin password),"
+                " clientCertificateSecretRef (a kubernetes.io/tls Secret) or awsIAM (RDS IAM"
+                " authentication)",
                 field_path=".passwordSecretRef",
                 reason="FieldValueRequired",
             ),
             cel_rule(
-                "!(has(self.passwordSecretRef) && has(self.clientCertificateSecretRef))",
-                message="set only one of passwordSecretRef and clientCertificateSecretRef, not both",
+                "(has(self.passwordSecretRef) ? 1 : 0) + (has(self.clientCertificateSecretRef)"
+                " ? 1 : 0) + (has(self.awsIAM) ? 1 : 0) <= 1",
+                message="set only one of passwordSecretRef, clientCertificateSecretRef and"
+                " awsIAM",
             ),
         )
     }
@@ -108,7 +141,14 @@ class DatabaseAdmin(ApiModel):
     client_certificate_secret_ref: LocalObjectRef | None = Field(
         default=None,
         description="kubernetes.io/tls Secret (tls.crt, tls.key) the admin authenticates with. Exactly"
-        " one of passwordSecretRef and clientCertificateSecretRef is set.",
+        " one of passwordSecretRef, clientCertificateSecretRef and awsIAM is set.",
+    )
+    aws_iam: AwsIAM | None = Field(
+        default=None,
+        alias="awsIAM",
+        description="Log in with an RDS IAM auth token, generated for every new connection and"
+        " never stored; needs tls.sslMode require or stricter and the admin granted rds_iam."
+        " Exactly one of passwordSecretRef, clientCertificateSecretRef and awsIAM is set.",
     )
 
 
@@ -144,7 +184,8 @@ class DatabaseCredentials(ApiModel):
     type: CredentialsType = Field(
         default=CredentialsType.PASSWORD,
         description="password (default): a generated password; clientCertificate: a client"
-        " certificate signed by clientCASecretRef, valid until the session expires.",
+        " certificate signed by clientCASecretRef, valid until the session expires; awsIAM: the"
+        " user is granted rds_iam and logs in with its own IAM auth token (no password is set).",
     )
     scram_iterations: int = Field(
         default=DEFAULT_SCRAM_ITERATIONS,
@@ -173,6 +214,27 @@ class DatabaseSpec(ApiModel):
                 message="admin.clientCertificateSecretRef needs TLS: set tls.sslMode to require,"
                 " verify-ca or verify-full",
                 field_path=".tls.sslMode",
+            ),
+            cel_rule(
+                "!has(self.admin.awsIAM) || (has(self.tls) && has(self.tls.sslMode) &&"
+                f" !(self.tls.sslMode in {list(_WEAK_SSL_MODES)}))",
+                message="admin.awsIAM needs TLS: set tls.sslMode to require, verify-ca or"
+                " verify-full (verify-full with the RDS CA bundle is recommended)",
+                field_path=".tls.sslMode",
+            ),
+            cel_rule(
+                "!has(self.credentials) || !has(self.credentials.type) ||"
+                " self.credentials.type != 'awsIAM' || (has(self.tls) && has(self.tls.sslMode)"
+                f" && !(self.tls.sslMode in {list(_WEAK_SSL_MODES)}))",
+                message="credentials.type awsIAM needs TLS: set tls.sslMode to require, verify-ca"
+                " or verify-full",
+                field_path=".tls.sslMode",
+            ),
+            cel_rule(
+                "!has(self.credentials) || !has(self.credentials.type) ||"
+                " self.credentials.type != 'awsIAM' || has(self.admin.awsIAM)",
+                message="credentials.type awsIAM needs admin.awsIAM: the region comes from there",
+                field_path=".credentials.type",
             ),
             cel_rule(
                 "!has(self.credentials) || !has(self.credentials.type) ||"

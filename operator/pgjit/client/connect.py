@@ -142,7 +142,10 @@ def _use_and_end(sessions: Sessions, name: str, psql_path: str, options: Connect
         secret_name = session["status"].get("secretName") or f"{name}-credentials"
         creds = sessions.credentials(secret_name)
         with psql.private_directory() as directory:
-            files = psql.connection_files(creds, directory, host=options.host, port=options.port)
+            token = (psql.iam_token(creds) if creds.get("region") and not creds.get("password")
+                     else None)
+            files = psql.connection_files(creds, directory, host=options.host, port=options.port,
+                                          password=token)
             psql.write_private_files(directory, files.files)
             env = psql.psql_environment(options.environ, directory,
                                         has_password=files.has_password)

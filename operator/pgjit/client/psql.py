@@ -64,12 +64,13 @@ class ConnectionFiles:
 
 
 def connection_files(creds: Mapping[str, str], directory: Path, *, host: str | None = None,
-                     port: int | None = None) -> ConnectionFiles:
+                     port: int | None = None, password: str | None = None) -> ConnectionFiles:
     """The files and service parameters for a session's credentials Secret data.
 
     ``host``/``port`` replace the Secret's when the client reaches the server by another route
-    than the operator (a port-forward, a certificate-auth listener). Raises ValueError when the
-    Secret lacks what its credential type needs.
+    than the operator (a port-forward, a certificate-auth listener). ``password`` is one the
+    caller made (an IAM auth token for an awsIAM Secret, which has none). Raises ValueError when
+    the Secret lacks what its credential type needs.
     """
     missing = [key for key in ("username", "host", "port", "dbname") if not creds.get(key)]
     if missing:
@@ -88,14 +89,33 @@ def connection_files(creds: Mapping[str, str], directory: Path, *, host: str | N
             raise ValueError("the credentials Secret has only one of tls.crt and tls.key")
         files[CERT_FILE], files[KEY_FILE] = creds["tls.crt"], creds["tls.key"]
         params["sslcert"], params["sslkey"] = str(directory / CERT_FILE), str(directory / KEY_FILE)
-    password = creds.get("password")
+    password = password or creds.get("password")
     if password:
         # Written for the host and port psql is told to use, so an override still matches.
         files[PASS_FILE] = pgpass_line(target, password)
     elif CERT_FILE not in files:
-        raise ValueError("the credentials Secret has neither a password nor tls.crt/tls.key")
+        raise ValueError("the credentials Secret has neither a password nor tls.crt/tls.key"
+                         + (" (an awsIAM session: sign an IAM auth token for it)"
+                            if creds.get("region") else ""))
     files[SERVICE_FILE] = service_file_text(params)
     return ConnectionFiles(files=files, params=params, has_password=bool(password))
+
+
+def iam_token(creds: Mapping[str, str]) -> str:
+    """An RDS IAM auth token for an awsIAM Secret's user, signed with the caller's own AWS
+    identity (the standard chain: environment, profile, SSO, web identity). It goes into the
+    private password file like a password, never onto a command line or into psql's
+    environment."""
+    from botocore.exceptions import BotoCoreError
+
+    from ..engine.iam import IamTokens
+
+    try:
+        return IamTokens(creds["region"]).token(bare_host(creds["host"]), int(creds["port"]),
+                                                creds["username"])
+    except BotoCoreError as exc:
+        raise ValueError(f"cannot sign an RDS IAM auth token: {exc}; sign in to AWS first"
+                         " (aws sso login, AWS_PROFILE or the AWS_* variables)") from exc
 
 
 def service_file_text(params: Mapping[str, str], service: str = SERVICE_NAME) -> str:

@@ -6,7 +6,8 @@ Two rules live here.
 pgjit logs in as (a member can ``SET ROLE`` to it and use its CREATEROLE), the Database's
 managed role (pgjit's ownership marker; every managed user is a member, so it also covers other
 pgjit users), roles with SUPERUSER, CREATEROLE, CREATEDB, REPLICATION or BYPASSRLS, and the
-predefined roles that reach the server's files and programs. A session never gets one of them,
+predefined roles that reach the server's files and programs (and RDS's ``rds_superuser``). A
+session never gets one of them,
 nor a role that is a member of one (transitively), whatever the Roles or traits say. The engine
 reads the membership paths in the activation's own transaction; this module judges them.
 
@@ -25,6 +26,16 @@ from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 
 from .globs import glob_matches
+
+#: Roles that reach outside the database, by name: the server's files and programs (a member
+#: can read or write any file the server's OS user can, or run programs as it), and the
+#: managed services' stand-ins for a superuser.
+PRIVILEGED_PREDEFINED_ROLES = {
+    "pg_read_server_files": "reads any file the server's operating-system user can read",
+    "pg_write_server_files": "writes any file the server's operating-system user can write",
+    "pg_execute_server_program": "runs programs on the server as its operating-system user",
+    "rds_superuser": "is RDS's superuser role (it can read and change every database)",
+}
 
 #: Why a role with each attribute is refused, in the words a DBA reads in the status.
 ATTRIBUTE_REASONS = {
@@ -55,7 +66,7 @@ class PrivilegedPath:
 
 
 def privileged_path(wanted: str, role: str, depth: int, *, is_admin: bool, is_managed: bool,
-                    attributes: Iterable[str], server_access: str | None) -> PrivilegedPath:
+                    attributes: Iterable[str], predefined: str | None) -> PrivilegedPath:
     """The path for one catalog row: the strongest reason the row's ``role`` is refused."""
     if is_admin:
         return PrivilegedPath(wanted, role, depth, "is the admin role pgjit logs in as", True)
@@ -65,7 +76,7 @@ def privileged_path(wanted: str, role: str, depth: int, *, is_admin: bool, is_ma
     held = [a for a in ATTRIBUTE_REASONS if a in set(attributes)]
     if held:
         return PrivilegedPath(wanted, role, depth, ATTRIBUTE_REASONS[held[0]])
-    return PrivilegedPath(wanted, role, depth, server_access or "is privileged")
+    return PrivilegedPath(wanted, role, depth, predefined or "is privileged")
 
 
 def exact_names(globs: Sequence[str] | None) -> tuple[str, ...]:

@@ -227,6 +227,24 @@ def certificate_secret_data(
     return data
 
 
+def iam_secret_data(
+    target: ConnectionTarget,
+    region: str,
+    expires_at: datetime,
+    server_ca_pem: str | bytes | None = None,
+) -> dict[str, str]:
+    """Secret data for an awsIAM-type session: where to connect and the AWS region to sign the
+    user's own IAM auth token for; no password, since the token is the client's to make
+    (``pgjit connect`` does it, as does any AWS SDK's RDS signer)."""
+    data = _common_data(target, expires_at)
+    data["region"] = region
+    data["uri"] = postgres_uri(target)
+    data["jdbc-uri"] = jdbc_uri(target)
+    if server_ca_pem:
+        data["ca.crt"] = _text(server_ca_pem)
+    return data
+
+
 # --------------------------------------------------------------------------------------------
 # Metadata
 

@@ -97,6 +97,7 @@ class Engine:
                 return await run_preflight(
                     conn, admin_user=self.config.admin_user, managed_role=self.config.managed_role,
                     databases=tuple(databases), roles=tuple(roles),
+                    required_roles=self.config.implicit_roles,
                     terminate_connections=terminate_connections)
             finally:
                 await conn.close()

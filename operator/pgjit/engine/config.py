@@ -26,17 +26,27 @@ class ServerConfig:
     connect_timeout: float = 10.0
     # Roles every user receives, counted in the "roles changed" comparison (RDS: rds_iam).
     implicit_roles: tuple[str, ...] = ()
+    #: RDS IAM authentication for the admin: (region, role ARN to assume or None). A token is
+    #: signed for every new connection instead of a password.
+    aws_iam: tuple[str, str | None] | None = None
 
     def validate(self) -> None:
         """Configuration errors are reported before any database work (edge case 16)."""
         from .errors import INVALID_REQUEST, EngineError
         if not self.admin_user:
             raise EngineError(INVALID_REQUEST, "no admin user is configured for this database")
-        if self.admin_password is None and self.admin_cert_pem is None:
-            raise EngineError(INVALID_REQUEST, "the admin needs a password or a client certificate")
-        if self.admin_password is not None and self.admin_cert_pem is not None:
-            raise EngineError(INVALID_REQUEST,
-                              "set either an admin password or a client certificate, not both")
+        methods = [m for m in (self.admin_password, self.admin_cert_pem, self.aws_iam)
+                   if m is not None]
+        if not methods:
+            raise EngineError(INVALID_REQUEST, "the admin needs a password, a client certificate "
+                              "or IAM authentication")
+        if len(methods) > 1:
+            raise EngineError(INVALID_REQUEST, "set one of an admin password, a client "
+                              "certificate and IAM authentication, not several")
+        if self.aws_iam is not None and self.sslmode not in ("require", "verify-ca",
+                                                             "verify-full"):
+            raise EngineError(INVALID_REQUEST, "IAM authentication needs sslmode require, "
+                              "verify-ca or verify-full: a token must never travel without TLS")
         if (self.admin_cert_pem is None) != (self.admin_key_pem is None):
             raise EngineError(INVALID_REQUEST, "a client certificate needs its key, and the reverse")
         if self.sslmode not in SSL_MODES:

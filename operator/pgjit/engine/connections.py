@@ -29,6 +29,7 @@ from psycopg_pool import AsyncConnectionPool, PoolTimeout
 
 from .config import ServerConfig
 from .errors import DATABASE_NOT_FOUND, INSUFFICIENT_PRIVILEGE, EngineError
+from .iam import IamTokens
 
 _SESSION_OPTIONS = ("-c search_path=pg_catalog,pg_temp -c lock_timeout=10s "
                     "-c statement_timeout=60s -c idle_in_transaction_session_timeout=60s")
@@ -66,6 +67,7 @@ class AdminConnections:
         self._reachable: set[str] = set()
         self._slots = asyncio.Semaphore(config.max_connections)
         self._tls = self._tls_params()
+        self._iam = IamTokens(*config.aws_iam) if config.aws_iam is not None else None
 
     def _tls_params(self) -> dict[str, str]:
         params: dict[str, str] = {"sslmode": self.config.sslmode}
@@ -86,11 +88,20 @@ class AdminConnections:
                              connect_timeout=str(max(1, int(self.config.connect_timeout))),
                              **extra)
 
+    async def _connect_kwargs(self) -> dict:
+        """What every new connection is opened with; with IAM, a freshly signed token as its
+        password (tokens live 15 minutes: a pooled connection outlives its token, a new
+        connection never reuses an old one)."""
+        kwargs: dict = {"autocommit": True, "cursor_factory": psycopg.AsyncClientCursor}
+        if self._iam is not None:
+            kwargs["password"] = await asyncio.to_thread(
+                self._iam.token, self.config.host, self.config.port, self.config.admin_user)
+        return kwargs
+
     async def connect(self, dbname: str | None = None) -> psycopg.AsyncConnection:
         """A single connection outside the pools: preflight uses it to see the real error."""
         return await psycopg.AsyncConnection.connect(
-            self.conninfo(dbname or self.config.admin_database), autocommit=True,
-            cursor_factory=psycopg.AsyncClientCursor)
+            self.conninfo(dbname or self.config.admin_database), **await self._connect_kwargs())
 
     def _pool(self, dbname: str) -> AsyncConnectionPool:
         pool = self._pools.get(dbname)
@@ -100,7 +111,7 @@ class AdminConnections:
                 self.conninfo(dbname), open=False, name=f"pgjit-{dbname}",
                 min_size=1 if is_admin_db else 0, max_size=self.config.max_connections,
                 max_idle=300 if is_admin_db else 60, timeout=self.config.connect_timeout,
-                kwargs={"autocommit": True, "cursor_factory": psycopg.AsyncClientCursor})
+                kwargs=self._connect_kwargs)
             self._pools[dbname] = pool
         return pool
 

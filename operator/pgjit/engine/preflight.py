@@ -39,10 +39,14 @@ SELECT w.name, d.oid IS NOT NULL,
   LEFT JOIN pg_database d ON d.datname = w.name
 """)
 
+# rds_superuser can only be handed out by one of its own members (RDS's rule), whatever the
+# version; otherwise each version's grant rules, as in statements.USER_STATE.
 ROLE_ACCESS = Q("""
 SELECT w.name, g.oid IS NOT NULL,
        CASE WHEN g.oid IS NULL THEN false
             WHEN me.rolsuper THEN true
+            WHEN g.rolname = 'rds_superuser' AND NOT pg_has_role(current_user, g.oid, 'MEMBER')
+            THEN false
             WHEN current_setting('server_version_num')::int >= 160000
             THEN pg_has_role(current_user, g.oid, 'MEMBER WITH ADMIN OPTION')
             ELSE me.rolcreaterole AND NOT g.rolsuper END
@@ -55,6 +59,23 @@ SELECT w.name, g.oid IS NOT NULL,
 def quote_ident(name: str) -> str:
     """Identifier quoting for the *advice text* shown to people, never for executed SQL."""
     return '"' + name.replace('"', '""') + '"'
+
+
+#: Managed-service roles whose fix is written as the service's own documentation writes it.
+_BARE_NAMES = frozenset({"rds_iam", "rds_superuser"})
+
+
+def _advice_name(name: str) -> str:
+    return name if name in _BARE_NAMES else quote_ident(name)
+
+
+def _grant_fix(role: str, admin: str) -> Shortfall:
+    if role == "rds_superuser":
+        # Only a member of rds_superuser may grant it: ADMIN OPTION is not what is missing.
+        return Shortfall("the admin cannot grant rds_superuser unless it is rds_superuser itself",
+                         f"GRANT rds_superuser TO {admin};")
+    return Shortfall(f"the admin cannot grant role {_advice_name(role)}",
+                     f"GRANT {_advice_name(role)} TO {admin} WITH ADMIN OPTION;")
 
 
 @dataclass(frozen=True)
@@ -109,12 +130,17 @@ class Preflight:
 
 async def run_preflight(conn, *, admin_user: str, managed_role: str,
                         databases: tuple[str, ...] = (), roles: tuple[str, ...] = (),
+                        required_roles: tuple[str, ...] = (),
                         terminate_connections: bool = True) -> Preflight:
+    """``roles`` are granted by some Roles (a shortfall refuses only sessions given them);
+    ``required_roles`` every session's user gets (RDS IAM: rds_iam), so a shortfall there is
+    the whole server's."""
     admin = quote_ident(admin_user)
     async with conn.pipeline():
         facts_cur = await conn.execute(SERVER_FACTS, {"managed": managed_role})
         db_cur = await conn.execute(DATABASE_ACCESS, {"names": list(databases)})
-        role_cur = await conn.execute(ROLE_ACCESS, {"names": list(roles)})
+        role_cur = await conn.execute(ROLE_ACCESS, {"names": sorted(set(roles)
+                                                                    | set(required_roles))})
         facts = await facts_cur.fetchone()
         db_rows = await db_cur.fetchall()
         role_rows = await role_cur.fetchall()
@@ -134,11 +160,23 @@ async def run_preflight(conn, *, admin_user: str, managed_role: str,
             shortfalls.append(Shortfall(
                 f"the admin lacks CONNECT on database {quote_ident(name)}",
                 f"GRANT CONNECT ON DATABASE {quote_ident(name)} TO {admin};"))
-    missing_roles = tuple(name for name, exists, _ in role_rows if not exists)
-    ungrantable = tuple(name for name, exists, grantable in role_rows if exists and not grantable)
-    role_shortfalls = tuple(Shortfall(f"the admin cannot grant role {quote_ident(name)}",
-                                      f"GRANT {quote_ident(name)} TO {admin} WITH ADMIN OPTION;")
-                            for name in ungrantable)
+    required = set(required_roles)
+    for name, exists, grantable in role_rows:
+        if name not in required:
+            continue
+        if not exists:
+            shortfalls.append(Shortfall(
+                f"the server has no role {_advice_name(name)}, which every session's user needs"
+                " for IAM logins (it exists on RDS and Aurora; elsewhere use credentials.type"
+                " password or clientCertificate)",
+                f"CREATE ROLE {_advice_name(name)};"))
+        elif not grantable:
+            shortfalls.append(_grant_fix(name, admin))
+    missing_roles = tuple(name for name, exists, _ in role_rows
+                          if not exists and name not in required)
+    ungrantable = tuple(name for name, exists, grantable in role_rows
+                        if exists and not grantable and name not in required)
+    role_shortfalls = tuple(_grant_fix(name, admin) for name in ungrantable)
     if terminate_connections and not can_signal:
         shortfalls.append(Shortfall(
             "the admin cannot terminate connections of ended users",

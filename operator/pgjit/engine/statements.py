@@ -67,17 +67,9 @@ SELECT r.oid IS NOT NULL AS exists,
  WHERE me.rolname = current_user
 """)
 
-#: The predefined roles that reach outside the database, into the server's files and programs:
-#: a member of one can read (or write) any file the server's OS user can, or run programs as it.
-SERVER_ACCESS_ROLES = {
-    "pg_read_server_files": "reads any file the server's operating-system user can read",
-    "pg_write_server_files": "writes any file the server's operating-system user can write",
-    "pg_execute_server_program": "runs programs on the server as its operating-system user",
-}
-
 # Every role a requested role is (transitively) a member of, that a session must never get
 # through it: the admin itself, the managed role, roles with attributes that reach beyond one
-# user's data, and the predefined server-access roles. Read in the activation's transaction,
+# user's data, and the predefined roles of core.boundaries (passed as %(predefined)s). Read in the activation's transaction,
 # after the user's lock, so a role altered since the Role was admitted is judged as it is now.
 # Membership cycles cannot exist in PostgreSQL; the depth bound only keeps a broken catalog from
 # running away.
@@ -92,11 +84,11 @@ WITH RECURSIVE up(wanted, oid, depth) AS (
 SELECT up.wanted, r.rolname::text, up.depth,
        r.rolname = current_user, r.rolname = %(managed)s,
        r.rolsuper, r.rolcreaterole, r.rolcreatedb, r.rolreplication, r.rolbypassrls,
-       r.rolname = ANY(%(server_access)s::text[])
+       r.rolname = ANY(%(predefined)s::text[])
   FROM up JOIN pg_roles r ON r.oid = up.oid
  WHERE r.rolname = current_user OR r.rolname = %(managed)s OR r.rolsuper OR r.rolcreaterole
     OR r.rolcreatedb OR r.rolreplication OR r.rolbypassrls
-    OR r.rolname = ANY(%(server_access)s::text[])
+    OR r.rolname = ANY(%(predefined)s::text[])
  ORDER BY up.wanted, up.depth, r.rolname
 """)
 

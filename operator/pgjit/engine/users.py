@@ -17,7 +17,8 @@ from datetime import datetime, timezone
 import psycopg
 from psycopg import sql
 
-from ..core.boundaries import PrivilegedPath, privileged_path, refusal_message, refusals
+from ..core.boundaries import (PRIVILEGED_PREDEFINED_ROLES, PrivilegedPath, privileged_path,
+                               refusal_message, refusals)
 from ..core.credentials import scram_sha256_verifier
 from ..core.leases import MODE_DROP, MODE_KEEP, Lease, Ledger
 from ..core.naming import postgres_username
@@ -68,8 +69,8 @@ class UserState:
                             attributes=[a for a, held in zip(
                                 ("SUPERUSER", "CREATEROLE", "CREATEDB", "REPLICATION",
                                  "BYPASSRLS"), flags) if held],
-                            server_access=S.SERVER_ACCESS_ROLES.get(role) if server else None)
-            for wanted, role, depth, is_admin, is_managed_role, *flags, server in privileged_rows)
+                            predefined=PRIVILEGED_PREDEFINED_ROLES.get(role) if predefined else None)
+            for wanted, role, depth, is_admin, is_managed_role, *flags, predefined in privileged_rows)
         return cls(exists, can_login, managed_exists, is_managed, frozenset(memberships or ()),
                    Ledger.parse(comment), tuple(missing or ()), tuple(ungrantable or ()),
                    backends, role_oid, tuple(attributes or ()), database_allows, privileged)
@@ -102,7 +103,7 @@ class UserLifecycle:
                       database: str | None = None) -> dict:
         return {"name": name, "managed": self.config.managed_role, "wanted": list(wanted),
                 "wanted_and_managed": list(wanted) + [self.config.managed_role],
-                "database": database, "server_access": list(S.SERVER_ACCESS_ROLES)}
+                "database": database, "predefined": list(PRIVILEGED_PREDEFINED_ROLES)}
 
     async def _begin_locked(self, conn: psycopg.AsyncConnection, name: str,
                             wanted: tuple[str, ...] = (), *,

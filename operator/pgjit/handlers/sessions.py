@@ -16,7 +16,7 @@ from datetime import datetime, timezone
 import kopf
 
 from .. import GROUP, VERSION
-from ..api.database import Database
+from ..api.database import CredentialsType, Database
 from ..api.role import Role
 from ..api.session import DatabaseSession
 from ..core import policy
@@ -25,7 +25,7 @@ from ..core.certificates import issue_client_certificate
 from ..core.credentials import generate_password
 from ..core.credential_access import secret_reader_binding, secret_reader_role
 from ..core.credentials_secret import (ConnectionTarget, certificate_secret_data,
-                                       password_secret_data, secret_labels)
+                                       iam_secret_data, password_secret_data, secret_labels)
 from ..core.naming import postgres_username
 from ..core.traits import user_traits
 from ..engine import ActivationRequest, EngineError
@@ -216,14 +216,18 @@ async def _open(body, name, namespace, uid, memo, indexes, status: dict) -> None
         raise Outcome("Expired", "Expired", f"the session expired at {_ts(expires_at)} before it "
                       "could be opened", release=True)
     secret_name = session.credentials_secret_name
-    cert_type = str(database.spec.credentials.type) == "clientCertificate"
+    credentials_type = database.spec.credentials.type
+    cert_type = credentials_type == CredentialsType.CLIENT_CERTIFICATE
+    # Certificates and IAM tokens are the client's own proof: the user gets no password at all.
+    passwordless = credentials_type in (CredentialsType.CLIENT_CERTIFICATE,
+                                        CredentialsType.AWS_IAM)
     engine = await memo.engines.engine_for(database, namespace)
     username = postgres_username(session.spec.user)
     user_key = _server_key(database, username)
     async with memo.shared_passwords.lock(user_key):
         # Serialized per user, so that a session sharing the user finds the password the one
         # activating it has just set (in memory: the index learns it is Active only later).
-        password = None if cert_type else await _own_password(memo, namespace, session)
+        password = None if passwordless else await _own_password(memo, namespace, session)
         request = ActivationRequest(
             session_id=session_id(namespace, name, uid), identity=session.spec.user,
             database=session.spec.database_name, roles=tuple(decision.database_roles),
@@ -274,7 +278,10 @@ async def _open(body, name, namespace, uid, memo, indexes, status: dict) -> None
             raise Outcome("Failed", "InvalidClientCA", str(exc), terminal=True, release=True)
         data = certificate_secret_data(target, issued.cert_pem, issued.key_pem, ca["tls.crt"],
                                        expires_at, server_ca)
+    elif credentials_type == CredentialsType.AWS_IAM and database.spec.admin.aws_iam is not None:
+        data = iam_secret_data(target, database.spec.admin.aws_iam.region, expires_at, server_ca)
     else:
+        assert password is not None
         data = password_secret_data(target, password, expires_at, server_ca)
     if not await memo.kube.exists(GROUP, VERSION, "databasesessions", namespace, name, uid):
         # Deleted meanwhile, possibly without this operator ever running its delete handler: a

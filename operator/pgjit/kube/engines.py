@@ -8,10 +8,14 @@ from __future__ import annotations
 
 import asyncio
 
-from ..api.database import Database
+from ..api.database import CredentialsType, Database
 from ..engine import Engine, ServerConfig
 from ..engine.errors import INVALID_REQUEST, EngineError
 from .client import Kube
+
+
+#: The RDS role whose members may log in with IAM auth tokens.
+RDS_IAM_ROLE = "rds_iam"
 
 
 class MissingSecret(EngineError):
@@ -43,12 +47,18 @@ async def server_config(kube: Kube, database: Database, namespace: str) -> Serve
         ref = spec.tls.ca_secret_ref
         ca = await secret_key(ref.name, ref.key, "server CA certificate")
     ssl_mode = str(spec.tls.ssl_mode) if spec.tls is not None else "prefer"
+    iam = ((admin.aws_iam.region, admin.aws_iam.assume_role_arn)
+           if admin.aws_iam is not None else None)
+    iam_users = spec.credentials is not None and spec.credentials.type == CredentialsType.AWS_IAM
     try:
         return ServerConfig(
             host=spec.host, port=spec.port, admin_user=admin.username, admin_password=password,
             admin_cert_pem=cert, admin_key_pem=key, sslmode=ssl_mode, ca_pem=ca,
             admin_database=spec.admin_database, managed_role=spec.managed_role,
-            scram_iterations=spec.credentials.scram_iterations if spec.credentials else 4096)
+            scram_iterations=spec.credentials.scram_iterations if spec.credentials else 4096,
+            aws_iam=iam,
+            # RDS lets a user log in with a token only as a member of rds_iam.
+            implicit_roles=(RDS_IAM_ROLE,) if iam_users else ())
     except (TypeError, ValueError) as exc:
         raise EngineError(INVALID_REQUEST, f"invalid Database spec: {exc}") from exc
 
