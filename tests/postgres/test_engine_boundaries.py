@@ -346,5 +346,6 @@ async def test_object_privileges_granted_out_of_band_are_stripped_when_sharing(k
     activation = await kit.engine.activate(kit.request("s2", alice, database=db,
                                                        permissions=rules))
     assert activation.shared
-    assert set(activation.drift) == {"DELETE on public.orders", "SELECT on public.payroll"}
+    assert set(activation.drift) == {"DELETE on table public.orders",
+                                     "SELECT on table public.payroll"}
     assert await table_privileges(kit, db, alice) == {("orders", "SELECT")}

@@ -268,7 +268,11 @@ def test_identifier_of_63_multibyte_bytes_is_accepted() -> None:
         {"permissions": [{"match": {}, "privileges": ["SELECT, UPDATE"]}]},
         {"permissions": [{"match": {}, "privileges": ["EXECUTE"]}]},
         {"permissions": [{"match": {}, "privileges": []}]},
-        {"permissions": [{"match": {"objectKind": "view"}, "privileges": ["SELECT"]}]},
+        {"permissions": [{"match": {"objectKind": "rule"}, "privileges": ["SELECT"]}]},
+        {"permissions": [{"match": {"objectKind": "sequence"}, "privileges": ["INSERT"]}]},
+        {"permissions": [{"match": {"objectKind": "function"}, "privileges": ["SELECT"]}]},
+        {"permissions": [{"match": {"objectKind": "schema", "schema": "public"},
+                          "privileges": ["USAGE"]}]},
     ],
 )
 def test_invalid_role_allow(allow: dict[str, Any]) -> None:

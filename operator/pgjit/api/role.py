@@ -11,7 +11,7 @@ import enum
 import re
 from typing import Annotated, Literal
 
-from pydantic import AfterValidator, Field
+from pydantic import AfterValidator, Field, model_validator
 
 from .common import (
     AGE_COLUMN,
@@ -34,7 +34,6 @@ from .common import (
 TABLE_PRIVILEGES = ("SELECT", "INSERT", "UPDATE", "DELETE", "TRUNCATE", "REFERENCES", "TRIGGER")
 #: In deny, removes every privilege. Not accepted in allow: grants are listed explicitly.
 ALL_PRIVILEGES = "*"
-_PRIVILEGE_LIST = ", ".join(TABLE_PRIVILEGES)
 
 #: Trait namespaces a template may read: the operator's traits ConfigMap and the requester's
 #: Kubernetes user extra attributes.
@@ -72,10 +71,39 @@ class UserProvisioning(enum.StrEnum):
 
 
 class ObjectKind(enum.StrEnum):
-    """Kind of database object a permission applies to. Only tables for now (view, sequence and
-    function are planned)."""
+    """Kind of database object a permission applies to."""
 
     TABLE = "table"
+    VIEW = "view"
+    MATERIALIZED_VIEW = "materializedView"
+    SEQUENCE = "sequence"
+    FUNCTION = "function"
+    PROCEDURE = "procedure"
+    SCHEMA = "schema"
+    DATABASE = "database"
+
+
+#: The privileges each kind takes, in the order PostgreSQL's documentation lists them. Views
+#: take the table privileges that act through them; a materialized view can only be read.
+KIND_PRIVILEGES: dict[ObjectKind, tuple[str, ...]] = {
+    ObjectKind.TABLE: TABLE_PRIVILEGES,
+    ObjectKind.VIEW: ("SELECT", "INSERT", "UPDATE", "DELETE", "TRIGGER"),
+    ObjectKind.MATERIALIZED_VIEW: ("SELECT",),
+    ObjectKind.SEQUENCE: ("USAGE", "SELECT", "UPDATE"),
+    ObjectKind.FUNCTION: ("EXECUTE",),
+    ObjectKind.PROCEDURE: ("EXECUTE",),
+    ObjectKind.SCHEMA: ("USAGE", "CREATE"),
+    ObjectKind.DATABASE: ("CONNECT", "TEMPORARY", "CREATE"),
+}
+#: Kinds whose objects are named by match.name alone (match.schema stays *).
+UNQUALIFIED_KINDS = (ObjectKind.SCHEMA, ObjectKind.DATABASE)
+#: Every privilege some kind takes.
+KNOWN_PRIVILEGES = tuple(dict.fromkeys(p for ps in KIND_PRIVILEGES.values() for p in ps))
+_PRIVILEGE_LIST = ", ".join(KNOWN_PRIVILEGES)
+
+
+def kind_privileges_text(kind: ObjectKind) -> str:
+    return ", ".join(KIND_PRIVILEGES[kind])
 
 
 # --------------------------------------------------------------------------------------------
@@ -156,19 +184,19 @@ def _normalize_privilege(value: str, *, allow_all: bool) -> str:
             raise ValueError("'*' is only allowed in deny; list the privileges to grant")
         return value
     upper = value.upper()
-    if upper not in TABLE_PRIVILEGES:
-        raise ValueError(f"unknown table privilege {value!r}: use one of {_PRIVILEGE_LIST}")
+    if upper not in KNOWN_PRIVILEGES:
+        raise ValueError(f"unknown privilege {value!r}: use one of {_PRIVILEGE_LIST}")
     return upper
 
 
-_KNOWN_PRIVILEGE = f"self == '*' || self.upperAscii() in {cel_list(TABLE_PRIVILEGES)}"
+_KNOWN_PRIVILEGE = f"self == '*' || self.upperAscii() in {cel_list(KNOWN_PRIVILEGES)}"
 
 AllowedPrivilege = Annotated[
     str,
     Field(
         min_length=1,
         max_length=16,
-        description=f"A table privilege to grant: {_PRIVILEGE_LIST} (case-insensitive).",
+        description="A privilege to grant (case-insensitive), one the object kind takes.",
         json_schema_extra=validations(
             cel_rule(
                 "self != '*'",
@@ -178,7 +206,7 @@ AllowedPrivilege = Annotated[
             cel_rule(
                 _KNOWN_PRIVILEGE,
                 message_expression=(
-                    f"'unknown table privilege \"' + self + '\": use one of {_PRIVILEGE_LIST}'"
+                    f"'unknown privilege \"' + self + '\": use one of {_PRIVILEGE_LIST}'"
                 ),
             ),
         ),
@@ -191,13 +219,13 @@ DeniedPrivilege = Annotated[
     Field(
         min_length=1,
         max_length=16,
-        description=f"A table privilege to remove: {_PRIVILEGE_LIST} (case-insensitive), or *"
+        description="A privilege to remove (case-insensitive), one the object kind takes, or *"
         " for all.",
         json_schema_extra=validations(
             cel_rule(
                 _KNOWN_PRIVILEGE,
                 message_expression=(
-                    f"'unknown table privilege \"' + self + '\": use one of {_PRIVILEGE_LIST},"
+                    f"'unknown privilege \"' + self + '\": use one of {_PRIVILEGE_LIST},"
                     " or * to remove all'"
                 ),
             ),
@@ -220,35 +248,89 @@ class ObjectMatch(ApiModel):
     """Which database objects a permission applies to. System schemas (pg_catalog,
     information_schema, pg_toast) never match."""
 
+    model_config = {
+        "json_schema_extra": validations(
+            cel_rule(
+                f"!(self.objectKind in {cel_list(UNQUALIFIED_KINDS)}) || self.schema == '*'",
+                message="objectKind schema and database are named by match.name alone: leave"
+                " match.schema unset (*)",
+                field_path=".schema",
+            ),
+        )
+    }
+
     object_kind: ObjectKind = Field(
         default=ObjectKind.TABLE,
-        description="Kind of object: table (default; the only kind supported so far).",
+        description="Kind of object: table (default), view, materializedView, sequence, function,"
+        " procedure (every signature of a matching name), schema, or database (the session's"
+        " database, matched by name).",
     )
     schema_name: NameGlob = Field(
         default="*", alias="schema", description="Schema name glob (default *: every schema)."
     )
     name: NameGlob = Field(default="*", description="Object name glob (default *: every object).")
 
+    @model_validator(mode="after")
+    def _unqualified_kinds_have_no_schema(self) -> "ObjectMatch":
+        if self.object_kind in UNQUALIFIED_KINDS and self.schema_name != "*":
+            raise ValueError(f"objectKind {self.object_kind} is named by match.name alone: leave"
+                             " match.schema unset (*)")
+        return self
 
-class AllowPermission(ApiModel):
+
+def _kind_rules() -> list[dict[str, str]]:
+    """One CEL rule per object kind: the privileges listed are ones that kind takes."""
+    return [
+        cel_rule(
+            f"self.match.objectKind != '{kind.value}' || self.privileges.all(p, p == '*' ||"
+            f" p.upperAscii() in {cel_list(privileges)})",
+            message=f"objectKind {kind.value} takes only {', '.join(privileges)}"
+            + (" (or * in deny)" if kind is ObjectKind.TABLE else ""),
+            field_path=".privileges",
+        )
+        for kind, privileges in KIND_PRIVILEGES.items()
+    ]
+
+
+class _Permission(ApiModel):
+    match: ObjectMatch = Field(description="Objects the privileges apply to.")
+
+    @model_validator(mode="after")
+    def _privileges_fit_the_kind(self) -> "_Permission":
+        allowed = KIND_PRIVILEGES[self.match.object_kind]
+        wrong = [p for p in getattr(self, "privileges") if p != ALL_PRIVILEGES and p not in allowed]
+        if wrong:
+            raise ValueError(f"objectKind {self.match.object_kind} takes only"
+                             f" {', '.join(allowed)}, not {', '.join(wrong)}")
+        return self
+
+
+class AllowPermission(_Permission):
     """Object privileges granted on the matching objects."""
 
-    match: ObjectMatch = Field(description="Objects the privileges apply to.")
+    model_config = {"json_schema_extra": validations(*_kind_rules())}
+
     privileges: list[AllowedPrivilege] = Field(
         min_length=1,
         max_length=16,
-        description=f"Privileges to grant: {_PRIVILEGE_LIST} (case-insensitive).",
+        description="Privileges to grant (case-insensitive), those the kind takes: table"
+        f" {kind_privileges_text(ObjectKind.TABLE)}; view"
+        f" {kind_privileges_text(ObjectKind.VIEW)}; materializedView SELECT; sequence"
+        f" {kind_privileges_text(ObjectKind.SEQUENCE)}; function and procedure EXECUTE; schema"
+        f" {kind_privileges_text(ObjectKind.SCHEMA)}; database"
+        f" {kind_privileges_text(ObjectKind.DATABASE)}.",
     )
 
 
-class DenyPermission(ApiModel):
+class DenyPermission(_Permission):
     """Object privileges removed from what allow rules grant on the matching objects."""
 
-    match: ObjectMatch = Field(description="Objects the privileges apply to.")
+    model_config = {"json_schema_extra": validations(*_kind_rules())}
+
     privileges: list[DeniedPrivilege] = Field(
         min_length=1,
         max_length=16,
-        description=f"Privileges to remove: {_PRIVILEGE_LIST} (case-insensitive), or * for all.",
+        description="Privileges to remove (case-insensitive), those the kind takes, or * for all.",
     )
 
 

@@ -1,26 +1,43 @@
-"""Object privileges: which privileges a session gets on which tables.
+"""Object privileges: which privileges a session gets on which database objects.
 
 The rules come from the ``permissions`` sections of the Roles that apply to a session; the objects
 come from the session's database. This module only computes; the engine reads the catalog and
 issues the GRANTs. Semantics follow Teleport's database permissions (teleport-behaviour.md §3):
-privileges are compared upper-cased and trimmed, an unknown privilege is an error, ``*`` in a deny
-rule clears everything, rules for kinds other than tables are ignored for now, and the system
-schemas never match, whatever the glob (Teleport's catch-all import rule granted on
-``pg_catalog``; pgjit cannot).
+privileges are compared upper-cased and trimmed, an unknown privilege (or one the object kind does
+not take) is an error, ``*`` in a deny rule clears everything, and the system schemas never match,
+whatever the glob (Teleport's catch-all import rule granted on ``pg_catalog``; pgjit cannot).
+
+Object kinds (``api.role.KIND_PRIVILEGES`` says which privileges each takes): tables, views,
+materialized views and sequences by schema and name; functions and procedures by schema and name,
+every signature of that name; schemas and the session's database by name alone. Objects inside a
+schema also need USAGE on it to be usable (Teleport #51851): that USAGE is implied.
 """
 
 from __future__ import annotations
 
 import hashlib
 from collections import Counter
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
-from typing import Iterable, Mapping
 
+from ..api.role import KIND_PRIVILEGES, TABLE_PRIVILEGES, ObjectKind, UNQUALIFIED_KINDS
 from .globs import glob_matches
 
-TABLE_PRIVILEGES = ("SELECT", "INSERT", "UPDATE", "DELETE", "TRUNCATE", "REFERENCES", "TRIGGER")
+__all__ = ["ALL", "KIND_PRIVILEGES", "TABLE_PRIVILEGES", "ObjectKind", "SYSTEM_SCHEMAS", "DbObject",
+           "PermissionError_", "PermissionRule", "PermissionRules", "normalize_privilege",
+           "resolve_privileges", "resolve_table_privileges", "implied_schema_usage",
+           "schemas_of", "summarize", "summarize_objects"]
+
 ALL = "*"
 SYSTEM_SCHEMAS = frozenset({"pg_catalog", "information_schema", "pg_toast"})
+
+#: Plural nouns for the status summary, per kind.
+_NOUNS = {ObjectKind.TABLE: ("table", "tables"), ObjectKind.VIEW: ("view", "views"),
+          ObjectKind.MATERIALIZED_VIEW: ("materialized view", "materialized views"),
+          ObjectKind.SEQUENCE: ("sequence", "sequences"),
+          ObjectKind.FUNCTION: ("function", "functions"),
+          ObjectKind.PROCEDURE: ("procedure", "procedures"),
+          ObjectKind.SCHEMA: ("schema", "schemas"), ObjectKind.DATABASE: ("database", "databases")}
 
 
 class PermissionError_(ValueError):
@@ -32,17 +49,45 @@ def is_system_schema(schema: str) -> bool:
             or schema.startswith("pg_toast_temp_"))
 
 
-def normalize_privilege(raw: str, *, allow_all: bool) -> str:
+def _kind(kind: str) -> ObjectKind:
+    try:
+        return ObjectKind(kind)
+    except ValueError:
+        raise PermissionError_(f'unknown object kind "{kind}" (use one of '
+                               f"{', '.join(k.value for k in ObjectKind)})") from None
+
+
+def normalize_privilege(raw: str, *, allow_all: bool, kind: str = "table") -> str:
     """Upper-cased, trimmed privilege name; ``*`` only where ``allow_all``."""
     name = raw.strip().upper()
     if name == ALL and allow_all:
         return ALL
-    if name not in TABLE_PRIVILEGES:
+    allowed = KIND_PRIVILEGES[_kind(kind)]
+    if name not in allowed:
         raise PermissionError_(
-            f'unrecognized "table" PostgreSQL privilege: "{raw}" '
-            f"(use one of {', '.join(TABLE_PRIVILEGES)}" + (", or * in deny rules)" if not allow_all
-                                                             else " or *)"))
+            f'unrecognized "{kind}" PostgreSQL privilege: "{raw}" '
+            f"(use one of {', '.join(allowed)}" + (", or * in deny rules)" if not allow_all
+                                                    else " or *)"))
     return name
+
+
+@dataclass(frozen=True, order=True)
+class DbObject:
+    """One object in the session's database. ``args`` are a function's or procedure's argument
+    types as (schema, type name) pairs: the signature that GRANT needs. Schemas and the database
+    have ``schema`` "" and their own name in ``name``."""
+
+    kind: str
+    schema: str
+    name: str
+    args: tuple[tuple[str, str], ...] = ()
+
+    def describe(self) -> str:
+        if self.kind in UNQUALIFIED_KINDS:
+            return f"{self.kind} {self.name}"
+        signature = (f"({', '.join(t for _, t in self.args)})"
+                     if self.kind in (ObjectKind.FUNCTION, ObjectKind.PROCEDURE) else "")
+        return f"{self.kind} {self.schema}.{self.name}{signature}"
 
 
 @dataclass(frozen=True)
@@ -52,7 +97,13 @@ class ObjectMatch:
     name: str
 
     def matches(self, kind: str, schema: str, name: str) -> bool:
-        if kind != self.object_kind or is_system_schema(schema):
+        if kind != self.object_kind:
+            return False
+        if kind == ObjectKind.DATABASE:
+            return glob_matches(self.name, name)
+        if kind == ObjectKind.SCHEMA:
+            return not is_system_schema(name) and glob_matches(self.name, name)
+        if is_system_schema(schema):
             return False
         return glob_matches(self.schema, schema) and glob_matches(self.name, name)
 
@@ -65,10 +116,12 @@ class PermissionRule:
     @classmethod
     def build(cls, object_kind: str, schema: str, name: str, privileges: Iterable[str],
               *, deny: bool) -> "PermissionRule":
-        privs = frozenset(normalize_privilege(p, allow_all=deny) for p in privileges)
+        kind = _kind(object_kind)
+        privs = frozenset(normalize_privilege(p, allow_all=deny, kind=kind) for p in privileges)
         if not privs:
             raise PermissionError_("a permission rule needs at least one privilege")
-        return cls(ObjectMatch(object_kind, schema, name), privs)
+        return cls(ObjectMatch(kind.value, "*" if kind in UNQUALIFIED_KINDS else schema, name),
+                   privs)
 
 
 @dataclass(frozen=True)
@@ -83,6 +136,11 @@ class PermissionRules:
 
     def __bool__(self) -> bool:
         return bool(self.allow)
+
+    @property
+    def kinds(self) -> frozenset[str]:
+        """The object kinds the allow rules name: the catalog need not be read for others."""
+        return frozenset(rule.match.object_kind for rule in self.allow)
 
     def digest(self) -> str:
         """A short fingerprint of the rules: equal rules, equal digest, in any order."""
@@ -99,28 +157,56 @@ class PermissionRules:
         return self.schemas is None or any(glob_matches(g, schema) for g in self.schemas)
 
 
-TableKey = tuple[str, str]  # (schema, table)
+def resolve_privileges(objects: Iterable[DbObject], rules: PermissionRules
+                       ) -> dict[DbObject, frozenset[str]]:
+    """Privileges per object after allow and deny; objects that end up with none are left out.
 
-
-def resolve_table_privileges(tables: Iterable[TableKey], rules: PermissionRules
-                             ) -> dict[TableKey, frozenset[str]]:
-    """Privileges per table after allow and deny; tables that end up with none are left out."""
-    result: dict[TableKey, frozenset[str]] = {}
-    for schema, table in tables:
-        if not rules.bounds_schema(schema):
+    The Database's schema bound applies to schemas themselves and to what is inside them; the
+    session's database is not in a schema.
+    """
+    result: dict[DbObject, frozenset[str]] = {}
+    for obj in objects:
+        in_schema = obj.name if obj.kind == ObjectKind.SCHEMA else obj.schema
+        if obj.kind != ObjectKind.DATABASE and not rules.bounds_schema(in_schema):
             continue
         granted: set[str] = set()
         for rule in rules.allow:
-            if rule.match.matches("table", schema, table):
+            if rule.match.matches(obj.kind, obj.schema, obj.name):
                 granted |= rule.privileges
         for rule in rules.deny:
-            if granted and rule.match.matches("table", schema, table):
+            if granted and rule.match.matches(obj.kind, obj.schema, obj.name):
                 if ALL in rule.privileges:
                     granted.clear()
                 else:
                     granted -= rule.privileges
         if granted:
-            result[(schema, table)] = frozenset(granted)
+            result[obj] = frozenset(granted)
+    return result
+
+
+TableKey = tuple[str, str]  # (schema, table)
+
+
+def resolve_table_privileges(tables: Iterable[TableKey], rules: PermissionRules
+                             ) -> dict[TableKey, frozenset[str]]:
+    """``resolve_privileges`` for tables given as (schema, table) pairs."""
+    resolved = resolve_privileges((DbObject(ObjectKind.TABLE.value, s, t) for s, t in tables),
+                                  rules)
+    return {(obj.schema, obj.name): privileges for obj, privileges in resolved.items()}
+
+
+def implied_schema_usage(grants: Mapping[DbObject, frozenset[str]]) -> frozenset[str]:
+    """Schemas that need USAGE for the grants on objects inside them to be usable."""
+    return frozenset(obj.schema for obj in grants if obj.kind not in UNQUALIFIED_KINDS)
+
+
+def with_implied_usage(grants: Mapping[DbObject, frozenset[str]]
+                       ) -> dict[DbObject, frozenset[str]]:
+    """The grants plus USAGE on each schema that holds a granted object."""
+    result = dict(grants)
+    for schema in implied_schema_usage(grants):
+        key = DbObject(ObjectKind.SCHEMA.value, "", schema)
+        result[key] = result.get(key, frozenset()) | {"USAGE"}
     return result
 
 
@@ -129,14 +215,22 @@ def schemas_of(grants: Mapping[TableKey, frozenset[str]]) -> frozenset[str]:
     return frozenset(schema for schema, _ in grants)
 
 
-def summarize(grants: Mapping[TableKey, frozenset[str]]) -> str:
-    """Human summary for status, e.g. ``SELECT on 12 tables, INSERT on 1 table``."""
+def summarize_objects(grants: Mapping[DbObject, frozenset[str]]) -> str:
+    """Human summary for status, e.g. ``SELECT on 12 tables, EXECUTE on 3 functions``."""
     if not grants:
         return "no object privileges"
-    counts = Counter(p for privs in grants.values() for p in privs)
+    counts = Counter((obj.kind, p) for obj, privs in grants.items() for p in privs)
     parts = []
-    for privilege in TABLE_PRIVILEGES:
-        n = counts.get(privilege)
-        if n:
-            parts.append(f"{privilege} on {n} table{'s' if n != 1 else ''}")
+    for kind, privileges in KIND_PRIVILEGES.items():
+        singular, plural = _NOUNS[kind]
+        for privilege in privileges:
+            n = counts.get((kind.value, privilege))
+            if n:
+                parts.append(f"{privilege} on {n} {singular if n == 1 else plural}")
     return ", ".join(parts)
+
+
+def summarize(grants: Mapping[TableKey, frozenset[str]]) -> str:
+    """``summarize_objects`` for table grants keyed by (schema, table)."""
+    return summarize_objects({DbObject(ObjectKind.TABLE.value, s, t): privs
+                              for (s, t), privs in grants.items()})

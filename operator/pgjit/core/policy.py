@@ -42,17 +42,19 @@ from ..api.database import Database
 from ..api.role import (
     AllowPermission,
     DenyPermission,
+    ObjectKind,
     Role,
     RoleAllow,
     RoleDeny,
     SubjectKind,
+    UNQUALIFIED_KINDS,
     UserProvisioning,
     parse_template,
 )
 from ..api.session import DatabaseSessionSpec
 from .boundaries import pattern_within, within
 from .globs import glob_matches
-from .permissions import ALL, TABLE_PRIVILEGES, PermissionError_, PermissionRule, PermissionRules
+from .permissions import ALL, KIND_PRIVILEGES, PermissionError_, PermissionRule, PermissionRules
 
 REASON_ALLOWED = "Allowed"
 REASON_ACCESS_DENIED = "AccessDenied"
@@ -233,9 +235,12 @@ def describe_rule(rule: PermissionRule) -> str:
     privileges = (
         "ALL (*)"
         if ALL in rule.privileges
-        else ", ".join(p for p in TABLE_PRIVILEGES if p in rule.privileges)
+        else ", ".join(p for p in KIND_PRIVILEGES[ObjectKind(rule.match.object_kind)]
+                       if p in rule.privileges)
     )
     match = rule.match
+    if ObjectKind(match.object_kind) in UNQUALIFIED_KINDS:
+        return f"{privileges} on {match.object_kind} {match.name}"
     return f"{privileges} on {match.object_kind} {match.schema}.{match.name}"
 
 

@@ -13,11 +13,17 @@ from collections import defaultdict
 from datetime import datetime, timezone
 
 from ..core.leases import Ledger
-from ..core.permissions import (TABLE_PRIVILEGES, PermissionRules, TableKey,
-                                resolve_table_privileges, schemas_of, summarize)
+from ..core.permissions import (KIND_PRIVILEGES, DbObject, ObjectKind, PermissionRules,
+                                resolve_privileges, summarize_objects, with_implied_usage)
 from . import statements as S
 from .errors import ROLES_CHANGED, EngineError
 from .users import Batch, lock_key
+
+Held = dict[DbObject, frozenset[str]]
+
+
+def _object(kind: str, schema: str, name: str, args) -> DbObject:
+    return DbObject(kind, schema, name, tuple(tuple(arg) for arg in args or ()))
 
 
 class ObjectGrants:
@@ -25,35 +31,37 @@ class ObjectGrants:
         self.conns = conns
         self.stats = stats
 
-    async def _read(self, conn, name: str, database: str):
+    async def _read(self, conn, name: str, database: str, kinds: frozenset[str] = frozenset()
+                    ) -> tuple[Ledger, list[DbObject], Held]:
         async with conn.pipeline():
             await conn.execute("BEGIN")
             await conn.execute(S.ADVISORY_LOCK, [lock_key(database + "\x00" + name)])
             comment = await conn.execute(S.ROLE_COMMENT, [name])
-            tables = await conn.execute(S.TABLES)
-            held = await conn.execute(S.HELD_TABLE_PRIVILEGES, {"name": name})
-            usage = await conn.execute(S.HELD_SCHEMA_USAGE, {"name": name})
+            objects = await conn.execute(S.OBJECTS, {"kinds": sorted(kinds)})
+            held = await conn.execute(S.HELD_PRIVILEGES, {"name": name})
             row = await comment.fetchone()
-            table_rows = await tables.fetchall()
+            object_rows = await objects.fetchall()
             held_rows = await held.fetchall()
-            usage_rows = await usage.fetchall()
         self.stats.round_trips += 1
-        current: dict[TableKey, set[str]] = defaultdict(set)
-        for schema, table, privilege in held_rows:
-            current[(schema, table)].add(privilege)
-        return (Ledger.parse(row[0] if row else None), table_rows,
-                {k: frozenset(v) for k, v in current.items()}, {r[0] for r in usage_rows})
+        current: dict[DbObject, set[str]] = defaultdict(set)
+        for kind, schema, obj, args, privilege in held_rows:
+            current[_object(kind, schema, obj, args)].add(privilege)
+        return (Ledger.parse(row[0] if row else None),
+                [_object(*r) for r in object_rows],
+                {k: frozenset(v) for k, v in current.items()})
 
     async def apply(self, name: str, database: str, rules: PermissionRules,
                     session_id: str) -> tuple[str, tuple[str, ...]]:
-        """Make the user's privileges in ``database`` exactly what ``rules`` resolve to.
+        """Make the user's privileges in ``database`` exactly what ``rules`` resolve to, with
+        USAGE on the schemas of the objects.
 
         Returns the summary for status and what was removed that no lease granted (drift).
         """
         async with self.conns.connection(database) as conn:
             try:
-                ledger, tables, current, usage = await self._read(conn, name, database)
-                desired = resolve_table_privileges(((s, t) for s, t in tables), rules)
+                ledger, objects, current = await self._read(conn, name, database, rules.kinds)
+                granted = resolve_privileges(objects, rules)
+                desired = with_implied_usage(granted)
                 now = datetime.now(timezone.utc)
                 sharing = [lease for lease in ledger.live(now, excluding=session_id)
                            if lease.database == database and lease.has_permissions]
@@ -68,64 +76,63 @@ class ObjectGrants:
                         "request the same access, then retry"))
                 # Alone, or sharing the same rules: the catalog is made to match the rules, so
                 # whatever was granted out of band is stripped here too.
-                batch = Batch()
-                drift: list[str] = []
-                held = dict(current)
-                for (schema, table), privileges in sorted(current.items()):
-                    extra = privileges - desired.get((schema, table), frozenset())
-                    if not extra:
-                        continue
-                    drift.append(f"{', '.join(sorted(extra))} on {schema}.{table}")
-                    if extra <= set(TABLE_PRIVILEGES):
-                        batch.add(S.revoke_on_table(extra, schema, table, name))
-                    else:
-                        # A privilege pgjit never grants (MAINTAIN, or one on a view): all of it
-                        # goes, and what the rules give is granted afresh below.
-                        batch.add(S.revoke_all_on_table(schema, table, name))
-                        held[(schema, table)] = frozenset()
-                for (schema, table), privileges in sorted(desired.items()):
-                    missing = privileges - held.get((schema, table), frozenset())
-                    if missing:
-                        batch.add(S.grant_on_table(missing, schema, table, name))
-                needed = schemas_of(desired)
-                for schema in sorted(needed - usage):
-                    batch.add(S.grant_schema_usage(schema, name))
-                for schema in sorted(usage - needed):
-                    batch.add(S.revoke_schema_usage(schema, name))
-                    drift.append(f"USAGE on schema {schema}")
+                batch, drift = _reconcile(name, current, desired)
                 async with conn.pipeline():
                     for statement, params in batch.statements:
                         await conn.execute(statement, params)
                     await conn.execute("COMMIT")
                 self.stats.round_trips += 1
-                return summarize(desired), tuple(drift)
+                return summarize_objects(granted), tuple(drift)
             except BaseException:
                 await _rollback(conn)
                 raise
 
     async def revoke(self, name: str, database: str) -> None:
-        """Remove every table privilege and schema USAGE the user holds in ``database``.
+        """Remove every privilege the user holds in ``database``: on its objects, its schemas and
+        the database itself.
 
         Skipped while another live session of the user still uses permissions there.
         """
         async with self.conns.connection(database) as conn:
             try:
-                ledger, _tables, current, usage = await self._read(conn, name, database)
+                ledger, _objects, current = await self._read(conn, name, database)
                 now = datetime.now(timezone.utc)
                 if any(lease.database == database and lease.has_permissions
                        for lease in ledger.live(now)):
                     await conn.execute("COMMIT")
                     return
                 async with conn.pipeline():
-                    for schema, table in sorted(current):
-                        await conn.execute(S.revoke_all_on_table(schema, table, name))
-                    for schema in sorted(usage):
-                        await conn.execute(S.revoke_schema_usage(schema, name))
+                    for obj in sorted(current):
+                        await conn.execute(S.revoke_all_on(obj, name))
                     await conn.execute("COMMIT")
                 self.stats.round_trips += 1
             except BaseException:
                 await _rollback(conn)
                 raise
+
+
+def _reconcile(name: str, current: Held, desired: Held) -> tuple[Batch, list[str]]:
+    """The REVOKEs and GRANTs that turn ``current`` into ``desired``, and what was removed."""
+    batch = Batch()
+    drift: list[str] = []
+    held = dict(current)
+    for obj, privileges in sorted(current.items()):
+        extra = privileges - desired.get(obj, frozenset())
+        if not extra:
+            continue
+        drift.append(f"{', '.join(sorted(extra))} on {obj.describe()}")
+        if extra <= set(KIND_PRIVILEGES[ObjectKind(obj.kind)]):
+            batch.add(S.revoke_on(obj, extra, name))
+        else:
+            # A privilege the kind does not list (MAINTAIN on 17+, a table privilege held on
+            # a view): all of it goes, and what the rules give is granted afresh below.
+            batch.add(S.revoke_all_on(obj, name))
+            held[obj] = frozenset()
+    for obj, privileges in sorted(desired.items()):
+        missing = privileges - held.get(obj, frozenset())
+        if missing:
+            batch.add(S.grant_on(obj, missing, name))
+    return batch, drift
 
 
 async def _rollback(conn) -> None:

@@ -15,7 +15,7 @@ from datetime import datetime, timezone
 
 from psycopg import sql
 
-from ..core.permissions import TABLE_PRIVILEGES
+from ..core.permissions import KIND_PRIVILEGES, DbObject, ObjectKind
 
 Q = sql.SQL
 ID = sql.Identifier
@@ -129,30 +129,58 @@ SELECT coalesce(d.datname, '(shared objects)') AS database,
  GROUP BY 1, 2 ORDER BY 1, 2
 """)
 
-# Relations the permissions rules can match (tables and partitioned tables), outside the
-# system schemas.
-TABLES = Q("""
-SELECT n.nspname::text, c.relname::text
+# Every object a permission can match, by kind, outside the system schemas. Functions and
+# procedures come with their argument types as (schema, name) pairs, so that GRANT can name
+# each signature through identifiers alone. Only the kinds the rules name are read.
+_NOT_SYSTEM = """n.nspname NOT IN ('pg_catalog', 'information_schema', 'pg_toast')
+   AND left(n.nspname, 8) <> 'pg_temp_' AND left(n.nspname, 14) <> 'pg_toast_temp_'"""
+_RELATION_KIND = """CASE c.relkind WHEN 'v' THEN 'view' WHEN 'm' THEN 'materializedView'
+       WHEN 'S' THEN 'sequence' ELSE 'table' END"""
+_ARGUMENT_TYPES = """ARRAY(SELECT ARRAY[tn.nspname::text, t.typname::text]
+         FROM unnest(p.proargtypes::oid[]) WITH ORDINALITY AS a(oid, i)
+         JOIN pg_type t ON t.oid = a.oid JOIN pg_namespace tn ON tn.oid = t.typnamespace
+        ORDER BY a.i)"""
+OBJECTS = Q(f"""
+SELECT {_RELATION_KIND}, n.nspname::text, c.relname::text, '{{}}'::text[]
   FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace
- WHERE c.relkind IN ('r', 'p')
-   AND n.nspname NOT IN ('pg_catalog', 'information_schema', 'pg_toast')
-   AND left(n.nspname, 8) <> 'pg_temp_' AND left(n.nspname, 14) <> 'pg_toast_temp_'
+ WHERE c.relkind IN ('r', 'p', 'v', 'm', 'S') AND {_NOT_SYSTEM}
+   AND {_RELATION_KIND} = ANY(%(kinds)s::text[])
+UNION ALL
+SELECT CASE p.prokind WHEN 'p' THEN 'procedure' ELSE 'function' END, n.nspname::text,
+       p.proname::text, {_ARGUMENT_TYPES}
+  FROM pg_proc p JOIN pg_namespace n ON n.oid = p.pronamespace
+ WHERE p.prokind IN ('f', 'p') AND {_NOT_SYSTEM}
+   AND CASE p.prokind WHEN 'p' THEN 'procedure' ELSE 'function' END = ANY(%(kinds)s::text[])
+UNION ALL
+SELECT 'schema', '', n.nspname::text, '{{}}'::text[] FROM pg_namespace n
+ WHERE {_NOT_SYSTEM} AND 'schema' = ANY(%(kinds)s::text[])
+UNION ALL
+SELECT 'database', '', current_database()::text, '{{}}'::text[]
+ WHERE 'database' = ANY(%(kinds)s::text[])
 """)
 
-# Privileges the user holds, read from the ACLs themselves rather than
-# information_schema.table_privileges, which filters by grantor (Teleport #51681).
-HELD_TABLE_PRIVILEGES = Q("""
-SELECT n.nspname::text, c.relname::text, a.privilege_type::text
+# Privileges the user holds on any object of the session's database, read from the ACLs
+# themselves rather than information_schema, which filters by grantor (Teleport #51681).
+HELD_PRIVILEGES = Q(f"""
+WITH me AS (SELECT oid FROM pg_roles WHERE rolname = %(name)s)
+SELECT {_RELATION_KIND}, n.nspname::text, c.relname::text, '{{}}'::text[], a.privilege_type::text
   FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace
  CROSS JOIN LATERAL aclexplode(c.relacl) a
- WHERE a.grantee = (SELECT oid FROM pg_roles WHERE rolname = %(name)s)
-   AND c.relkind IN ('r', 'p', 'v', 'm', 'f')
-""")
-HELD_SCHEMA_USAGE = Q("""
-SELECT n.nspname::text
+ WHERE a.grantee = (SELECT oid FROM me) AND c.relkind IN ('r', 'p', 'v', 'm', 'f', 'S')
+UNION ALL
+SELECT CASE p.prokind WHEN 'p' THEN 'procedure' ELSE 'function' END, n.nspname::text,
+       p.proname::text, {_ARGUMENT_TYPES}, a.privilege_type::text
+  FROM pg_proc p JOIN pg_namespace n ON n.oid = p.pronamespace
+ CROSS JOIN LATERAL aclexplode(p.proacl) a
+ WHERE a.grantee = (SELECT oid FROM me) AND p.prokind IN ('f', 'p')
+UNION ALL
+SELECT 'schema', '', n.nspname::text, '{{}}'::text[], a.privilege_type::text
   FROM pg_namespace n CROSS JOIN LATERAL aclexplode(n.nspacl) a
- WHERE a.grantee = (SELECT oid FROM pg_roles WHERE rolname = %(name)s)
-   AND a.privilege_type = 'USAGE'
+ WHERE a.grantee = (SELECT oid FROM me)
+UNION ALL
+SELECT 'database', '', d.datname::text, '{{}}'::text[], a.privilege_type::text
+  FROM pg_database d CROSS JOIN LATERAL aclexplode(d.datacl) a
+ WHERE d.datname = current_database() AND a.grantee = (SELECT oid FROM me)
 """)
 ROLE_COMMENT = Q("SELECT shobj_description(oid, 'pg_authid') FROM pg_roles WHERE rolname = %s")
 
@@ -214,30 +242,36 @@ def drop_role(name: str) -> sql.Composed:
     return Q("DROP ROLE IF EXISTS {}").format(ID(name))
 
 
-def _privilege_list(privileges) -> sql.Composable:
-    checked = [p for p in TABLE_PRIVILEGES if p in set(privileges)]
+def _on(obj: DbObject) -> sql.Composable:
+    """``TABLE s.t``, ``FUNCTION s.f(pg_catalog.int4)``, ``SCHEMA s``: the object clause."""
+    kind = ObjectKind(obj.kind)
+    if kind in (ObjectKind.TABLE, ObjectKind.VIEW, ObjectKind.MATERIALIZED_VIEW):
+        return Q("TABLE {}").format(ID(obj.schema, obj.name))
+    if kind is ObjectKind.SEQUENCE:
+        return Q("SEQUENCE {}").format(ID(obj.schema, obj.name))
+    if kind in (ObjectKind.FUNCTION, ObjectKind.PROCEDURE):
+        return Q("{} {}({})").format(Q(kind.value.upper()), ID(obj.schema, obj.name),
+                                     Q(", ").join(ID(*arg) for arg in obj.args))
+    return Q("{} {}").format(Q(kind.value.upper()), ID(obj.name))
+
+
+def _privilege_list(kind: str, privileges) -> sql.Composable:
+    allowed = KIND_PRIVILEGES[ObjectKind(kind)]
+    checked = [p for p in allowed if p in set(privileges)]
     if len(checked) != len(set(privileges)):
-        raise ValueError(f"not table privileges: {sorted(set(privileges) - set(checked))}")
+        raise ValueError(f"not {kind} privileges: {sorted(set(privileges) - set(checked))}")
     return Q(", ").join(Q(p) for p in checked)
 
 
-def grant_on_table(privileges, schema: str, table: str, name: str) -> sql.Composed:
-    return Q("GRANT {} ON TABLE {} TO {}").format(_privilege_list(privileges),
-                                                  ID(schema, table), ID(name))
+def grant_on(obj: DbObject, privileges, name: str) -> sql.Composed:
+    return Q("GRANT {} ON {} TO {}").format(_privilege_list(obj.kind, privileges), _on(obj),
+                                            ID(name))
 
 
-def revoke_on_table(privileges, schema: str, table: str, name: str) -> sql.Composed:
-    return Q("REVOKE {} ON TABLE {} FROM {}").format(_privilege_list(privileges),
-                                                     ID(schema, table), ID(name))
+def revoke_on(obj: DbObject, privileges, name: str) -> sql.Composed:
+    return Q("REVOKE {} ON {} FROM {}").format(_privilege_list(obj.kind, privileges), _on(obj),
+                                               ID(name))
 
 
-def revoke_all_on_table(schema: str, table: str, name: str) -> sql.Composed:
-    return Q("REVOKE ALL ON TABLE {} FROM {}").format(ID(schema, table), ID(name))
-
-
-def grant_schema_usage(schema: str, name: str) -> sql.Composed:
-    return Q("GRANT USAGE ON SCHEMA {} TO {}").format(ID(schema), ID(name))
-
-
-def revoke_schema_usage(schema: str, name: str) -> sql.Composed:
-    return Q("REVOKE USAGE ON SCHEMA {} FROM {}").format(ID(schema), ID(name))
+def revoke_all_on(obj: DbObject, name: str) -> sql.Composed:
+    return Q("REVOKE ALL ON {} FROM {}").format(_on(obj), ID(name))
