@@ -154,3 +154,16 @@ def test_exact_name_opt_in_exempts_the_role_but_never_the_operators_own():
         '"helper" is a member of "pgjit_admin", which is the admin role pgjit logs in as',
         '"mine" is the managed role, pgjit\'s ownership marker (its members are pgjit\'s users)']
     assert refusals(paths[:2], ("files", "helper")) == []
+
+
+def test_the_reassign_mode_needs_an_objects_inheritor():
+    reassigning = Role.model_validate({"metadata": {"name": "r"}, "spec": {
+        "subjects": [{"kind": "User", "name": "alice"}],
+        "userProvisioning": "best_effort_reassign_and_drop",
+        "allow": {"databaseSelector": {}, "databaseNames": ["*"], "databaseRoles": ["x"]}}})
+    refused = ask(database(), reassigning)
+    assert not refused.allowed and refused.reason == "ObjectsInheritorMissing"
+    assert "spec.objectsInheritor" in refused.message
+    allowed = ask(database(objectsInheritor="team-objects"), reassigning, role("k",
+                  databaseRoles=["x"]))
+    assert allowed.allowed and str(allowed.mode) == "best_effort_reassign_and_drop"

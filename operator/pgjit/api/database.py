@@ -285,6 +285,12 @@ class DatabaseSpec(ApiModel):
         default=True,
         description="End the user's live connections when its last session ends (default true).",
     )
+    objects_inheritor: PgIdentifier | None = Field(
+        default=None,
+        description="Role that receives what a user created (REASSIGN OWNED) before the user is"
+        " dropped, in every database where it owns objects; required by userProvisioning"
+        " best_effort_reassign_and_drop. The admin must be able to act for it.",
+    )
     grantable_roles: list[NameGlob] | None = Field(
         default=None,
         max_length=256,

@@ -63,10 +63,13 @@ class UserProvisioning(enum.StrEnum):
     OFF = "off"
     KEEP = "keep"
     BEST_EFFORT_DROP = "best_effort_drop"
+    #: Hand what the user owns to the Database's objectsInheritor, then drop it.
+    BEST_EFFORT_REASSIGN_AND_DROP = "best_effort_reassign_and_drop"
 
     @property
     def rank(self) -> int:
-        """Order for picking the effective mode among Roles: off < keep < best_effort_drop."""
+        """Order for picking the effective mode among Roles: off < keep < best_effort_drop <
+        best_effort_reassign_and_drop."""
         return list(UserProvisioning).index(self)
 
 

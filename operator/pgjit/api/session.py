@@ -118,6 +118,13 @@ class DatabaseSessionSpec(ApiModel):
     )
 
 
+class Reassigned(ApiModel):
+    """Objects handed to the Database's objectsInheritor in one database."""
+
+    database: str = Field(max_length=63, description="The database.")
+    objects: int = Field(ge=0, description="How many objects the user owned there.")
+
+
 class Teardown(ApiModel):
     """What was done to the PostgreSQL user when the session ended, and why."""
 
@@ -126,6 +133,12 @@ class Teardown(ApiModel):
         default=None,
         max_length=4096,
         description="Why, e.g. the objects that blocked a drop.",
+    )
+    reassigned: list[Reassigned] | None = Field(
+        default=None,
+        max_length=1024,
+        description="best_effort_reassign_and_drop: what was handed to the objectsInheritor,"
+        " per database.",
     )
 
 

@@ -24,7 +24,11 @@ LEDGER_VERSION = 1
 MODE_OFF = "off"
 MODE_KEEP = "keep"
 MODE_DROP = "best_effort_drop"
-MODES = (MODE_OFF, MODE_KEEP, MODE_DROP)
+#: Drop, after handing what the user owns to the Database's objectsInheritor.
+MODE_REASSIGN = "best_effort_reassign_and_drop"
+MODES = (MODE_OFF, MODE_KEEP, MODE_DROP, MODE_REASSIGN)
+#: Modes that end with DROP ROLE.
+DROPPING_MODES = (MODE_DROP, MODE_REASSIGN)
 
 
 @dataclass(frozen=True)

@@ -61,6 +61,7 @@ REASON_ACCESS_DENIED = "AccessDenied"
 REASON_PROVISIONING_DISABLED = "ProvisioningDisabled"
 REASON_INVALID_ROLE = "InvalidRole"
 REASON_CONFLICTING_GRANTS = "ConflictingGrants"
+REASON_NO_INHERITOR = "ObjectsInheritorMissing"
 
 #: What a session lasts when it does not say (the DatabaseSession default).
 DEFAULT_SESSION_DURATION = timedelta(hours=1)
@@ -606,6 +607,18 @@ def _outside_bound(database: Database, roles: Sequence[str], rules: PermissionRu
     return None
 
 
+def _needs_inheritor(database: Database, mode: UserProvisioning) -> _Refusal | None:
+    if mode is not UserProvisioning.BEST_EFFORT_REASSIGN_AND_DROP or \
+            database.spec.objects_inheritor is not None:
+        return None
+    return _Refusal(
+        REASON_NO_INHERITOR,
+        f"userProvisioning best_effort_reassign_and_drop hands what the user created to the"
+        f" Database's objectsInheritor, and Database {database.metadata.name} names none: set"
+        " spec.objectsInheritor (a role the admin can act for), or use another mode",
+    )
+
+
 def _conflict(roles: Sequence[str], explanations: Sequence[RoleExplanation]) -> _Refusal:
     role_sources = [e.role for e in explanations if e.takes_part and set(e.granted_roles) & set(roles)]
     permission_sources = [e.role for e in explanations if e.takes_part and e.granted_permissions]
@@ -734,6 +747,7 @@ def evaluate(
         or _invalid_role(explanations)
         or _requested_outside(request, allowed_roles)
         or _outside_bound(database, session_roles, rules)
+        or _needs_inheritor(database, _effective_mode(participants))
         or (_conflict(session_roles, explanations) if session_roles and rules else None)
     )
     matched = tuple(e.role for e in participants)

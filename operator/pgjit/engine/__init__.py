@@ -16,7 +16,7 @@ from typing import Awaitable, Callable, Container, Iterable, TypeVar
 
 import psycopg
 
-from ..core.leases import MODE_DROP, MODE_KEEP, MODES
+from ..core.leases import MODE_DROP, MODE_KEEP, MODE_REASSIGN, MODES
 from ..core.naming import postgres_username
 from .config import ServerConfig
 from .connections import AdminConnections
@@ -98,6 +98,7 @@ class Engine:
                     conn, admin_user=self.config.admin_user, managed_role=self.config.managed_role,
                     databases=tuple(databases), roles=tuple(roles),
                     required_roles=self.config.implicit_roles,
+                    objects_inheritor=self.config.objects_inheritor,
                     terminate_connections=terminate_connections)
             finally:
                 await conn.close()
@@ -131,9 +132,11 @@ class Engine:
     # -- sessions ----------------------------------------------------------------------------
 
     def _validate(self, request: ActivationRequest) -> None:
-        if request.mode not in MODES or request.mode not in (MODE_KEEP, MODE_DROP):
+        if request.mode not in MODES or request.mode not in (MODE_KEEP, MODE_DROP,
+                                                             MODE_REASSIGN):
             raise EngineError(INVALID_REQUEST, f'user provisioning mode "{request.mode}" does not '
-                              "create users; use keep or best_effort_drop")
+                              "create users; use keep, best_effort_drop or "
+                              "best_effort_reassign_and_drop")
         if request.roles and request.permissions:
             raise EngineError(INVALID_REQUEST, (
                 "fine-grained database permissions and database roles are mutually exclusive, "

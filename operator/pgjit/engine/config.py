@@ -29,6 +29,8 @@ class ServerConfig:
     #: RDS IAM authentication for the admin: (region, role ARN to assume or None). A token is
     #: signed for every new connection instead of a password.
     aws_iam: tuple[str, str | None] | None = None
+    #: Who receives what a dropped user owned (best_effort_reassign_and_drop).
+    objects_inheritor: str | None = None
 
     def validate(self) -> None:
         """Configuration errors are reported before any database work (edge case 16)."""

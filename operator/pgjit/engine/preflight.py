@@ -56,6 +56,11 @@ SELECT w.name, g.oid IS NOT NULL,
 """)
 
 
+INHERITOR_ACCESS = Q("""
+SELECT pg_has_role(current_user, r.oid, 'USAGE') FROM pg_roles r WHERE r.rolname = %(name)s
+""")
+
+
 def quote_ident(name: str) -> str:
     """Identifier quoting for the *advice text* shown to people, never for executed SQL."""
     return '"' + name.replace('"', '""') + '"'
@@ -131,6 +136,7 @@ class Preflight:
 async def run_preflight(conn, *, admin_user: str, managed_role: str,
                         databases: tuple[str, ...] = (), roles: tuple[str, ...] = (),
                         required_roles: tuple[str, ...] = (),
+                        objects_inheritor: str | None = None,
                         terminate_connections: bool = True) -> Preflight:
     """``roles`` are granted by some Roles (a shortfall refuses only sessions given them);
     ``required_roles`` every session's user gets (RDS IAM: rds_iam), so a shortfall there is
@@ -141,9 +147,12 @@ async def run_preflight(conn, *, admin_user: str, managed_role: str,
         db_cur = await conn.execute(DATABASE_ACCESS, {"names": list(databases)})
         role_cur = await conn.execute(ROLE_ACCESS, {"names": sorted(set(roles)
                                                                     | set(required_roles))})
+        inheritor_cur = await conn.execute(INHERITOR_ACCESS, {"name": objects_inheritor or ""}) \
+            if objects_inheritor else None
         facts = await facts_cur.fetchone()
         db_rows = await db_cur.fetchall()
         role_rows = await role_cur.fetchall()
+        inheritor_row = await inheritor_cur.fetchone() if inheritor_cur is not None else None
     (version, version_num, in_recovery, read_only, superuser, createrole, managed_exists,
      managed_admin, can_signal) = facts
     shortfalls: list[Shortfall] = []
@@ -177,6 +186,16 @@ async def run_preflight(conn, *, admin_user: str, managed_role: str,
     ungrantable = tuple(name for name, exists, grantable in role_rows
                         if exists and not grantable and name not in required)
     role_shortfalls = tuple(_grant_fix(name, admin) for name in ungrantable)
+    if objects_inheritor:
+        # Only sessions in best_effort_reassign_and_drop need it; they fall back to keep.
+        inheritor = quote_ident(objects_inheritor)
+        if inheritor_row is None:
+            role_shortfalls += (Shortfall(f"the objectsInheritor {inheritor} does not exist",
+                                          f"CREATE ROLE {inheritor} NOLOGIN;"),)
+        elif not inheritor_row[0]:
+            role_shortfalls += (Shortfall(
+                f"the admin cannot act for the objectsInheritor {inheritor} (REASSIGN OWNED"
+                " needs its privileges)", f"GRANT {inheritor} TO {admin};"),)
     if terminate_connections and not can_signal:
         shortfalls.append(Shortfall(
             "the admin cannot terminate connections of ended users",

@@ -58,6 +58,8 @@ class Teardown:
     # The lease the sweep ended (a session that no longer exists), so the caller can remove
     # what else that session left behind (its credentials Secret).
     session_id: str | None = None
+    #: best_effort_reassign_and_drop: (database, objects) handed to the objects inheritor.
+    reassigned: tuple[tuple[str, int], ...] = ()
 
 
 @dataclass(frozen=True)

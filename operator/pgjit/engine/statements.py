@@ -185,6 +185,20 @@ SELECT 'database', '', d.datname::text, '{{}}'::text[], a.privilege_type::text
 ROLE_COMMENT = Q("SELECT shobj_description(oid, 'pg_authid') FROM pg_roles WHERE rolname = %s")
 
 
+# What the user owns, per database, from the shared dependency catalog: where REASSIGN OWNED
+# has work to do. Shared objects (dbid 0) are reassigned from any database.
+OWNED_PER_DATABASE = Q("""
+SELECT coalesce(d.datname, %(admin_db)s)::text, count(*)::int
+  FROM pg_shdepend s LEFT JOIN pg_database d ON d.oid = s.dbid
+ WHERE s.refclassid = 'pg_authid'::regclass AND s.deptype = 'o'
+   AND s.refobjid = (SELECT oid FROM pg_roles WHERE rolname = %(name)s)
+ GROUP BY 1 ORDER BY 1
+""")
+# Whether the admin may act for a role as REASSIGN OWNED needs (the privileges of it).
+CAN_ACT_FOR = Q("SELECT pg_has_role(current_user, r.oid, 'USAGE') FROM pg_roles r "
+                "WHERE r.rolname = %s")
+
+
 def valid_until_literal(moment: datetime) -> str:
     return moment.astimezone(timezone.utc).strftime("%Y-%m-%d %H:%M:%S+00")
 
@@ -236,6 +250,26 @@ def revoke_role(role: str, name: str) -> sql.Composed:
 
 def comment_on_role(name: str, text: str) -> sql.Composed:
     return Q("COMMENT ON ROLE {} IS {}").format(ID(name), sql.Literal(text))
+
+
+def act_for(name: str, admin: str, version_num: int) -> sql.Composed:
+    """Make the admin a member with the privileges of ``name`` (REASSIGN OWNED needs them).
+
+    On 16+ the admin already holds ADMIN OPTION on users it created, without INHERIT; a grant of
+    its own with INHERIT TRUE gives it their privileges. The user is locked and about to be
+    dropped, which removes the membership again.
+    """
+    if version_num >= 160000:
+        return Q("GRANT {} TO {} WITH INHERIT TRUE").format(ID(name), ID(admin))
+    return Q("GRANT {} TO {}").format(ID(name), ID(admin))
+
+
+def stop_acting_for(name: str, admin: str) -> sql.Composed:
+    return Q("REVOKE {} FROM {}").format(ID(name), ID(admin))
+
+
+def reassign_owned(name: str, inheritor: str) -> sql.Composed:
+    return Q("REASSIGN OWNED BY {} TO {}").format(ID(name), ID(inheritor))
 
 
 def drop_role(name: str) -> sql.Composed:

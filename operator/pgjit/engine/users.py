@@ -20,7 +20,7 @@ from psycopg import sql
 from ..core.boundaries import (PRIVILEGED_PREDEFINED_ROLES, PrivilegedPath, privileged_path,
                                refusal_message, refusals)
 from ..core.credentials import scram_sha256_verifier
-from ..core.leases import MODE_DROP, MODE_KEEP, Lease, Ledger
+from ..core.leases import DROPPING_MODES, MODE_DROP, MODE_KEEP, MODE_REASSIGN, Lease, Ledger
 from ..core.naming import postgres_username
 from . import statements as S
 from .connections import AdminConnections
@@ -324,7 +324,7 @@ class UserLifecycle:
                     released = Teardown(name, RELEASED, (
                         f"{len(others)} other live session(s) still use this user; "
                         "it stays enabled for them"))
-                elif (mode == MODE_DROP and not state.backends
+                elif (mode in DROPPING_MODES and not state.backends
                         and not (lease is not None and lease.has_permissions)):
                     dropped = await self._drop_at_once(conn, name)
                     if dropped is None:
@@ -342,7 +342,7 @@ class UserLifecycle:
                     # login can start while the rest of the teardown runs.
                     ledger = replace(ledger, leases={}, mode=mode)
                     batch.add(S.disable_login(name))
-                    if mode != MODE_DROP:
+                    if mode not in DROPPING_MODES:
                         for role in sorted(state.memberships):
                             batch.add(S.revoke_role(role, name))
                     batch.add(S.comment_on_role(name, ledger.render()))
@@ -366,8 +366,8 @@ class UserLifecycle:
         terminated = 0
         if terminate_connections:
             terminated = await self._terminate_backends(oid)
-        if mode == MODE_DROP:
-            return await self._drop(name, terminated)
+        if mode in DROPPING_MODES:
+            return await self._drop(name, terminated, reassign=mode == MODE_REASSIGN)
         return Teardown(name, LOCKED, "login disabled and database roles revoked; the user is "
                         "kept with the objects it owns", terminated_backends=terminated)
 
@@ -407,7 +407,75 @@ class UserLifecycle:
                 delay = min(delay * 2, 0.2)
         return terminated
 
-    async def _drop(self, name: str, terminated: int) -> Teardown:
+    async def _drop(self, name: str, terminated: int, *, reassign: bool = False) -> Teardown:
+        """Drop the locked user; with ``reassign``, a drop refused because the user owns objects
+        hands them to the objects inheritor first and tries again. Whatever still blocks the
+        drop then (privileges it holds, a missing inheritor) leaves the user locked, with the
+        reason."""
+        teardown = await self._drop_once(name, terminated, lock_on_refusal=not reassign)
+        if teardown is not None:
+            return teardown
+        reassigned, problem = await self._reassign(name)
+        teardown = await self._drop_once(name, terminated, lock_on_refusal=True)
+        assert teardown is not None
+        if problem:
+            teardown = replace(teardown, reason=f"{teardown.reason}; {problem}")
+        return replace(teardown, reassigned=reassigned)
+
+    async def _reassign(self, name: str) -> tuple[tuple[tuple[str, int], ...], str | None]:
+        """REASSIGN OWNED BY the user TO the objects inheritor in every database where it owns
+        something; never DROP OWNED. Returns what was reassigned and, if it stopped, why."""
+        inheritor = self.config.objects_inheritor
+        if not inheritor:
+            return (), "no objectsInheritor is set on the Database"
+        admin = self.config.admin_user
+        granted = False
+        async with self.conns.connection() as conn:
+            try:
+                state = await self._begin_locked(conn, name)
+                if not state.exists or not state.is_managed or \
+                        state.ledger.live(datetime.now(timezone.utc)):
+                    await self._run(conn, Batch(), commit=True)
+                    return (), None
+                owned = await (await conn.execute(S.OWNED_PER_DATABASE, {
+                    "name": name, "admin_db": self.config.admin_database})).fetchall()
+                row = await (await conn.execute(S.CAN_ACT_FOR, [inheritor])).fetchone()
+                problem = None
+                if row is None:
+                    problem = f'objectsInheritor "{inheritor}" does not exist on the server'
+                elif not row[0]:
+                    problem = (f'the admin cannot act for objectsInheritor "{inheritor}"; run as'
+                               f' a superuser: GRANT "{inheritor}" TO "{admin}";')
+                elif not (await (await conn.execute(S.CAN_ACT_FOR, [name])).fetchone())[0]:
+                    version = int(conn.info.server_version)
+                    await conn.execute(S.act_for(name, admin, version))
+                    granted = True
+                await conn.execute("COMMIT")
+                self.stats.round_trips += 1
+            except BaseException:
+                await self._rollback(conn)
+                raise
+        if problem:
+            return (), problem
+        reassigned: list[tuple[str, int]] = []
+        try:
+            for database, count in owned:
+                try:
+                    async with self.conns.connection(database) as db_conn:
+                        await db_conn.execute(S.reassign_owned(name, inheritor))
+                except psycopg.Error as exc:
+                    return tuple(reassigned), (
+                        f'REASSIGN OWNED in database "{database}" failed: '
+                        f"{exc.diag.message_primary} (SQLSTATE {exc.sqlstate})")
+                reassigned.append((database, count))
+            return tuple(reassigned), None
+        finally:
+            if granted:
+                async with self.conns.connection() as conn:
+                    await conn.execute(S.stop_acting_for(name, admin))
+
+    async def _drop_once(self, name: str, terminated: int, *, lock_on_refusal: bool
+                         ) -> Teardown | None:
         async with self.conns.connection() as conn:
             try:
                 state = await self._begin_locked(conn, name)
@@ -424,6 +492,8 @@ class UserLifecycle:
                         f"the user still has {state.backends} open connection(s); it was "
                         "locked instead of dropped",))
                 if await self._drop_at_once(conn, name) is None:
+                    if not lock_on_refusal:
+                        return None
                     state = await self._begin_locked(conn, name)
                     blockers = await self._drop_blockers(conn, name)
                     return await self._deactivate(conn, name, state, terminated, blockers)
@@ -538,7 +608,7 @@ class UserLifecycle:
 
 def _stronger_mode(requested: str, others: list[Lease], current: str) -> str:
     """The mode recorded for the user: the strongest asked for by a live session."""
-    order = {MODE_KEEP: 1, MODE_DROP: 2}
+    order = {MODE_KEEP: 1, MODE_DROP: 2, MODE_REASSIGN: 3}
     if not others:
         return requested
     return max((requested, current), key=lambda m: order.get(m, 0))

@@ -394,6 +394,9 @@ async def end_lease(body, namespace: str, name: str, uid: str, memo, databases_b
                                           delay=10 if error.transient else 60)
             action = {ABSENT: "Dropped", NOT_MANAGED: "Released"}.get(result.action, result.action)
             teardown = {"action": action, "reason": f"{reason}: {result.reason}"}
+            if result.reassigned:
+                teardown["reassigned"] = [{"database": database, "objects": count}
+                                          for database, count in result.reassigned]
             metrics.POSTGRES_OPERATIONS.labels("end", "success").inc()
         elif status.get("username"):
             raise kopf.TemporaryError(

@@ -56,7 +56,7 @@ async def server_config(kube: Kube, database: Database, namespace: str) -> Serve
             admin_cert_pem=cert, admin_key_pem=key, sslmode=ssl_mode, ca_pem=ca,
             admin_database=spec.admin_database, managed_role=spec.managed_role,
             scram_iterations=spec.credentials.scram_iterations if spec.credentials else 4096,
-            aws_iam=iam,
+            aws_iam=iam, objects_inheritor=spec.objects_inheritor,
             # RDS lets a user log in with a token only as a member of rds_iam.
             implicit_roles=(RDS_IAM_ROLE,) if iam_users else ())
     except (TypeError, ValueError) as exc:
