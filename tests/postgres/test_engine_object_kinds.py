@@ -138,3 +138,35 @@ async def test_deny_removes_one_signature_kind_and_system_schemas_never_match(ki
     assert ("schema scratch", "CREATE") in got
     assert not any(o.startswith(("pg_catalog", "information_schema", "schema pg_"))
                    for o, _ in got), got
+
+
+HOSTILE = """
+CREATE SCHEMA "we""ird; DROP TABLE x --";
+CREATE TYPE "we""ird; DROP TABLE x --"."my type" AS (a int);
+CREATE FUNCTION "we""ird; DROP TABLE x --"."f(); DROP" (v "we""ird; DROP TABLE x --"."my type",
+    n int[]) RETURNS int LANGUAGE sql AS 'SELECT 1';
+CREATE SEQUENCE "we""ird; DROP TABLE x --"."s%s";
+REVOKE EXECUTE ON ALL FUNCTIONS IN SCHEMA "we""ird; DROP TABLE x --" FROM PUBLIC;
+"""
+
+
+async def test_hostile_object_names_are_granted_through_identifiers_only(kit):
+    db = await kit.make_database("hostile")
+    admin = ID(kit.server.admin_user)
+    schema = 'we"ird; DROP TABLE x --'
+    await kit.su(sql.SQL(HOSTILE), dbname=db)
+    await kit.su(sql.SQL("ALTER SCHEMA {s} OWNER TO {a}; ALTER FUNCTION {s}.{f}({s}.{t}, int[])"
+                         " OWNER TO {a}; ALTER SEQUENCE {s}.{q} OWNER TO {a}").format(
+        s=ID(schema), f=ID("f(); DROP"), t=ID("my type"), q=ID("s%s"), a=admin), dbname=db)
+    alice = kit.name("alice")
+    rules = PermissionRules(allow=(rule("function", ["EXECUTE"], schema, "f(); DROP"),
+                                   rule("sequence", ["USAGE"], schema, "s%s")))
+    await kit.engine.activate(kit.request("s1", alice, database=db, permissions=rules))
+    got = await held(kit, db, alice)
+    assert {p for _, p in got} == {"EXECUTE", "USAGE"} and len(got) == 3, got
+    async with await kit.login(alice, kit.passwords["s1"], db) as conn:
+        cur = await conn.execute(sql.SQL("SELECT {}.{}(ROW(1)::{}.{}, ARRAY[1])").format(
+            ID(schema), ID("f(); DROP"), ID(schema), ID("my type")))
+        assert await cur.fetchone() == (1,)
+    await kit.engine.end(alice, "s1", mode="keep")
+    assert await held(kit, db, alice) == set()
