@@ -33,7 +33,7 @@ Reasons (``Decision.reason``, meant for the session's ``Ready`` condition):
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field, replace
 from datetime import datetime, timedelta
 
@@ -789,17 +789,26 @@ def roles_granted_on(database: Database, roles: Iterable[Role]) -> tuple[str, ..
     a session is refused for it. Template entries depend on the requester and are checked when a
     session asks; roles in mode ``off`` are left out, since they never grant.
     """
+    names = {entry for _, allow in _granting_on(database, roles)
+             for entry in allow.database_roles or () if _literal(entry)}
+    return tuple(sorted(names))
+
+
+def _granting_on(database: Database, roles: Iterable[Role]) -> Iterator[tuple[Role, RoleAllow]]:
+    """The Roles whose allow section can grant on ``database`` (selector matches, mode not off),
+    whoever asks."""
     labels = database.metadata.labels or {}
-    names: set[str] = set()
     for role in roles:
         allow = role.spec.allow
-        if allow is None or allow.database_selector is None or \
-                role.spec.user_provisioning == UserProvisioning.OFF or \
-                not allow.database_selector.matches(labels):
-            continue
-        names.update(entry for entry in allow.database_roles or ()
-                     if parse_template(entry) is None and "{" not in entry and "}" not in entry)
-    return tuple(sorted(names))
+        if allow is not None and allow.database_selector is not None and \
+                role.spec.user_provisioning != UserProvisioning.OFF and \
+                allow.database_selector.matches(labels):
+            yield role, allow
+
+
+def _literal(entry: str) -> bool:
+    """A role name as written, not a trait template (whose value depends on the requester)."""
+    return parse_template(entry) is None and "{" not in entry and "}" not in entry
 
 
 @dataclass(frozen=True)
@@ -821,18 +830,11 @@ def bound_violations(database: Database, roles: Iterable[Role]) -> tuple[Violati
     spec = database.spec
     if spec.grantable_roles is None and spec.grantable_schemas is None:
         return ()
-    labels = database.metadata.labels or {}
     found: list[Violation] = []
-    for role in roles:
-        allow = role.spec.allow
-        if allow is None or allow.database_selector is None or \
-                role.spec.user_provisioning == UserProvisioning.OFF or \
-                not allow.database_selector.matches(labels):
-            continue
+    for role, allow in _granting_on(database, roles):
         name = _role_name(role)
         for entry in allow.database_roles or ():
-            if parse_template(entry) is None and "{" not in entry and \
-                    not within(spec.grantable_roles, entry):
+            if _literal(entry) and not within(spec.grantable_roles, entry):
                 found.append(Violation(name, "databaseRole", entry,
                                        "not in spec.grantableRoles"))
         for permission in allow.permissions or ():
