@@ -27,7 +27,8 @@ from pgjit.devstack.postgres import start_postgres
 from pgjit.devstack.stack import prepare_demo_postgres
 
 GROUP, VERSION = "pgjit.dev", "v1alpha1"
-PLURALS = {"Database": "databases", "Role": "roles", "DatabaseSession": "databasesessions"}
+PLURALS = {"Database": "databases", "Role": "roles", "DatabaseSession": "databasesessions",
+           "ObjectLabelRule": "objectlabelrules"}
 SESSION_LABEL = "pgjit.dev/session"
 #: The operator's Database health/sweep interval in tests (production default: 60 s).
 HEALTH_SECONDS = "3"

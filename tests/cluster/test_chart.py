@@ -148,7 +148,7 @@ def test_rendered_crds_equal_the_generator_plus_keep(default_docs) -> None:
 def test_crd_toggles(helm) -> None:
     assert find(helm.render({"crds.install": False}), "CustomResourceDefinition") == []
     unkept = find(helm.render({"crds.keep": False}), "CustomResourceDefinition")
-    assert len(unkept) == 3
+    assert len(unkept) == 4
     assert all("helm.sh/resource-policy" not in (d["metadata"].get("annotations") or {})
                for d in unkept)
 

@@ -192,7 +192,8 @@ def grant(*privileges: str, **match: str) -> dict[str, Any]:
 
 
 def test_crds_are_established(crds: list[str]) -> None:
-    assert sorted(crds) == ["databases.pgjit.dev", "databasesessions.pgjit.dev", "roles.pgjit.dev"]
+    assert sorted(crds) == ["databases.pgjit.dev", "databasesessions.pgjit.dev",
+                            "objectlabelrules.pgjit.dev", "roles.pgjit.dev"]
 
 
 def test_crds_apply_again_without_changes(crds: list[str], control_plane: Any) -> None:

@@ -25,7 +25,7 @@ from pgjit.devstack.lua_runner import Verdict, argocd_health, ensure_lua_runner,
 
 ROOT = find_repo_root()
 SCRIPTS = {kind: ROOT / "charts" / "pgjit" / "argocd" / f"{kind.lower()}.lua"
-           for kind in ("Database", "Role", "DatabaseSession")}
+           for kind in ("Database", "Role", "DatabaseSession", "ObjectLabelRule")}
 RESOURCES = {"Database": "databases.pgjit.dev", "Role": "roles.pgjit.dev",
              "DatabaseSession": "databasesessions.pgjit.dev"}
 

@@ -170,3 +170,35 @@ async def test_hostile_object_names_are_granted_through_identifiers_only(kit):
         assert await cur.fetchone() == (1,)
     await kit.engine.end(alice, "s1", mode="keep")
     assert await held(kit, db, alice) == set()
+
+
+async def test_objects_chosen_by_labels_include_objects_created_after_the_rule(kit):
+    from dataclasses import replace
+
+    from pgjit.api import Database
+    from pgjit.api.common import LabelSelector
+    from pgjit.api.labels import ObjectLabelRule
+    from pgjit.core.object_labels import assignments_for
+
+    db = await app_database(kit)
+    database = Database.model_validate({"metadata": {"name": "d"}, "spec": {
+        "host": "h", "admin": {"username": "a", "passwordSecretRef": {"name": "s"}}}})
+    label_rule = ObjectLabelRule.model_validate({"metadata": {"name": "pii"}, "spec": {
+        "databaseSelector": {}, "rules": [
+            {"match": {"schema": "app", "name": "order*"}, "labels": {"pii": "false"}},
+            {"match": {"objectKind": "view", "schema": "app"}, "labels": {"pii": "false"}}]}})
+    selector = LabelSelector.model_validate({"matchLabels": {"pii": "false"}})
+    rules = replace(PermissionRules(allow=(
+        PermissionRule.build("table", "*", "*", ["SELECT"], deny=False, labels=selector),
+        PermissionRule.build("view", "*", "*", ["SELECT"], deny=False, labels=selector))),
+        object_labels=assignments_for(database, [label_rule]))
+    alice, bob = kit.name("alice"), kit.name("bob")
+    await kit.engine.activate(kit.request("s1", alice, database=db, permissions=rules))
+    assert {o for o, p in await held(kit, db, alice) if p == "SELECT"} == {
+        "app.orders", "app.order_totals"}
+    admin = ID(kit.server.admin_user)
+    await kit.su(sql.SQL("CREATE TABLE app.order_lines(x int); ALTER TABLE app.order_lines "
+                         "OWNER TO {}").format(admin), dbname=db)
+    await kit.engine.activate(kit.request("s2", bob, database=db, permissions=rules))
+    assert {o for o, p in await held(kit, db, bob) if p == "SELECT"} == {
+        "app.orders", "app.order_lines", "app.order_totals"}

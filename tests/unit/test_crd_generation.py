@@ -80,6 +80,7 @@ def test_cli_writes_one_file_per_kind(tmp_path: pathlib.Path) -> None:
     assert sorted(p.name for p in tmp_path.iterdir()) == [
         "databases.pgjit.dev.yaml",
         "databasesessions.pgjit.dev.yaml",
+        "objectlabelrules.pgjit.dev.yaml",
         "roles.pgjit.dev.yaml",
     ]
 

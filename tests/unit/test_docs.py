@@ -32,6 +32,7 @@ import pytest
 import yaml
 
 from pgjit.api import Database, DatabaseSession, Role, SessionPhase
+from pgjit.api.labels import ObjectLabelRule
 from pgjit.api.crd import build_crds
 from pgjit.core import policy
 from pgjit.devstack import stack
@@ -49,7 +50,8 @@ SEED = REPO.parent / "shared" / "seed" / "postgres-automatic-user-provisioning.t
 GUIDE_PAGES = ("index.md", "concepts.md", "quickstart.md", "admin-setup.md", "roles.md",
                "troubleshooting.md", "operations.md")
 
-MODELS = {"Database": Database, "Role": Role, "DatabaseSession": DatabaseSession}
+MODELS = {"Database": Database, "Role": Role, "DatabaseSession": DatabaseSession,
+          "ObjectLabelRule": ObjectLabelRule}
 CRD_SCHEMAS = {crd["spec"]["names"]["kind"]: crd["spec"]["versions"][0]["schema"]["openAPIV3Schema"]
                for crd in build_crds()}
 

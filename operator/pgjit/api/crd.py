@@ -25,10 +25,11 @@ from pgjit import GROUP, VERSION
 
 from .common import KindModel
 from .database import Database
+from .labels import ObjectLabelRule
 from .role import Role
 from .session import DatabaseSession
 
-KINDS: tuple[type[KindModel], ...] = (Database, Role, DatabaseSession)
+KINDS: tuple[type[KindModel], ...] = (Database, Role, DatabaseSession, ObjectLabelRule)
 
 # Keys of a pydantic JSON schema node the CRD keeps as they are.
 _PASSTHROUGH = {

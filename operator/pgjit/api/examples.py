@@ -100,8 +100,22 @@ spec:
   secretName: alice-orders-creds
 """
 
+OBJECT_LABEL_RULE = """\
+apiVersion: pgjit.dev/v1alpha1
+kind: ObjectLabelRule
+metadata: {name: pii}
+spec:
+  databaseSelector: {matchLabels: {team: payments}}
+  rules:
+  - match: {objectKind: table, schema: public, name: "orders*"}
+    labels: {pii: "false"}
+  - match: {objectKind: table, schema: public, name: "customer_*"}
+    labels: {pii: "true"}
+"""
+
 ALL = {
     "Database": DATABASE,
+    "ObjectLabelRule": OBJECT_LABEL_RULE,
     "Database/clientCertificate": DATABASE_CERT_ADMIN,
     "Role": ROLE,
     "DatabaseSession": DATABASE_SESSION,

@@ -296,7 +296,7 @@ def _kind_rules() -> list[dict[str, str]]:
 
 
 class _Permission(ApiModel):
-    match: ObjectMatch = Field(description="Objects the privileges apply to.")
+    match: "PermissionMatch" = Field(description="Objects the privileges apply to.")
 
     @model_validator(mode="after")
     def _privileges_fit_the_kind(self) -> "_Permission":
@@ -306,6 +306,17 @@ class _Permission(ApiModel):
             raise ValueError(f"objectKind {self.match.object_kind} takes only"
                              f" {', '.join(allowed)}, not {', '.join(wrong)}")
         return self
+
+
+class PermissionMatch(ObjectMatch):
+    """Which objects a permission applies to: by kind, schema and name, and optionally by the
+    labels ObjectLabelRules give them."""
+
+    labels: LabelSelector | None = Field(
+        default=None,
+        description="Label selector over object labels (from ObjectLabelRules); with it, an"
+        " object must match the selector as well as kind, schema and name.",
+    )
 
 
 class AllowPermission(_Permission):

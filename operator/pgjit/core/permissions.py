@@ -15,13 +15,19 @@ schema also need USAGE on it to be usable (Teleport #51851): that USAGE is impli
 
 from __future__ import annotations
 
+import functools
 import hashlib
 from collections import Counter
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any
 
+from ..api.common import LabelSelector
 from ..api.role import KIND_PRIVILEGES, TABLE_PRIVILEGES, ObjectKind, UNQUALIFIED_KINDS
 from .globs import glob_matches
+
+if TYPE_CHECKING:
+    from .object_labels import LabelAssignment
 
 __all__ = ["ALL", "KIND_PRIVILEGES", "TABLE_PRIVILEGES", "ObjectKind", "SYSTEM_SCHEMAS", "DbObject",
            "PermissionError_", "PermissionRule", "PermissionRules", "normalize_privilege",
@@ -90,14 +96,30 @@ class DbObject:
         return f"{self.kind} {self.schema}.{self.name}{signature}"
 
 
+@functools.lru_cache(maxsize=1024)
+def _selector(canonical: str) -> LabelSelector:
+    return LabelSelector.model_validate_json(canonical)
+
+
+def canonical_selector(selector: LabelSelector | None) -> str | None:
+    """A label selector as hashable text (rules live in sets and digests)."""
+    return None if selector is None else selector.model_dump_json(by_alias=True,
+                                                                  exclude_none=True)
+
+
 @dataclass(frozen=True)
 class ObjectMatch:
     object_kind: str
     schema: str
     name: str
+    #: canonical_selector() of a label selector over object labels, or None.
+    labels: str | None = None
 
-    def matches(self, kind: str, schema: str, name: str) -> bool:
+    def matches(self, kind: str, schema: str, name: str,
+                object_labels: Mapping[str, str] | None = None) -> bool:
         if kind != self.object_kind:
+            return False
+        if self.labels is not None and not _selector(self.labels).matches(object_labels or {}):
             return False
         if kind == ObjectKind.DATABASE:
             return glob_matches(self.name, name)
@@ -115,13 +137,13 @@ class PermissionRule:
 
     @classmethod
     def build(cls, object_kind: str, schema: str, name: str, privileges: Iterable[str],
-              *, deny: bool) -> "PermissionRule":
+              *, deny: bool, labels: LabelSelector | None = None) -> "PermissionRule":
         kind = _kind(object_kind)
         privs = frozenset(normalize_privilege(p, allow_all=deny, kind=kind) for p in privileges)
         if not privs:
             raise PermissionError_("a permission rule needs at least one privilege")
-        return cls(ObjectMatch(kind.value, "*" if kind in UNQUALIFIED_KINDS else schema, name),
-                   privs)
+        return cls(ObjectMatch(kind.value, "*" if kind in UNQUALIFIED_KINDS else schema, name,
+                               canonical_selector(labels)), privs)
 
 
 @dataclass(frozen=True)
@@ -133,6 +155,8 @@ class PermissionRules:
     #: The Database's spec.grantableSchemas: objects outside these schemas never match. None:
     #: no bound.
     schemas: tuple[str, ...] | None = None
+    #: What the Database's ObjectLabelRules say, for rules that match by labels.
+    object_labels: tuple["LabelAssignment", ...] = ()
 
     def __bool__(self) -> bool:
         return bool(self.allow)
@@ -146,11 +170,23 @@ class PermissionRules:
         """A short fingerprint of the rules: equal rules, equal digest, in any order."""
         def text(rule: PermissionRule) -> str:
             m = rule.match
-            return "\x1f".join((m.object_kind, m.schema, m.name, *sorted(rule.privileges)))
+            return "\x1f".join((m.object_kind, m.schema, m.name, m.labels or "",
+                                *sorted(rule.privileges)))
+        labelling = sorted(f"{a.source}\x1f{a.match}\x1f{a.labels}" for a in self.object_labels)
         canonical = "\x1e".join(
             ["allow", *sorted(map(text, self.allow)), "deny", *sorted(map(text, self.deny)),
-             "schemas", *(sorted(self.schemas) if self.schemas is not None else ["(none)"])])
+             "schemas", *(sorted(self.schemas) if self.schemas is not None else ["(none)"]),
+             "labels", *labelling])
         return hashlib.sha256(canonical.encode("utf-8")).hexdigest()[:16]
+
+    @property
+    def match_labels(self) -> bool:
+        """Whether any rule selects objects by label (the labels must then be computed)."""
+        return any(r.match.labels is not None for r in self.allow + self.deny)
+
+    def labels_of(self, obj: "DbObject") -> dict[str, str]:
+        from .object_labels import labels_of
+        return labels_of(obj, self.object_labels)
 
     def bounds_schema(self, schema: str) -> bool:
         """Whether the Database's bound lets objects of ``schema`` be granted at all."""
@@ -169,12 +205,13 @@ def resolve_privileges(objects: Iterable[DbObject], rules: PermissionRules
         in_schema = obj.name if obj.kind == ObjectKind.SCHEMA else obj.schema
         if obj.kind != ObjectKind.DATABASE and not rules.bounds_schema(in_schema):
             continue
+        labels = rules.labels_of(obj) if rules.match_labels else None
         granted: set[str] = set()
         for rule in rules.allow:
-            if rule.match.matches(obj.kind, obj.schema, obj.name):
+            if rule.match.matches(obj.kind, obj.schema, obj.name, labels):
                 granted |= rule.privileges
         for rule in rules.deny:
-            if granted and rule.match.matches(obj.kind, obj.schema, obj.name):
+            if granted and rule.match.matches(obj.kind, obj.schema, obj.name, labels):
                 if ALL in rule.privileges:
                     granted.clear()
                 else:

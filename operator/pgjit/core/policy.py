@@ -389,7 +389,7 @@ def _build_rules(permissions: Sequence[AllowPermission | DenyPermission] | None,
     """The core permission rules of one section. Raises PermissionError_ on a bad privilege."""
     return tuple(
         PermissionRule.build(str(p.match.object_kind), p.match.schema_name, p.match.name,
-                             p.privileges, deny=deny)
+                             p.privileges, deny=deny, labels=p.match.labels)
         for p in permissions or ()
     )
 

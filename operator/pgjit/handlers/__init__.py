@@ -3,4 +3,4 @@
 Importing this package registers every handler with Kopf.
 """
 
-from . import databases, indexes, roles, sessions, settings  # noqa: F401
+from . import databases, indexes, object_labels, roles, sessions, settings  # noqa: F401

@@ -27,6 +27,11 @@ def roles_by_namespace(namespace, body, **_):
     return {namespace: body}
 
 
+@kopf.index(GROUP, VERSION, "objectlabelrules")
+def label_rules_by_namespace(namespace, body, **_):
+    return {namespace: body}
+
+
 @kopf.index(GROUP, VERSION, "databases")
 def databases_by_name(namespace, name, body, **_):
     return {(namespace, name): body}

@@ -8,6 +8,7 @@ is retried, or re-run after the operator was killed at any instruction, converge
 from __future__ import annotations
 
 import asyncio
+from dataclasses import replace
 import logging
 import os
 import time
@@ -21,6 +22,7 @@ from ..api.role import Role
 from ..api.session import DatabaseSession
 from ..core import policy
 from ..core.boundaries import exact_names
+from ..core.object_labels import assignments_for
 from ..core.certificates import issue_client_certificate
 from ..core.credentials import generate_password
 from ..core.credential_access import secret_reader_binding, secret_reader_role
@@ -32,6 +34,7 @@ from ..engine import ActivationRequest, EngineError
 from ..engine.results import ABSENT, NOT_MANAGED
 from ..kube.client import NotOwned
 from . import metrics
+from .object_labels import valid_rules as valid_label_rules
 from .status import set_conditions
 from .indexes import TERMINAL_PHASES, session_id
 
@@ -165,6 +168,15 @@ def _decide(session: DatabaseSession, database: Database, roles_by_namespace, na
     return decision
 
 
+def _with_object_labels(permissions, database: Database, label_rule_bodies):
+    """The permission rules with the labels the Database's ObjectLabelRules give, when some
+    rule selects objects by label (computed against the catalog at activation)."""
+    if not permissions.match_labels:
+        return permissions
+    return replace(permissions, object_labels=assignments_for(
+        database, valid_label_rules(label_rule_bodies)))
+
+
 def _server_key(database: Database, username: str) -> tuple:
     return (database.spec.host, database.spec.port, username)
 
@@ -202,7 +214,7 @@ async def _shared_password(memo, namespace: str, session: DatabaseSession, datab
 
 
 async def _open(body, name, namespace, uid, memo, indexes, status: dict) -> None:
-    databases_by_name, roles_by_namespace, active_sessions_by_user = indexes
+    databases_by_name, roles_by_namespace, active_sessions_by_user, label_rules = indexes
     session = DatabaseSession.model_validate(body)
     db_name = session.spec.database_ref.name
     database = _database(databases_by_name, namespace, db_name)
@@ -231,7 +243,8 @@ async def _open(body, name, namespace, uid, memo, indexes, status: dict) -> None
         request = ActivationRequest(
             session_id=session_id(namespace, name, uid), identity=session.spec.user,
             database=session.spec.database_name, roles=tuple(decision.database_roles),
-            expires_at=expires_at, mode=str(decision.mode), permissions=decision.permissions,
+            expires_at=expires_at, mode=str(decision.mode),
+            permissions=_with_object_labels(decision.permissions, database, label_rules),
             password=password, grantable_by_name=exact_names(database.spec.grantable_roles),
             database_object=database.metadata.name)
         try:
@@ -343,7 +356,7 @@ def _apply_outcome(body, status: dict, outcome: Outcome) -> None:
 @kopf.on.resume(*RESOURCE, id="lease")
 @kopf.on.create(*RESOURCE, id="lease")
 async def open_lease(body, name, namespace, uid, patch, memo, databases_by_name,
-                     roles_by_namespace, active_sessions_by_user, **_):
+                     roles_by_namespace, active_sessions_by_user, label_rules_by_namespace, **_):
     phase = body.get("status", {}).get("phase")
     if phase in TERMINAL_PHASES:
         return
@@ -358,7 +371,8 @@ async def open_lease(body, name, namespace, uid, patch, memo, databases_by_name,
         status: dict = {}
         try:
             await _open(body, name, namespace, uid, memo,
-                        (databases_by_name, roles_by_namespace, active_sessions_by_user), status)
+                        (databases_by_name, roles_by_namespace, active_sessions_by_user,
+                         label_rules_by_namespace.get(namespace, ())), status)
         except Outcome as outcome:
             if outcome.release:
                 status.update(await end_lease(body, namespace, name, uid, memo,
