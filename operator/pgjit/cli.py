@@ -161,7 +161,7 @@ def cmd_explain(args: argparse.Namespace) -> int:
         groups=tuple(args.group) if args.group else None, extra=extra,
         database_name=args.db_name, database_roles=args.db_roles or (),
         duration=args.duration, traits_configmap=traits_ref,
-        include_unmatched=not args.only_matching)
+        include_unmatched=not args.only_matching, objects_conninfo=args.objects)
     with api_client() as api:
         try:
             text, allowed = explain(api, options)
@@ -230,6 +230,10 @@ def build_parser() -> argparse.ArgumentParser:
     explain.add_argument("--traits-configmap", metavar="NS/NAME",
                          help="the operator's traits ConfigMap (default: $PGJIT_NAMESPACE/"
                          "$PGJIT_TRAITS_CONFIGMAP when set)")
+    explain.add_argument("--objects", nargs="?", const="", metavar="CONNINFO",
+                         help="also list the objects the permissions resolve to, reading the"
+                         " database's catalog with your own login (libpq environment or this"
+                         " connection string; host and port are the Database's)")
     explain.add_argument("--only-matching", action="store_true",
                          help="leave out Roles whose subjects do not name the user")
     explain.add_argument("-n", "--namespace", help="namespace (default: the kubeconfig's)")

@@ -66,3 +66,23 @@ def test_rules_that_disagree_are_reported_on_the_later_rule(env):
     env.delete("ObjectLabelRule", "first")
     wait_for("the conflict cleared", lambda: not (
         env.get("ObjectLabelRule", "second").get("status", {}).get("conflicts")), timeout=30)
+
+
+def test_explain_objects_lists_what_a_session_would_get(env, kube_api):
+    from pgjit.client.explaining import ExplainOptions, explain
+
+    suffix = token()
+    _tables(env, f"orders_{suffix}", f"customer_{suffix}")
+    _label_rule(env, "pii", ({"schema": "public", "name": f"orders_{suffix}"}, {"pii": "false"}))
+    env.create("Role", "no-pii", {
+        "subjects": [{"kind": "Group", "name": "analysts"}], "userProvisioning": "keep",
+        "allow": {"databaseSelector": {"matchLabels": {"env": "test"}}, "databaseNames": ["app"],
+                  "permissions": [{"match": {"labels": {"matchLabels": {"pii": "false"}}},
+                                   "privileges": ["SELECT"]}]}})
+    text, allowed = explain(kube_api, ExplainOptions(
+        database="db", namespace=env.namespace, user="someone", groups=("analysts",),
+        database_name="app", objects_conninfo=env.server.superuser_conninfo()))
+    assert allowed
+    assert f"  table public.orders_{suffix}: SELECT" in text
+    assert f"customer_{suffix}" not in text
+    assert "  schema public: USAGE" in text

@@ -8,8 +8,9 @@ groups and extra ``pgjit connect`` would put into its session, so the answer pre
 
 from __future__ import annotations
 
+import os
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from datetime import timedelta
 
 import kubernetes
@@ -17,6 +18,7 @@ from kubernetes.client.rest import ApiException
 
 from .. import GROUP, VERSION
 from ..api.database import Database
+from ..api.labels import ObjectLabelRule
 from ..api.role import Role
 from ..core.explain import render_explanation
 from ..core.policy import DEFAULT_SESSION_DURATION, AccessRequest, evaluate
@@ -42,6 +44,9 @@ class ExplainOptions:
     duration: timedelta = DEFAULT_SESSION_DURATION
     traits_configmap: tuple[str, str] | None = None
     include_unmatched: bool = True
+    #: List the objects the permissions resolve to, reading the catalog over this libpq
+    #: connection string ("" for the libpq environment and the Database's host and port).
+    objects_conninfo: str | None = None
 
 
 def explain(api: kubernetes.client.ApiClient, options: ExplainOptions) -> tuple[str, bool]:
@@ -59,8 +64,51 @@ def explain(api: kubernetes.client.ApiClient, options: ExplainOptions) -> tuple[
     traits = read_internal_traits(api, options.traits_configmap, request.user)
     decision = evaluate(request, database, roles, internal_traits=traits.values)
     context = [("Identity", identity_source), ("Traits", f"internal: {traits.source}")]
-    return (render_explanation(decision, include_unmatched=options.include_unmatched,
-                               context=context), decision.allowed)
+    text = render_explanation(decision, include_unmatched=options.include_unmatched,
+                              context=context)
+    if options.objects_conninfo is not None:
+        labels = [ObjectLabelRule.model_validate(item) for item in
+                  custom.list_namespaced_custom_object(GROUP, VERSION, options.namespace,
+                                                       "objectlabelrules")["items"]]
+        text += "\n" + objects_report(decision, database, labels, options.objects_conninfo)
+    return text, decision.allowed
+
+
+def objects_report(decision, database: Database, label_rules, conninfo: str) -> str:
+    """The objects the session's permissions resolve to now, from the catalog of its database,
+    read with the caller's own login (any login may read the catalog)."""
+    import psycopg
+    from psycopg.conninfo import conninfo_to_dict, make_conninfo
+
+    from ..core.object_labels import assignments_for
+    from ..core.permissions import DbObject, resolve_privileges, with_implied_usage
+    from ..engine import statements as S
+
+    rules = decision.allowed_permissions
+    if not rules:
+        return "Objects: none (the Roles grant no object permissions)\n"
+    rules = replace(rules, object_labels=assignments_for(database, label_rules))
+    name = decision.request.database_name
+    if "*" in name:
+        return "Objects: name the database with --db-name to list them\n"
+    params = conninfo_to_dict(conninfo)
+    # Where the operator connects, unless the caller says otherwise (a port-forward).
+    if "host" not in params and not os.environ.get("PGHOST"):
+        params.update(host=database.spec.host, port=str(database.spec.port))
+    params.update(dbname=name, connect_timeout="10")
+    try:
+        with psycopg.connect(make_conninfo(**params)) as conn:
+            rows = conn.execute(S.OBJECTS, {"kinds": sorted(rules.kinds)}).fetchall()
+    except psycopg.Error as exc:
+        raise ExplainError(f"--objects: cannot read the catalog of database {name!r}: "
+                           f"{str(exc).strip()}") from None
+    objects = [DbObject(k, s, n, tuple(tuple(a) for a in args or ())) for k, s, n, args in rows]
+    granted = with_implied_usage(resolve_privileges(objects, rules))
+    lines = [f"Objects in database \"{name}\" (read now; a session resolves them when it"
+             " starts):"]
+    lines += [f"  {obj.describe()}: {', '.join(sorted(privileges))}"
+              for obj, privileges in sorted(granted.items())] or ["  none match"]
+    return "\n".join(lines) + "\n"
 
 
 def _request(api: kubernetes.client.ApiClient, options: ExplainOptions, database: Database
