@@ -130,3 +130,45 @@ async def test_a_user_that_owns_nothing_is_dropped_at_once(kit):
     finally:
         await engine.close()
     assert (teardown.action, teardown.reassigned) == ("Dropped", ())
+
+
+async def test_objects_that_run_with_their_owners_rights_are_never_handed_over(kit):
+    """A SECURITY DEFINER function owned by the inheritor would run as the inheritor for
+    whoever may call it (teleport-behaviour.md §2.4's threat model): no reassignment."""
+    one, _two, inheritor, engine = await setup(kit)
+    alice = kit.name("alice")
+    try:
+        await engine.activate(kit.request("s1", alice, database=one,
+                                          mode="best_effort_reassign_and_drop"))
+        async with await kit.login(alice, kit.passwords["s1"], one) as conn:
+            await conn.execute("CREATE TABLE mine(x int); CREATE FUNCTION grab() RETURNS int"
+                               " LANGUAGE sql SECURITY DEFINER AS 'SELECT 1'")
+        teardown = await engine.end(alice, "s1")
+    finally:
+        await engine.close()
+    assert teardown.action == "Deactivated" and teardown.reassigned == ()
+    assert "SECURITY DEFINER function public.grab()" in teardown.reason
+    assert await owned(kit, one, inheritor) == set(), "something was handed over"
+
+
+async def test_what_the_user_shared_is_taken_back_before_it_changes_hands(kit):
+    one, _two, inheritor, engine = await setup(kit)
+    alice = kit.name("alice")
+    try:
+        await engine.activate(kit.request("s1", alice, database=one,
+                                          mode="best_effort_reassign_and_drop"))
+        async with await kit.login(alice, kit.passwords["s1"], one) as conn:
+            await conn.execute("CREATE TABLE mine(x int); CREATE VIEW shared AS SELECT * FROM"
+                               " mine; GRANT SELECT ON shared TO PUBLIC;"
+                               " CREATE FUNCTION f() RETURNS int LANGUAGE sql AS 'SELECT 1'")
+        teardown = await engine.end(alice, "s1")
+    finally:
+        await engine.close()
+    assert teardown.action == "Dropped", teardown
+    rows = await kit.su("""
+        SELECT c.relname::text, count(a.*) FILTER (WHERE a.grantee = 0)
+          FROM pg_class c LEFT JOIN LATERAL aclexplode(c.relacl) a ON true
+         WHERE c.relname = 'shared' GROUP BY 1""", dbname=one)
+    assert rows == [("shared", 0)], "PUBLIC kept SELECT on a view the inheritor now owns"
+    rows = await kit.su("SELECT has_function_privilege('public', 'f()', 'EXECUTE')", dbname=one)
+    assert rows == [(False,)], "PUBLIC kept EXECUTE on a function the inheritor now owns"

@@ -194,6 +194,57 @@ SELECT coalesce(d.datname, %(admin_db)s)::text, count(*)::int
    AND s.refobjid = (SELECT oid FROM pg_roles WHERE rolname = %(name)s)
  GROUP BY 1 ORDER BY 1
 """)
+# What a user owns that would run code or read data with its owner's rights once the objects
+# inheritor owns it (teleport-behaviour.md §2.4's threat model): SECURITY DEFINER functions,
+# expression and partial indexes (ANALYZE evaluates them as the table owner), rules, and
+# materialized views (a refresh runs the query as the owner). Any of them: no reassignment.
+# Display text only; the server renders the names.
+OWNER_RIGHTS_HAZARDS = Q("""
+WITH me AS (SELECT oid FROM pg_roles WHERE rolname = %(name)s)
+SELECT 'SECURITY DEFINER function ' || p.oid::regprocedure::text
+  FROM pg_proc p WHERE p.proowner = (SELECT oid FROM me) AND p.prosecdef
+UNION ALL
+SELECT 'index with expressions ' || i.indexrelid::regclass::text
+  FROM pg_index i JOIN pg_class c ON c.oid = i.indrelid
+ WHERE c.relowner = (SELECT oid FROM me) AND (i.indexprs IS NOT NULL OR i.indpred IS NOT NULL)
+UNION ALL
+SELECT 'rule ' || r.rulename::text || ' on ' || r.ev_class::regclass::text
+  FROM pg_rewrite r JOIN pg_class c ON c.oid = r.ev_class
+ WHERE c.relowner = (SELECT oid FROM me) AND r.rulename <> '_RETURN'
+UNION ALL
+SELECT 'materialized view ' || c.oid::regclass::text
+  FROM pg_class c WHERE c.relowner = (SELECT oid FROM me) AND c.relkind = 'm'
+LIMIT 20
+""")
+
+# Who else holds privileges on what the user owns (PUBLIC's defaults included): taken away
+# before the objects change hands, so a view or function the user shared does not start to run
+# with the inheritor's rights for them.
+OTHERS_ON_OWNED = Q(f"""
+WITH me AS (SELECT oid FROM pg_roles WHERE rolname = %(name)s)
+SELECT DISTINCT {_RELATION_KIND}, n.nspname::text, c.relname::text, '{{}}'::text[],
+       g.rolname::text
+  FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace
+ CROSS JOIN LATERAL aclexplode(coalesce(c.relacl, acldefault(
+       (CASE c.relkind WHEN 'S' THEN 's' ELSE 'r' END)::"char", c.relowner))) a
+  LEFT JOIN pg_roles g ON g.oid = a.grantee
+ WHERE c.relowner = (SELECT oid FROM me) AND c.relkind IN ('r', 'p', 'v', 'm', 'f', 'S')
+   AND a.grantee <> c.relowner
+UNION ALL
+SELECT DISTINCT CASE p.prokind WHEN 'p' THEN 'procedure' ELSE 'function' END, n.nspname::text,
+       p.proname::text, {_ARGUMENT_TYPES}, g.rolname::text
+  FROM pg_proc p JOIN pg_namespace n ON n.oid = p.pronamespace
+ CROSS JOIN LATERAL aclexplode(coalesce(p.proacl, acldefault('f'::"char", p.proowner))) a
+  LEFT JOIN pg_roles g ON g.oid = a.grantee
+ WHERE p.proowner = (SELECT oid FROM me) AND p.prokind IN ('f', 'p') AND a.grantee <> p.proowner
+UNION ALL
+SELECT DISTINCT 'schema', '', n.nspname::text, '{{}}'::text[], g.rolname::text
+  FROM pg_namespace n CROSS JOIN LATERAL aclexplode(coalesce(n.nspacl,
+       acldefault('n'::"char", n.nspowner))) a
+  LEFT JOIN pg_roles g ON g.oid = a.grantee
+ WHERE n.nspowner = (SELECT oid FROM me) AND a.grantee <> n.nspowner
+""")
+
 # Whether the admin may act for a role as REASSIGN OWNED needs (the privileges of it).
 CAN_ACT_FOR = Q("SELECT pg_has_role(current_user, r.oid, 'USAGE') FROM pg_roles r "
                 "WHERE r.rolname = %s")
@@ -266,6 +317,12 @@ def act_for(name: str, admin: str, version_num: int) -> sql.Composed:
 
 def stop_acting_for(name: str, admin: str) -> sql.Composed:
     return Q("REVOKE {} FROM {}").format(ID(name), ID(admin))
+
+
+def revoke_all_from(obj: DbObject, grantee: str | None) -> sql.Composed:
+    """REVOKE ALL ON the object FROM a role, or FROM PUBLIC (``grantee`` None)."""
+    return Q("REVOKE ALL ON {} FROM {}").format(_on(obj),
+                                                 Q("PUBLIC") if grantee is None else ID(grantee))
 
 
 def reassign_owned(name: str, inheritor: str) -> sql.Composed:

@@ -22,6 +22,7 @@ from ..core.boundaries import (PRIVILEGED_PREDEFINED_ROLES, PrivilegedPath, priv
 from ..core.credentials import scram_sha256_verifier
 from ..core.leases import DROPPING_MODES, MODE_DROP, MODE_KEEP, MODE_REASSIGN, Lease, Ledger
 from ..core.naming import postgres_username
+from ..core.permissions import DbObject
 from . import statements as S
 from .connections import AdminConnections
 from .errors import (DATABASE_NOT_FOUND, INSUFFICIENT_PRIVILEGE, MISSING_DATABASE_ROLE,
@@ -461,18 +462,51 @@ class UserLifecycle:
         try:
             for database, count in owned:
                 try:
-                    async with self.conns.connection(database) as db_conn:
-                        await db_conn.execute(S.reassign_owned(name, inheritor))
+                    hazards = await self._reassign_in(database, name, inheritor)
                 except psycopg.Error as exc:
                     return tuple(reassigned), (
                         f'REASSIGN OWNED in database "{database}" failed: '
                         f"{exc.diag.message_primary} (SQLSTATE {exc.sqlstate})")
+                if hazards:
+                    return tuple(reassigned), (
+                        f'nothing of database "{database}" was reassigned: the user owns '
+                        "objects that would run with the objects inheritor's rights ("
+                        + "; ".join(hazards) + "); a DBA must review them")
                 reassigned.append((database, count))
             return tuple(reassigned), None
         finally:
             if granted:
                 async with self.conns.connection() as conn:
                     await conn.execute(S.stop_acting_for(name, admin))
+
+    async def _reassign_in(self, database: str, name: str, inheritor: str) -> list[str]:
+        """In one transaction of ``database``: refuse (returning why) if the user owns something
+        that runs with its owner's rights, else take everyone else's privileges on what it owns
+        and REASSIGN OWNED. All or nothing per database."""
+        async with self.conns.connection(database) as conn:
+            try:
+                async with conn.pipeline():
+                    await conn.execute("BEGIN")
+                    await conn.execute(S.ADVISORY_LOCK, [lock_key(database + "\x00" + name)])
+                    hazards_cur = await conn.execute(S.OWNER_RIGHTS_HAZARDS, {"name": name})
+                    others_cur = await conn.execute(S.OTHERS_ON_OWNED, {"name": name})
+                    hazards = [row[0] for row in await hazards_cur.fetchall()]
+                    others = await others_cur.fetchall()
+                if hazards:
+                    await conn.execute("ROLLBACK")
+                    return hazards
+                async with conn.pipeline():
+                    for kind, schema, obj, args, grantee in sorted(others, key=str):
+                        await conn.execute(S.revoke_all_from(
+                            DbObject(kind, schema, obj, tuple(tuple(a) for a in args or ())),
+                            grantee))
+                    await conn.execute(S.reassign_owned(name, inheritor))
+                    await conn.execute("COMMIT")
+                self.stats.round_trips += 2
+                return []
+            except BaseException:
+                await self._rollback(conn)
+                raise
 
     async def _drop_once(self, name: str, terminated: int, *, lock_on_refusal: bool
                          ) -> Teardown | None:
