@@ -246,7 +246,10 @@ class ImageBuilder:
         files: list[Path] = []
         for name in IMAGE_INPUTS:
             path = self.repo_root / name
-            files += sorted(p for p in path.rglob("*") if p.is_file()) if path.is_dir() else [path]
+            if path.is_dir():
+                files += sorted(p for p in path.rglob("*") if p.is_file())
+            elif path.is_file():
+                files.append(path)
         for directory in IMAGE_SOURCE_DIRS:
             files += sorted(
                 p for p in (self.repo_root / directory).rglob("*")
