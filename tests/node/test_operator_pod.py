@@ -229,15 +229,18 @@ def test_unmodified_pod_template_is_admitted_by_restricted(story, plane):
     namespace = f"restricted-{token()}"
     plane.core.create_namespace(kubernetes.client.V1Namespace(metadata={
         "name": namespace, "labels": {"pod-security.kubernetes.io/enforce": "restricted"}}))
+    # The ServiceAccount the template names, so the template goes in as rendered.
+    plane.core.create_namespaced_service_account(namespace, {"metadata": {"name": SA}})
     repository, _, tag = story.image.ref.rpartition(":")
 
     def pod_from_template(values: dict) -> dict:
         docs = plane.helm.render({"image.repository": repository, "image.tag": tag, **values},
                                  namespace=namespace)
         template = one(docs, "Deployment")["spec"]["template"]
+        assert template["spec"]["serviceAccountName"] == SA
         return {"apiVersion": "v1", "kind": "Pod",
                 "metadata": {"name": "pgjit-dry-run", "labels": template["metadata"]["labels"]},
-                "spec": {**template["spec"], "serviceAccountName": "default"}}
+                "spec": template["spec"]}
 
     plane.core.create_namespaced_pod(namespace, pod_from_template({}), dry_run="All")
     # The same check refuses what restricted forbids (so it is live): host network.
