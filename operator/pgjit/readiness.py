@@ -15,6 +15,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import urllib.parse
+from collections.abc import Callable
 
 import aiohttp.web
 import kubernetes
@@ -33,18 +34,28 @@ class Readiness:
         self.waiting_for = "startup handlers"
         self.ready = False
 
-    async def check(self, started: asyncio.Event) -> None:
-        """Wait for Kopf's startup, then list every watched kind once with the operator's client."""
-        await started.wait()
-        from .kube.client import load_client
+    async def check(self, started: asyncio.Event,
+                    lister: Callable[[str, str | None], None] | None = None) -> None:
+        """Wait for Kopf's startup, then list every watched kind once with the operator's client.
 
-        api = kubernetes.client.CustomObjectsApi(load_client())
+        ``lister(plural, namespace)`` raises when the list fails; by default it is a limit=1
+        list through the operator's own Kubernetes client.
+        """
+        await started.wait()
+        if lister is None:
+            from .kube.client import load_client
+
+            api = kubernetes.client.CustomObjectsApi(load_client())
+
+            def lister(plural: str, namespace: str | None) -> None:
+                self._list(api, plural, namespace)
+
         while True:
             try:
                 for plural in KINDS:
                     for namespace in self.namespaces or [None]:
                         self.waiting_for = f"list {plural}" + (f" in {namespace}" if namespace else "")
-                        await asyncio.to_thread(self._list, api, plural, namespace)
+                        await asyncio.to_thread(lister, plural, namespace)
             except Exception as error:  # noqa: BLE001 - any failure means: not watching yet
                 logger.warning("Not ready: %s failed: %s", self.waiting_for, error)
                 await asyncio.sleep(RETRY_SECONDS)

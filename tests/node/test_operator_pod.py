@@ -298,6 +298,10 @@ def test_helm_upgrade_to_a_rebuilt_image_keeps_active_sessions(story, node, imag
     status = story.operator.wait_ready(image=rebuilt.ref.partition("/")[2])
     assert story.operator.pod().metadata.name != old_pod and status.restart_count == 0
     assert [p.metadata.name for p in story.operator.pods()] == [story.operator.pod().metadata.name]
+    replica_sets = apps.list_namespaced_replica_set(
+        RELEASE_NS, label_selector=f"app.kubernetes.io/instance={RELEASE}").items
+    assert sorted((rs.spec.replicas, rs.spec.template.spec.containers[0].image)
+                  for rs in replica_sets) == [(0, story.image.ref), (1, rebuilt.ref)]
 
     # Sessions opened before keep working: the held connection and new logins.
     assert held.execute("SELECT count(*) FROM items").fetchone()[0] == 2

@@ -175,6 +175,7 @@ class Node:
         self._servers: list[_Server] = []
         self._holder: subprocess.Popen[bytes] | None = None
         self._lock: contextlib.ExitStack | None = None
+        self._kubelet_started = 0.0
 
     def __enter__(self) -> Node:
         self.start()
@@ -197,6 +198,12 @@ class Node:
         self.timings["lock"] = time.monotonic() - began
         try:
             remove_leftovers()
+            # Earlier runs' workdirs hold unpacked images (hundreds of MB each); the newest
+            # other one stays for its logs.
+            earlier = sorted((p for p in self.workdir.parent.glob("run-*")
+                              if p != self.workdir), key=lambda p: p.stat().st_mtime)
+            for stale in earlier[:-1]:
+                shutil.rmtree(stale, ignore_errors=True)
             self.log_dir.mkdir(parents=True, exist_ok=True)
             self._write_configs()
             self._start_namespace_holder()
@@ -377,6 +384,7 @@ disabled_plugins = ["io.containerd.snapshotter.v1.btrfs", "io.containerd.snapsho
         ])  # fmt: skip
 
     def _start_kubelet(self) -> None:
+        self._kubelet_started = time.monotonic()
         self._start("kubelet", self._in_namespace([
             str(self.binaries.kubelet),
             f"--config={self.workdir / 'kubelet/config.yaml'}",
@@ -403,9 +411,8 @@ disabled_plugins = ["io.containerd.snapshotter.v1.btrfs", "io.containerd.snapsho
             return any(c.type == "Ready" and c.status == "True"
                        for c in node.status.conditions or ())
 
-        began = time.monotonic()
         self._poll(ready, self._servers[-1], f"node {NODE_NAME} Ready", deadline)
-        self.timings["kubelet to Ready"] = time.monotonic() - began
+        self.timings["kubelet to Ready"] = time.monotonic() - self._kubelet_started
         core.api_client.close()
 
     def _poll(self, check, server: _Server, what: str, deadline: float) -> None:
