@@ -49,7 +49,7 @@ from pgjit.devstack.controlplane import (
     _Server,
 )
 from pgjit.devstack.kube_binaries import NodeBinaries, ensure_node_binaries, find_repo_root
-from pgjit.devstack.node_image import Image
+from pgjit.devstack.node_image import Image, cache_home
 
 NODE_NAME = "pgjit-node"
 LOCK_FILE = Path("/run/lock/pgjit-node.lock")
@@ -169,6 +169,10 @@ class Node:
         self.workdir = Path(workdir or tempfile.mkdtemp(prefix="run-", dir=base)).resolve()
         self.log_dir = self.workdir / "logs"
         self.socket = self.workdir / "containerd" / "containerd.sock"
+        # containerd's content store and snapshots outlive a run (one node per machine at a
+        # time, so one root serves every worktree): an image imported once, unpacked once, is
+        # there for the next run. Containers never outlive a run (see start and stop).
+        self.containerd_root = cache_home() / "containerd-root"
         self.kubelet_port = 0
         self.startup_seconds: float | None = None
         self.timings: dict[str, float] = {}
@@ -208,8 +212,12 @@ class Node:
             self._write_configs()
             self._start_namespace_holder()
             self._start_containerd()
+            # A run killed before its stop leaves containers in the persistent root; kubelet
+            # must not find sandboxes of pods from a control plane that is gone.
+            self._remove_all_containers()
             for image in [self.pause, *self.images]:
                 self.import_image(image)
+            self._prune_images()
             self._start_control_loops()
             self._start_kubelet()
             self._wait_node_ready(time.monotonic() + START_TIMEOUT)
@@ -220,7 +228,8 @@ class Node:
 
     def _write_configs(self) -> None:
         wd = self.workdir
-        for sub in ("containerd/root", "containerd/state", "cni/net.d", "kubelet", "pods-logs",
+        self.containerd_root.mkdir(parents=True, exist_ok=True)
+        for sub in ("containerd/state", "cni/net.d", "kubelet", "pods-logs",
                     "kcm", "scheduler", "flex", "sysctl"):
             (wd / sub).mkdir(parents=True, exist_ok=True)
         (wd / "cni/net.d/10-loopback.conflist").write_text(json.dumps({
@@ -229,7 +238,7 @@ class Node:
         cri = '[plugins."io.containerd.grpc.v1.cri"'
         (wd / "containerd/config.toml").write_text(f"""\
 version = 2
-root = "{wd / 'containerd/root'}"
+root = "{self.containerd_root}"
 state = "{wd / 'containerd/state'}"
 disabled_plugins = ["io.containerd.snapshotter.v1.btrfs", "io.containerd.snapshotter.v1.zfs",
                     "io.containerd.snapshotter.v1.devmapper", "io.containerd.snapshotter.v1.aufs",
@@ -348,13 +357,41 @@ disabled_plugins = ["io.containerd.snapshotter.v1.btrfs", "io.containerd.snapsho
             raise NodeError(f"ctr {' '.join(args)} failed: {result.stderr.strip()}")
         return result
 
+    def _image_refs(self) -> set[str]:
+        return set(self._ctr("images", "ls", "-q").stdout.split())
+
     def import_image(self, image: Image) -> None:
         """Make ``image`` present on the node, as if pulled (pods use IfNotPresent)."""
         began = time.monotonic()
-        self._ctr("images", "import", str(image.archive), timeout=300)
-        if image.ref not in self._ctr("images", "ls", "-q").stdout.split():
-            raise NodeError(f"{image.archive} did not import as {image.ref}")
+        if image.ref not in self._image_refs():
+            self._ctr("images", "import", str(image.archive), timeout=300)
+            if image.ref not in self._image_refs():
+                raise NodeError(f"{image.archive} did not import as {image.ref}")
         self.timings[f"import {image.ref}"] = time.monotonic() - began
+
+    def _prune_images(self) -> None:
+        """Drop images whose tarball left the image cache (each build of the operator is a
+        new image; node_image keeps the newest few tarballs, and so the node keeps those).
+
+        The CRI plugin adds a ``sha256:<id>`` name to every image it has used; an image goes
+        only with all of its names, so names are grouped by the manifest digest they point at.
+        """
+        cached = {archive.stem.rpartition("-")[2]
+                  for archive in (cache_home() / "images").glob("*.tar")}
+        keep = {self.pause.ref, *(i.ref for i in self.images)}
+        by_digest: dict[str, set[str]] = {}
+        for line in self._ctr("images", "ls").stdout.splitlines()[1:]:
+            fields = line.split()
+            if len(fields) >= 3:
+                by_digest.setdefault(fields[2], set()).add(fields[0])
+        stale = sorted(
+            ref for refs in by_digest.values()
+            if not refs & keep and not any(ref.rpartition(":")[2] in cached for ref in refs)
+            for ref in refs
+        )
+        if stale:
+            # --sync: content and snapshots go now, not at some later garbage collection.
+            self._ctr("images", "rm", "--sync", *stale, check=False)
 
     def _start_control_loops(self) -> None:
         admin = str(self.control_plane.kubeconfig("admin"))
