@@ -73,8 +73,9 @@ test-cluster: venv system-packages kube-binaries lua-runner
 	$(PYTEST) tests/cluster -q -p no:cacheprovider
 
 # The chart's Deployment on a real kubelet (containerd + runc), the image built from the
-# Dockerfile. Builds the node binaries after the control plane's (one build lock).
-test-node: venv system-packages node-packages kube-binaries
+# Dockerfile. The images (mostly downloads: mmdebstrap, pip) build while Go compiles; the node
+# binaries build after the control plane's (one build lock).
+test-node: venv system-packages node-packages node-images kube-binaries
 	$(PY) -m pgjit.devstack.kube_binaries --node >/dev/null
 	$(PYTEST) tests/node -q -p no:cacheprovider
 
