@@ -36,6 +36,7 @@ import tempfile
 import time
 import urllib.error
 import urllib.request
+from collections.abc import Sequence
 from pathlib import Path
 from types import TracebackType
 
@@ -155,7 +156,7 @@ class Node:
         self,
         control_plane: ControlPlane,
         pause: Image,
-        images: list[Image] = (),  # type: ignore[assignment]
+        images: Sequence[Image] = (),
         *,
         binaries: NodeBinaries | None = None,
         workdir: Path | None = None,
