@@ -176,6 +176,10 @@ def test_install_as_shipped_is_running_and_ready_without_restarts(story, plane, 
     print(f"\nhelm install -> operator Ready in {time.monotonic() - began:.1f}s")
     pod = story.operator.pod()
     assert pod.spec.node_name == NODE_NAME and pod.status.phase == "Running"
+    # Under the chart's ServiceAccount, with its token projected by the kubelet.
+    assert pod.spec.service_account_name == SA
+    assert any(v.projected and any(s.service_account_token for s in v.projected.sources)
+               for v in pod.spec.volumes)
     assert status.image.endswith(story.image.ref.partition("/")[2])
     # At least three liveness periods, each probe a success, no restart.
     wait_for("three successful liveness probes",
