@@ -17,8 +17,9 @@ What shapes it (shared/reference/test-beds.md, "A real node"):
   outside their own directories is removed on stop (and, under the lock, before start, in case
   an earlier run was killed).
 
-State (configs, containerd's root, kubelet's root, logs) lives in ``workdir``, under the
-repository's ``.cache/node/``.
+State of a run (configs, containerd's state, kubelet's root, pod logs, daemon logs) lives in
+``workdir``, under the repository's ``.cache/node/``; containerd's content store and snapshots
+in ``~/.cache/pgjit/containerd-root``, so a warm run imports nothing.
 """
 
 from __future__ import annotations
@@ -203,8 +204,8 @@ class Node:
         self.timings["lock"] = time.monotonic() - began
         try:
             remove_leftovers()
-            # Earlier runs' workdirs hold unpacked images (hundreds of MB each); the newest
-            # other one stays for its logs.
+            # Earlier runs' workdirs (logs, kubelet's pod directories) would pile up; the
+            # newest other one stays for its logs.
             earlier = sorted((p for p in self.workdir.parent.glob("run-*")
                               if p != self.workdir), key=lambda p: p.stat().st_mtime)
             for stale in earlier[:-1]:
