@@ -21,7 +21,7 @@ from chartkit import Plane  # noqa: E402
 from operatorkit import postgres16  # noqa: E402,F401
 
 from pgjit.devstack.kube_binaries import ensure_node_binaries  # noqa: E402
-from pgjit.devstack.node import Node  # noqa: E402
+from pgjit.devstack.node import CGROUP_ROOT, LEFTOVER_DIRS, Node  # noqa: E402
 from pgjit.devstack.node_image import ImageBuilder  # noqa: E402
 
 
@@ -72,3 +72,15 @@ def node(plane, image_builder, operator_image):
     print(f"\nnode Ready in {node.startup_seconds:.1f}s: {node.timings}")
     yield node
     node.stop()
+    # Stopping leaves nothing of the node outside its workdir and the cache.
+    left = [path for path in LEFTOVER_DIRS if Path(path).exists()]
+    left += [str(h / "kubepods") for h in CGROUP_ROOT.iterdir() if (h / "kubepods").exists()]
+    marker = str(node.workdir).encode()
+    for proc in Path("/proc").iterdir():
+        try:
+            if proc.name.isdigit() and marker in (proc / "cmdline").read_bytes():
+                left.append(f"process {proc.name}")
+        except OSError:
+            continue
+    if left:
+        pytest.fail(f"the node left behind: {left}", pytrace=False)
