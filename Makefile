@@ -48,7 +48,8 @@ kube-binaries: venv
 	$(PY) -m pgjit.devstack.kube_binaries
 
 # containerd, runc, podman and mmdebstrap for the node layer (tests/setup/node-packages.sh).
-node-packages:
+# After system-packages: two apt-get runs at once would fight over dpkg's lock.
+node-packages: system-packages
 	bash tests/setup/node-packages.sh
 
 # The operator image from the Dockerfile, the base it builds on and the pause image.

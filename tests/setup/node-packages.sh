@@ -24,8 +24,9 @@ done
 
 if ((${#missing[@]})); then
     echo "node-packages.sh: installing ${missing[*]}"
-    apt-get update -qq
-    apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null
+    # Wait for dpkg's lock rather than fail when another install runs.
+    apt-get -o DPkg::Lock::Timeout=600 update -qq
+    apt-get -o DPkg::Lock::Timeout=600 install -y -qq --no-install-recommends "${missing[@]}" >/dev/null
 fi
 
 # Verify what the layer relies on, so a broken install fails here and not in a test.
