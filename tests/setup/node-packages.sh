@@ -15,7 +15,7 @@ if [[ $(id -u) -ne 0 ]]; then
 fi
 export DEBIAN_FRONTEND=noninteractive
 
-packages=(containerd runc podman mmdebstrap gcc libc6-dev binutils)
+packages=(containerd runc containernetworking-plugins podman mmdebstrap gcc libc6-dev binutils)
 missing=()
 for package in "${packages[@]}"; do
     dpkg-query -W -f='${Status}' "$package" 2>/dev/null | grep -q 'install ok installed' \
@@ -30,8 +30,9 @@ if ((${#missing[@]})); then
 fi
 
 # Verify what the layer relies on, so a broken install fails here and not in a test.
-for tool in containerd ctr runc podman mmdebstrap gcc strip; do
+for tool in containerd ctr runc podman mmdebstrap gcc strip nsenter unshare; do
     command -v "$tool" >/dev/null || { echo "node-packages.sh: $tool missing" >&2; exit 1; }
 done
+test -x /usr/lib/cni/loopback || { echo "node-packages.sh: no CNI loopback plugin" >&2; exit 1; }
 test -f /usr/lib/x86_64-linux-gnu/libc.a || test -n "$(find /usr/lib -name libc.a -print -quit)"
 echo "node-packages.sh: ok (containerd $(containerd --version | awk '{print $3}'), runc, podman, mmdebstrap)"
