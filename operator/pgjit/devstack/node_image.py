@@ -307,9 +307,24 @@ class ImageBuilder:
         os.replace(partial, archive)
 
     def _prune(self) -> None:
+        """Keep the newest KEEP_IMAGES operator tarballs, and podman's copies of those only.
+
+        Removing an image leaves the layers it shares with newer builds (the dependencies),
+        so the layer cache survives.
+        """
         tarballs = sorted(self.images_dir.glob("pgjit-*.tar"), key=lambda p: p.stat().st_mtime)
         for stale in tarballs[:-KEEP_IMAGES]:
             stale.unlink(missing_ok=True)
+        kept = {archive.stem.removeprefix("pgjit-") for archive in tarballs[-KEEP_IMAGES:]}
+        listed = subprocess.run(
+            ["podman", "images", "--format", "{{.Tag}}", "localhost/pgjit"],
+            env=self.podman.env(), stdin=subprocess.DEVNULL, capture_output=True, text=True,
+            check=False,
+        )
+        stale_refs = [f"localhost/pgjit:{tag}" for tag in listed.stdout.split() if tag not in kept]
+        if stale_refs:
+            subprocess.run(["podman", "rmi", *stale_refs], env=self.podman.env(),
+                           stdin=subprocess.DEVNULL, capture_output=True, check=False)
 
 
 def main() -> int:
