@@ -7,30 +7,54 @@ PYTHON ?= python3.11
 VENV := .venv
 PY := $(VENV)/bin/python
 PYTEST := $(VENV)/bin/pytest
-VENV_STAMP := $(VENV)/.installed-$(shell sha256sum pyproject.toml | cut -c1-12)
+VENV_STAMP := $(VENV)/.installed-$(shell cat pyproject.toml requirements/test.txt | sha256sum | cut -c1-12)
+# uv resolves the lock files (`make lock`); pinned so two people locking get the same output.
+UV_VERSION := 0.13.9
+LOCK_FLAGS := --generate-hashes --python-version 3.11 --python-platform x86_64-manylinux_2_28 --quiet
 LOGS := .cache/test-logs
 
-.PHONY: test test-unit test-postgres test-cluster venv system-packages kube-binaries crds \
+.PHONY: test test-unit test-postgres test-cluster test-node node-images node-packages lock venv system-packages kube-binaries crds \
         dev bench bench-engine clean lua-runner helm-lint
 
 test: venv
 	@mkdir -p $(LOGS)
 	@# Independent layers run in parallel; -Otarget keeps each layer's output together.
-	$(MAKE) --no-print-directory -j3 -Otarget test-unit test-postgres test-cluster
+	$(MAKE) --no-print-directory -j3 -Otarget test-unit test-postgres test-cluster test-node
 
 venv: $(VENV_STAMP)
 
-$(VENV_STAMP): pyproject.toml
+# The test virtualenv gets exactly the hash-pinned versions of requirements/test.txt; the
+# operator image installs requirements/runtime.txt, whose versions test.txt repeats (it is
+# resolved with runtime.txt as a constraint), so the image runs what the tests ran.
+$(VENV_STAMP): pyproject.toml requirements/test.txt
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install --quiet --upgrade pip
-	$(PY) -m pip install --quiet -e '.[test]'
+	$(PY) -m pip install --quiet --require-hashes -r requirements/test.txt
+	$(PY) -m pip install --quiet --no-deps -e .
 	rm -f $(VENV)/.installed-* && touch $@
+
+# Re-resolve both lock files from pyproject.toml (after changing a dependency, or to update).
+lock:
+	test -x $(PY) || $(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install --quiet uv==$(UV_VERSION)
+	$(VENV)/bin/uv pip compile pyproject.toml $(LOCK_FLAGS) -o requirements/runtime.txt
+	$(VENV)/bin/uv pip compile pyproject.toml --extra test -c requirements/runtime.txt \
+	    $(LOCK_FLAGS) -o requirements/test.txt
 
 system-packages:
 	bash tests/setup/system-packages.sh
 
 kube-binaries: venv
 	$(PY) -m pgjit.devstack.kube_binaries
+
+# containerd, runc, podman and mmdebstrap for the node layer (tests/setup/node-packages.sh).
+# After system-packages: two apt-get runs at once would fight over dpkg's lock.
+node-packages: system-packages
+	bash tests/setup/node-packages.sh
+
+# The operator image from the Dockerfile, the base it builds on and the pause image.
+node-images: venv node-packages
+	$(PY) -m pgjit.devstack.node_image
 
 # The gopher-lua + kstatus runner the GitOps health tests judge objects with (tests/argocd-health).
 lua-runner: venv
@@ -48,6 +72,13 @@ test-postgres: venv system-packages
 
 test-cluster: venv system-packages kube-binaries lua-runner
 	$(PYTEST) tests/cluster -q -p no:cacheprovider
+
+# The chart's Deployment on a real kubelet (containerd + runc), the image built from the
+# Dockerfile. The images (mostly downloads: mmdebstrap, pip) build while Go compiles; the node
+# binaries build after the control plane's (one build lock).
+test-node: venv system-packages node-packages node-images kube-binaries
+	$(PY) -m pgjit.devstack.kube_binaries --node >/dev/null
+	$(PYTEST) tests/node -q -p no:cacheprovider
 
 dev: venv system-packages kube-binaries
 	$(VENV)/bin/pgjit dev

@@ -55,7 +55,7 @@ def cmd_run(args: argparse.Namespace) -> int:
 
     return run(namespaces=args.namespace or [], all_namespaces=args.all_namespaces,
                liveness=args.liveness, metrics_port=args.metrics_port, verbose=args.verbose,
-               log_json=args.log_format == "json")
+               log_json=args.log_format == "json", readiness=args.readiness)
 
 
 def cmd_dev(args: argparse.Namespace) -> int:
@@ -205,6 +205,9 @@ def build_parser() -> argparse.ArgumentParser:
                        help="watch every namespace (the default without --namespace)")
     run.add_argument("--liveness", metavar="URL", default=None,
                      help="serve a liveness probe, e.g. http://0.0.0.0:8080/healthz")
+    run.add_argument("--readiness", metavar="URL", default=None,
+                     help="serve a readiness probe that succeeds once the operator is watching, "
+                          "e.g. http://0.0.0.0:8081/readyz")
     run.add_argument("--metrics-port", type=int, default=None, metavar="PORT",
                      help="serve Prometheus metrics on this port")
     run.add_argument("--log-format", choices=("plain", "json"), default="plain")

@@ -179,11 +179,20 @@ def test_deployment_is_one_restricted_replica(default_docs) -> None:
         "allowPrivilegeEscalation": False, "readOnlyRootFilesystem": True,
         "runAsNonRoot": True, "capabilities": {"drop": ["ALL"]}}
     assert container["livenessProbe"]["httpGet"] == {"path": "/healthz", "port": "healthz"}
+    assert container["readinessProbe"]["httpGet"] == {"path": "/readyz", "port": "readyz"}
+    # The kubelet's service-link variables would include PGJIT_METRICS_* from the chart's own
+    # Service, colliding with the operator's settings.
+    assert pod["enableServiceLinks"] is False
+    assert "hostNetwork" not in pod and "dnsPolicy" not in pod
     assert container["resources"]["requests"] and container["resources"]["limits"]["memory"]
     assert container["args"] == ["run", "--all-namespaces",
                                  "--liveness=http://0.0.0.0:8080/healthz",
+                                 "--readiness=http://0.0.0.0:8081/readyz",
                                  "--metrics-port=9090", "--log-format=json"]
     env = {e["name"]: e for e in container["env"]}
+    # Kopf's identity: without POD_ID it asks the OS for the user name, which a uid without a
+    # passwd entry does not have (the crash of issue 16).
+    assert env["POD_ID"]["valueFrom"]["fieldRef"]["fieldPath"] == "metadata.name"
     assert env["PGJIT_SECRET_ACCESS"]["value"] == "true"
     assert env["PGJIT_NAMESPACE"]["valueFrom"]["fieldRef"]["fieldPath"] == "metadata.namespace"
     assert "PGJIT_TRAITS_CONFIGMAP" not in env
@@ -203,9 +212,24 @@ def test_image_tag_and_digest(helm) -> None:
     assert container["image"] == f"ghcr.io/pgjit/pgjit@{digest}"
 
 
-def test_same_port_for_metrics_and_liveness_fails(helm) -> None:
-    result = helm("template", "t", str(CHART), *set_args({"metrics.port": 8080}))
+@pytest.mark.parametrize("values", [{"metrics.port": 8080}, {"readiness.port": 8080},
+                                    {"readiness.port": 9090}])
+def test_same_port_for_two_endpoints_fails(helm, values) -> None:
+    result = helm("template", "t", str(CHART), *set_args(values))
     assert result.returncode != 0 and "must differ" in result.stderr
+
+
+def test_host_network_values(helm) -> None:
+    """What a cluster without a pod network needs: the node's network, DNS to match, probes to
+    a host of the user's choice, and extra env (for example the API server's address)."""
+    values = {"hostNetwork": True, "probeHost": "127.0.0.1",
+              "operator.extraEnv": [{"name": "KUBERNETES_SERVICE_HOST", "value": "127.0.0.1"}]}
+    pod = one(helm.render(values), "Deployment")["spec"]["template"]["spec"]
+    assert pod["hostNetwork"] is True and pod["dnsPolicy"] == "ClusterFirstWithHostNet"
+    [container] = pod["containers"]
+    for probe in ("livenessProbe", "readinessProbe"):
+        assert container[probe]["httpGet"]["host"] == "127.0.0.1"
+    assert container["env"][-1] == {"name": "KUBERNETES_SERVICE_HOST", "value": "127.0.0.1"}
 
 
 def test_service_monitor_only_where_its_crd_is_served(helm) -> None:

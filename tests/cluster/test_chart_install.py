@@ -11,6 +11,7 @@ No kubelet runs, so the Deployment's pod never starts; the subprocess stands in 
 
 from __future__ import annotations
 
+import json
 import socket
 import urllib.request
 
@@ -35,6 +36,7 @@ def _free_port() -> int:
 # system:masters (the tests' admin) opens sessions for other users, as automation would.
 VALUES = {"operator.healthSeconds": 3, "operator.revalidateSeconds": 1,
           "liveness.port": _free_port(), "metrics.port": _free_port(),
+          "readiness.port": _free_port(),
           "identityBinding.sessionAdminGroups": ["pgjit-session-admins", "system:masters"]}
 
 
@@ -225,6 +227,10 @@ def test_session_lifecycle_under_the_chart_identity_cluster_wide(plane, story, p
     with urllib.request.urlopen(f"http://127.0.0.1:{VALUES['metrics.port']}/metrics",
                                 timeout=5) as response:
         assert b"controller_runtime_reconcile_total" in response.read()
+    # Ready: it has been watching for a whole session's lifecycle.
+    with urllib.request.urlopen(f"http://127.0.0.1:{VALUES['readiness.port']}/readyz",
+                                timeout=5) as response:
+        assert response.status == 200 and json.loads(response.read()) == {"ready": True}
 
 
 def test_cluster_wide_identity_is_refused_what_it_does_not_need(plane, story):

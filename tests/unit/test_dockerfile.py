@@ -1,7 +1,7 @@
-"""The operator image's Dockerfile follows the rules the chart relies on (no container engine
-runs here, so the file is checked rather than built): a builder stage makes the wheel, the final
-python:3.11-slim stage carries only the virtualenv, runs as the numeric non-root user the
-chart's securityContext names, and starts ``pgjit run``."""
+"""The operator image's Dockerfile follows the rules the chart relies on: a builder stage makes
+the wheel, the final python:3.11-slim stage carries only the virtualenv, runs as the numeric
+non-root user the chart's securityContext names, and starts ``pgjit run``. These checks read the
+file; the node layer (tests/node) builds it and runs the image on a kubelet."""
 
 from __future__ import annotations
 
@@ -68,9 +68,19 @@ def test_builder_builds_a_wheel_into_a_virtualenv(stages) -> None:
     assert "/opt/pgjit/bin/pip install" in runs and "/wheels/" in runs
 
 
+def test_builder_installs_the_hash_pinned_lock(stages) -> None:
+    runs = " ".join(stages[0].all("RUN"))
+    assert "--require-hashes" in runs and "-r requirements/runtime.txt" in runs
+    # The operator's own wheel must not pull in anything the lock does not pin.
+    assert "--no-deps /wheels/" in runs
+
+
 def test_final_stage_has_no_build_tools(stages) -> None:
     final = stages[-1]
-    assert final.all("RUN") == [], "the final stage installs nothing; the builder does"
+    runs = " ".join(final.all("RUN"))
+    assert not any(word in runs for word in ("apt", "pip", "curl", "wget")), (
+        "the final stage installs nothing; the builder does"
+    )
     copies = final.all("COPY")
     assert copies == ["--from=builder /opt/pgjit /opt/pgjit"], copies
     text = " ".join(arg for _, arg in final.instructions).lower()
@@ -89,6 +99,19 @@ def test_final_stage_runs_pgjit_as_a_numeric_non_root_user(stages) -> None:
     deployment = (REPO / "charts/pgjit/templates/deployment.yaml").read_text()
     assert f"runAsUser: {uid}" in deployment
     assert f"runAsGroup: {gid or uid}" in deployment
+
+
+def test_final_stage_names_its_user_in_passwd_and_group(stages) -> None:
+    # Without an entry getpass.getuser() raises KeyError (Kopf calls it when POD_ID is unset).
+    final = stages[-1]
+    [user] = final.all("USER")
+    uid, _, gid = user.partition(":")
+    runs = " ".join(final.all("RUN"))
+    passwd = re.search(r"'([^':]+):x:(\d+):(\d+):[^']*' *>>/etc/passwd", runs)
+    group = re.search(r"'([^':]+):x:(\d+):[^']*' *>>/etc/group", runs)
+    assert passwd and group, runs
+    assert (passwd.group(2), passwd.group(3)) == (uid, gid or uid)
+    assert group.group(2) == (gid or uid)
 
 
 def dockerignored(path: str, patterns: list[str]) -> bool:
@@ -130,6 +153,7 @@ def test_build_context_holds_what_the_builder_copies(stages, ignore_patterns) ->
 
 @pytest.mark.parametrize("path", [".git/config", ".venv/bin/python", ".cache/bin/helm",
                                   "tests/unit/test_models.py", "charts/pgjit/Chart.yaml",
+                                  "requirements/test.txt",
                                   "operator/pgjit/__pycache__/cli.cpython-311.pyc",
                                   ".hypothesis/examples/x"])
 def test_build_context_leaves_out_the_rest(ignore_patterns, path) -> None:

@@ -51,6 +51,15 @@ class KubeBinaries:
 
 
 @dataclass(frozen=True)
+class NodeBinaries:
+    """Paths of the node's binaries: the same module and version as kube-apiserver."""
+
+    kubelet: Path
+    kube_controller_manager: Path
+    kube_scheduler: Path
+
+
+@dataclass(frozen=True)
 class _GoBuild:
     """One ``go build`` invocation: main packages of one Go module that share one version.
 
@@ -117,6 +126,24 @@ _BUILDS = (
         version_module="helm.sh/helm/v4",
         binaries={"helm": "helm.sh/helm/v4/cmd/helm"},
         version_stamps=_helm_version_stamps,
+    ),
+)
+
+# The node layer's binaries, a build of their own so that the layers without a kubelet never
+# wait for it. Same module directory as kube-apiserver, so kubelet, kube-apiserver and kubectl
+# share one dependency set (a kubelet newer or older than its API server is a skew the project
+# never tests).
+_NODE_BUILDS = (
+    _GoBuild(
+        name="kubernetes-node",
+        module_dir=".",
+        version_module="k8s.io/kubernetes",
+        binaries={
+            "kubelet": "k8s.io/kubernetes/cmd/kubelet",
+            "kube-controller-manager": "k8s.io/kubernetes/cmd/kube-controller-manager",
+            "kube-scheduler": "k8s.io/kubernetes/cmd/kube-scheduler",
+        },
+        version_stamps=_kubernetes_version_stamps,
     ),
 )
 
@@ -267,25 +294,22 @@ def _finish_build(
     return None
 
 
-def ensure_kube_binaries(repo_root: Path | None = None) -> KubeBinaries:
-    """Return the control-plane binaries, building the missing ones first.
-
-    Raises KubeBinariesError with the build log tail when a build fails.
-    """
+def _ensure(builds: tuple[_GoBuild, ...], repo_root: Path | None) -> dict[str, Path]:
+    """Build what is missing of ``builds``; return binary name -> path."""
     root = repo_root or find_repo_root()
     controlplane_dir = root / "tests" / "controlplane"
     bin_dir = root / ".cache" / "bin"
-    versions = {build.name: build.version(controlplane_dir) for build in _BUILDS}
+    versions = {build.name: build.version(controlplane_dir) for build in builds}
     paths = {
         binary: bin_dir / f"{binary}-{versions[build.name]}"
-        for build in _BUILDS
+        for build in builds
         for binary in build.binaries
     }
 
     def missing() -> list[tuple[_GoBuild, str]]:
         return [
             (build, versions[build.name])
-            for build in _BUILDS
+            for build in builds
             if not all(os.access(paths[binary], os.X_OK) for binary in build.binaries)
         ]
 
@@ -295,7 +319,15 @@ def ensure_kube_binaries(repo_root: Path | None = None) -> KubeBinaries:
             # Another process may have finished the build while this one waited for the lock.
             if pending := missing():
                 _run_builds(pending, controlplane_dir, bin_dir)
+    return paths
 
+
+def ensure_kube_binaries(repo_root: Path | None = None) -> KubeBinaries:
+    """Return the control-plane binaries, building the missing ones first.
+
+    Raises KubeBinariesError with the build log tail when a build fails.
+    """
+    paths = _ensure(_BUILDS, repo_root)
     return KubeBinaries(
         kube_apiserver=paths["kube-apiserver"],
         etcd=paths["etcd"],
@@ -304,16 +336,29 @@ def ensure_kube_binaries(repo_root: Path | None = None) -> KubeBinaries:
     )
 
 
+def ensure_node_binaries(repo_root: Path | None = None) -> NodeBinaries:
+    """Return kubelet, kube-controller-manager and kube-scheduler, building them if missing."""
+    paths = _ensure(_NODE_BUILDS, repo_root)
+    return NodeBinaries(
+        kubelet=paths["kubelet"],
+        kube_controller_manager=paths["kube-controller-manager"],
+        kube_scheduler=paths["kube-scheduler"],
+    )
+
+
 def main() -> int:
     """Build what is missing and print ``NAME=path`` lines a Makefile or shell can consume."""
     began = time.monotonic()
     try:
-        binaries = ensure_kube_binaries()
+        groups = [ensure_kube_binaries()]
+        if "--node" in sys.argv[1:]:
+            groups.append(ensure_node_binaries())
     except KubeBinariesError as error:
         print(error, file=sys.stderr)
         return 1
-    for field, path in vars(binaries).items():
-        print(f"{field.upper()}={path}")
+    for binaries in groups:
+        for field, path in vars(binaries).items():
+            print(f"{field.upper()}={path}")
     print(f"# ready in {time.monotonic() - began:.1f}s", file=sys.stderr)
     return 0
 

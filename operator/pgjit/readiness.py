@@ -1,0 +1,92 @@
+"""``--readiness``: an HTTP endpoint that answers 200 only once the operator is watching.
+
+Kopf's ``/healthz`` (``--liveness``) proves that the event loop answers; it answers as soon as
+the process is up, also while the operator cannot watch anything (startup handlers still
+running, or RBAC that lets it start but not list its kinds). Readiness here means: Kopf's
+startup handlers have finished, which is when Kopf starts its watch streams, and the operator,
+with its own credentials, has listed each kind it watches (Databases, Roles, DatabaseSessions)
+in every namespace it watches: the request each watch stream begins with. From then on the
+endpoint stays ready; a failing watch later on is Kopf's to retry, and restarting the process
+is liveness's job. Until then it answers 503 with what it is waiting for.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import urllib.parse
+from collections.abc import Callable
+
+import aiohttp.web
+import kubernetes
+
+from . import GROUP, VERSION
+
+KINDS = ("databases", "roles", "databasesessions")
+RETRY_SECONDS = 2.0
+
+logger = logging.getLogger(__name__)
+
+
+class Readiness:
+    def __init__(self, namespaces: list[str]) -> None:
+        self.namespaces = namespaces
+        self.waiting_for = "startup handlers"
+        self.ready = False
+
+    async def check(self, started: asyncio.Event,
+                    lister: Callable[[str, str | None], None] | None = None) -> None:
+        """Wait for Kopf's startup, then list every watched kind once with the operator's client.
+
+        ``lister(plural, namespace)`` raises when the list fails; by default it is a limit=1
+        list through the operator's own Kubernetes client.
+        """
+        await started.wait()
+        if lister is None:
+            from .kube.client import load_client
+
+            api = kubernetes.client.CustomObjectsApi(load_client())
+
+            def lister(plural: str, namespace: str | None) -> None:
+                self._list(api, plural, namespace)
+
+        while True:
+            try:
+                for plural in KINDS:
+                    for namespace in self.namespaces or [None]:
+                        self.waiting_for = f"list {plural}" + (f" in {namespace}" if namespace else "")
+                        await asyncio.to_thread(lister, plural, namespace)
+            except Exception as error:  # noqa: BLE001 - any failure means: not watching yet
+                logger.warning("Not ready: %s failed: %s", self.waiting_for, error)
+                await asyncio.sleep(RETRY_SECONDS)
+                continue
+            self.ready, self.waiting_for = True, ""
+            logger.info("Ready: watching %s", ", ".join(KINDS))
+            return
+
+    @staticmethod
+    def _list(api: kubernetes.client.CustomObjectsApi, plural: str, namespace: str | None) -> None:
+        if namespace is None:
+            api.list_cluster_custom_object(GROUP, VERSION, plural, limit=1, _request_timeout=10)
+        else:
+            api.list_namespaced_custom_object(GROUP, VERSION, namespace, plural, limit=1,
+                                              _request_timeout=10)
+
+    async def _respond(self, request: aiohttp.web.Request) -> aiohttp.web.Response:
+        if self.ready:
+            return aiohttp.web.json_response({"ready": True})
+        return aiohttp.web.json_response({"ready": False, "waitingFor": self.waiting_for},
+                                         status=503)
+
+    async def serve(self, url: str) -> None:
+        """Serve the endpoint at ``url`` (``http://HOST:PORT/PATH``) until cancelled."""
+        parts = urllib.parse.urlsplit(url)
+        app = aiohttp.web.Application()
+        app.add_routes([aiohttp.web.get(parts.path or "/readyz", self._respond)])
+        runner = aiohttp.web.AppRunner(app, handle_signals=False, shutdown_timeout=1.0)
+        await runner.setup()
+        try:
+            await aiohttp.web.TCPSite(runner, parts.hostname, parts.port).start()
+            await asyncio.Event().wait()
+        finally:
+            await runner.cleanup()
