@@ -353,7 +353,8 @@ def test_chart_metadata() -> None:
     crds = yaml.safe_load(annotations["artifacthub.io/crds"])
     assert {c["name"] for c in crds} == {c["metadata"]["name"] for c in build_crds()}
     examples = yaml.safe_load(annotations["artifacthub.io/crdsExamples"])
-    assert {e["kind"] for e in examples} == {"Database", "Role", "DatabaseSession"}
+    assert {e["kind"] for e in examples} == {"Database", "Role", "DatabaseSession",
+                                             "ObjectLabelRule"}
     from pgjit import __version__
     assert chart["appVersion"] == __version__
     [image] = yaml.safe_load(annotations["artifacthub.io/images"])
