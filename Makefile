@@ -13,13 +13,21 @@ UV_VERSION := 0.13.9
 LOCK_FLAGS := --generate-hashes --python-version 3.11 --python-platform x86_64-manylinux_2_28 --quiet
 LOGS := .cache/test-logs
 
-.PHONY: test test-unit test-postgres test-cluster test-node node-images node-packages lock venv system-packages kube-binaries crds \
+.PHONY: test check test-unit test-postgres test-cluster test-node node-images node-packages lock venv system-packages kube-binaries crds \
         dev bench bench-engine clean lua-runner helm-lint
 
 test: venv
 	@mkdir -p $(LOGS)
 	@# Independent layers run in parallel; -Otarget keeps each layer's output together.
-	$(MAKE) --no-print-directory -j3 -Otarget test-unit test-postgres test-cluster test-node
+	$(MAKE) --no-print-directory -j3 -Otarget check test-unit test-postgres test-cluster test-node
+
+# Types (strict for api/ and core/, see pyproject.toml) and the layer contracts of the README's
+# Layout. Both run even when the first fails, so one run shows every problem.
+check: venv
+	@status=0; \
+	$(VENV)/bin/mypy || status=1; \
+	$(VENV)/bin/lint-imports --no-cache || status=1; \
+	exit $$status
 
 venv: $(VENV_STAMP)
 

@@ -212,6 +212,8 @@ def test_postmaster_dies_with_its_parent(pg_lifecycle_major: str) -> None:
         finally:
             os.kill(child.pid, signal.SIGKILL)
             child.wait()
+            if child.stdout is not None:
+                child.stdout.close()
         assert _wait_gone(pid), f"postmaster {pid} outlived its parent"
     finally:
         shutil.rmtree(workdir, ignore_errors=True)

@@ -13,7 +13,7 @@ import enum
 import re
 from collections.abc import Callable, Mapping
 from datetime import datetime, timedelta
-from typing import Annotated, Any, ClassVar
+from typing import TYPE_CHECKING, Annotated, Any, ClassVar
 
 from pydantic import (
     AfterValidator,
@@ -194,13 +194,18 @@ def matching_str(pattern: str, message: str, *, max_length: int, description: st
     ]
 
 
-ObjectName = matching_str(
-    DNS_SUBDOMAIN_PATTERN,
-    "must be a Kubernetes object name: lowercase letters, digits, '-' and '.', starting and"
-    " ending with a letter or digit",
-    max_length=K8S_NAME_MAX_LENGTH,
-    description="Name of a Kubernetes object in the same namespace (a DNS-1123 subdomain).",
-)
+# Types built by a function are values to mypy, not aliases; it sees them as the plain ``str``
+# they validate to (here and below).
+if TYPE_CHECKING:
+    ObjectName = str
+else:
+    ObjectName = matching_str(
+        DNS_SUBDOMAIN_PATTERN,
+        "must be a Kubernetes object name: lowercase letters, digits, '-' and '.', starting and"
+        " ending with a letter or digit",
+        max_length=K8S_NAME_MAX_LENGTH,
+        description="Name of a Kubernetes object in the same namespace (a DNS-1123 subdomain).",
+    )
 """Name of a Kubernetes object in the same namespace."""
 
 Timestamp = Annotated[
@@ -297,12 +302,15 @@ class LocalObjectRef(ApiModel):
     name: ObjectName = Field(description="Name of the object, in the same namespace.")
 
 
-SecretKey = matching_str(
-    r"^[-._a-zA-Z0-9]+$",
-    "must be a Secret data key: letters, digits, '-', '_' and '.'",
-    max_length=K8S_NAME_MAX_LENGTH,
-    description="A key in the Secret's data.",
-)
+if TYPE_CHECKING:
+    SecretKey = str
+else:
+    SecretKey = matching_str(
+        r"^[-._a-zA-Z0-9]+$",
+        "must be a Secret data key: letters, digits, '-', '_' and '.'",
+        max_length=K8S_NAME_MAX_LENGTH,
+        description="A key in the Secret's data.",
+    )
 
 
 class SecretKeyRef(ApiModel):

@@ -124,4 +124,5 @@ ALL = {
 
 def manifest(name: str) -> dict[str, Any]:
     """A fresh copy of the example ``name`` (a key of ``ALL``) as a dict."""
-    return yaml.safe_load(ALL[name])
+    loaded: dict[str, Any] = yaml.safe_load(ALL[name])
+    return loaded

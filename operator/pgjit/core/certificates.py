@@ -108,9 +108,10 @@ def _load_ca_key(ca_key_pem: bytes) -> _SigningKey:
 
 
 def _public_der(key: object) -> bytes:
-    return key.public_bytes(  # type: ignore[attr-defined]
+    der: bytes = key.public_bytes(  # type: ignore[attr-defined]
         serialization.Encoding.DER, serialization.PublicFormat.SubjectPublicKeyInfo
     )
+    return der
 
 
 def _check_key_matches(ca_cert: x509.Certificate, ca_key: _SigningKey) -> None:
@@ -184,7 +185,11 @@ def _aware(moment: datetime, name: str) -> datetime:
     return moment.astimezone(timezone.utc)
 
 
-def _signature_hash(ca_key: _SigningKey) -> hashes.HashAlgorithm | None:
+# The hashes ``CertificateBuilder.sign`` accepts (its stubs name them; the base class is too wide).
+_SignatureHash = hashes.SHA256 | hashes.SHA384 | hashes.SHA512
+
+
+def _signature_hash(ca_key: _SigningKey) -> _SignatureHash | None:
     if isinstance(ca_key, (ed25519.Ed25519PrivateKey, ed448.Ed448PrivateKey)):
         return None  # EdDSA hashes internally
     if isinstance(ca_key, ec.EllipticCurvePrivateKey):

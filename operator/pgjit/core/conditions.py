@@ -208,7 +208,7 @@ def _condition(
     now: datetime,
 ) -> ConditionDict:
     same_status = previous is not None and previous.get("status") == status.value
-    transition_time = previous.get("lastTransitionTime") if same_status else None
+    transition_time = previous.get("lastTransitionTime") if previous and same_status else None
     condition: ConditionDict = {
         "type": type_,
         "status": status.value,
@@ -251,7 +251,7 @@ def build_conditions(
         conditions.append(_condition(
             abnormal, ConditionStatus.TRUE, reason, message, generation, old(abnormal), now
         ))
-    seen = set(MANAGED_TYPES)
+    seen: set[object] = set(MANAGED_TYPES)
     for condition in previous_list:
         type_ = condition.get("type")
         if type_ not in seen:

@@ -12,7 +12,7 @@ from collections.abc import Sequence
 
 from ..api.common import format_duration
 from .permissions import PermissionRule
-from .policy import Decision, RoleExplanation, describe_rule
+from .policy import AccessRequest, Decision, RoleExplanation, describe_rule
 
 
 def render_explanation(decision: Decision, *, include_unmatched: bool = True,
@@ -64,7 +64,7 @@ def _bound_line(decision: Decision) -> str:
             "superuser-like roles only by exact name)")
 
 
-def _user_rows(request) -> list[tuple[str, str]]:
+def _user_rows(request: AccessRequest) -> list[tuple[str, str]]:
     rows = [("User", f"{request.user} (groups: {', '.join(request.groups) or 'none'})")]
     if request.extra:
         rows.append(("Extra", "; ".join(f"{key}={','.join(values)}"

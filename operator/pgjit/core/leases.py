@@ -16,7 +16,7 @@ from __future__ import annotations
 import json
 from dataclasses import dataclass, field, replace
 from datetime import datetime, timezone
-from typing import Mapping
+from typing import Any, Mapping
 
 LEDGER_KEY = "pgjit"
 LEDGER_VERSION = 1
@@ -47,8 +47,8 @@ class Lease:
     def live_at(self, now: datetime) -> bool:
         return self.expires_at > now
 
-    def to_json(self) -> dict:
-        raw = {"expires": self.expires_at.astimezone(timezone.utc).isoformat(),
+    def to_json(self) -> dict[str, Any]:
+        raw: dict[str, Any] = {"expires": self.expires_at.astimezone(timezone.utc).isoformat(),
                "roles": list(self.roles), "database": self.database,
                "permissions": self.has_permissions}
         if self.permissions_digest:
@@ -56,7 +56,7 @@ class Lease:
         return raw
 
     @classmethod
-    def from_json(cls, session_id: str, raw: Mapping) -> "Lease":
+    def from_json(cls, session_id: str, raw: Mapping[str, Any]) -> "Lease":
         return cls(session_id=session_id,
                    expires_at=datetime.fromisoformat(raw["expires"]),
                    roles=tuple(raw.get("roles") or ()),
@@ -103,7 +103,7 @@ class Ledger:
                 return cls()
             leases = {sid: Lease.from_json(sid, raw)
                       for sid, raw in (payload.get("leases") or {}).items()}
-            mode = payload.get("mode") if payload.get("mode") in MODES else MODE_KEEP
+            mode = str(payload["mode"]) if payload.get("mode") in MODES else MODE_KEEP
             return cls(identity=payload.get("identity"), mode=mode, leases=leases)
         except (ValueError, TypeError, KeyError, AttributeError):
             return cls()

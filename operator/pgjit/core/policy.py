@@ -414,7 +414,7 @@ def _cancelled_by(rule: PermissionRule, denies: Iterable[PermissionRule]) -> boo
 
 
 def _unique_sorted_rules(rules: Iterable[PermissionRule]) -> tuple[PermissionRule, ...]:
-    def key(rule: PermissionRule) -> tuple:
+    def key(rule: PermissionRule) -> tuple[str, str, str, tuple[str, ...]]:
         m = rule.match
         return (m.object_kind, m.schema, m.name, tuple(sorted(rule.privileges)))
 
@@ -719,7 +719,7 @@ def evaluate(
     traits = _Traits(internal=internal_traits or {}, external=request.extra)
     database_label = database.metadata.name or "?"
 
-    unique_roles = {}
+    unique_roles: dict[str, Role] = {}
     for role in roles:
         unique_roles.setdefault(_role_name(role), role)
     explanations = [_explain_role(role, request, database, traits)

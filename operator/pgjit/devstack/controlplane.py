@@ -153,7 +153,8 @@ def _write_pki(pki: Path) -> None:
     # Service's first IP) verify the certificate too.
     alt_names = [
         x509.IPAddress(ipaddress.ip_address("127.0.0.1")),
-        x509.IPAddress(next(ipaddress.ip_network(SERVICE_CLUSTER_IP_RANGE).hosts())),
+        x509.IPAddress(ipaddress.ip_address(str(
+            next(ipaddress.ip_network(SERVICE_CLUSTER_IP_RANGE).hosts())))),
         *(
             x509.DNSName(name)
             for name in ("localhost", "kubernetes", "kubernetes.default", "kubernetes.default.svc",

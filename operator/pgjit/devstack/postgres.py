@@ -384,10 +384,10 @@ class PostgresServer:
     # -- connecting --
 
     def conninfo(
-        self, user: str, password: str | None = None, dbname: str = "postgres", **extra: object
+        self, user: str, password: str | None = None, dbname: str = "postgres", **extra: str | int | None
     ) -> str:
         """libpq conninfo for TCP to ``host``; ``extra`` adds or overrides keywords (host, ssl*)."""
-        params: dict[str, object] = {
+        params: dict[str, str | int | None] = {
             "host": self.host, "port": self.port, "user": user, "dbname": dbname,
         }
         if password is not None:
@@ -735,6 +735,7 @@ def start_postgres(
     for _attempt in range(5):
         port = _free_port()
         log_offset = log_path.stat().st_size
+        process = _spawn(build, user, data_dir, log_path, port)
         server = PostgresServer(
             major=major, server_version=build.version, bindir=build.bindir, source=build.source,
             host=PASSWORD_HOST, cert_host=CERT_HOST, port=port, workdir=workdir,
@@ -745,11 +746,11 @@ def start_postgres(
             server_ca_path=tls["server_ca"], client_ca_cert_path=tls["client_ca_cert"],
             client_ca_key_path=tls["client_ca_key"], supports_ssl=supports_ssl,
             lc_messages=lc_messages, settings=dict(settings or {}),
-            _process=_spawn(build, user, data_dir, log_path, port),
+            _process=process,
         )
         _live_servers.add(server)
         try:
-            _wait_ready(server._process, data_dir, log_path)
+            _wait_ready(process, data_dir, log_path)
         except PostgresStartError:
             server.stop()
             if not _lost_port_race(log_path, log_offset):
@@ -774,7 +775,10 @@ def start_postgres(
 def _bootstrap(server: PostgresServer) -> None:
     """Create the admin role as pgjit's docs tell users to, and learn what the server says."""
     with psycopg.connect(server.superuser_conninfo(), autocommit=True, connect_timeout=10) as conn:
-        server.server_version = str(conn.execute("SHOW server_version").fetchone()[0]).split()[0]
+        row = conn.execute("SHOW server_version").fetchone()
+        if row is None:
+            raise PostgresStartError("the server did not answer SHOW server_version")
+        server.server_version = str(row[0]).split()[0]
         # Send a SCRAM verifier, not the password: statement logs must never show a password.
         verifier = conn.pgconn.encrypt_password(
             server.admin_password.encode(), server.admin_user.encode(), b"scram-sha-256"

@@ -81,8 +81,8 @@ def classify(exc: BaseException, *, doing: str) -> EngineError:
     if isinstance(exc, psycopg.Error):
         sqlstate = exc.sqlstate
         primary = exc.diag.message_primary or (str(exc).strip().splitlines() or [""])[0]
-        if sqlstate is None and getattr(exc.pgconn, "used_password", False) \
-                and exc.pgconn.server_version == 0:
+        if sqlstate is None and exc.pgconn is not None \
+                and getattr(exc.pgconn, "used_password", False) and exc.pgconn.server_version == 0:
             # libpq reports no SQLSTATE for a refused login; that the server asked for and then
             # rejected the password is the one language-independent sign of it.
             return EngineError(AUTHENTICATION_FAILED, f"{doing}: the server refused the admin's "

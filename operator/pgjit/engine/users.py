@@ -11,6 +11,7 @@ from __future__ import annotations
 import asyncio
 import hashlib
 import time
+from collections.abc import Container
 from dataclasses import dataclass, field, replace
 from datetime import datetime, timezone
 
@@ -81,15 +82,24 @@ class UserState:
 class Batch:
     """Statements to pipeline in one transaction."""
 
-    statements: list[tuple[sql.Composable, list | None]] = field(default_factory=list)
+    statements: list[tuple[sql.Composed | sql.SQL, list[object] | None]] = field(
+        default_factory=list)
 
-    def add(self, statement: sql.Composable) -> None:
+    def add(self, statement: sql.Composed | sql.SQL) -> None:
         self.statements.append((statement, None))
 
 
-def _admin_name_sql(admin: str, *names: str) -> str:
+def _admin_name_sql(admin: str, *names: str) -> tuple[str, str]:
+    """The role names and the admin as SQL identifiers, for messages that show a GRANT."""
     quoted = lambda n: '"' + n.replace('"', '""') + '"'  # noqa: E731 - display text only
     return ", ".join(quoted(n) for n in names), quoted(admin)
+
+
+def _count(row: tuple[int, ...] | None) -> int:
+    """The number a count query returns (always one row)."""
+    if row is None:
+        raise RuntimeError("a count query returned no row")
+    return int(row[0])
 
 
 class UserLifecycle:
@@ -355,7 +365,7 @@ class UserLifecycle:
         if released is not None:
             needs_revoke = lease is not None and lease.has_permissions and not any(
                 o.database == lease.database and o.has_permissions for o in others)
-            if needs_revoke and revoke_permissions is not None:
+            if needs_revoke and lease is not None and revoke_permissions is not None:
                 await revoke_permissions(name, lease.database)
             return released
         if dropped is not None:
@@ -394,7 +404,7 @@ class UserLifecycle:
             return 0
         async with self.conns.connection() as conn:
             cur = await conn.execute(S.TERMINATE_BACKENDS, [role_oid])
-            terminated = (await cur.fetchone())[0]
+            terminated = _count(await cur.fetchone())
             self.stats.round_trips += 1
             if not terminated:
                 return 0
@@ -402,7 +412,7 @@ class UserLifecycle:
             delay = 0.01
             while time.monotonic() < deadline:
                 cur = await conn.execute(S.COUNT_BACKENDS, [role_oid])
-                if (await cur.fetchone())[0] == 0:
+                if _count(await cur.fetchone()) == 0:
                     break
                 await asyncio.sleep(delay)
                 delay = min(delay * 2, 0.2)
@@ -555,7 +565,7 @@ class UserLifecycle:
 
     # -- sweep ---------------------------------------------------------------------------------
 
-    async def sweep(self, live_session_ids: set[str], *, terminate_connections: bool,
+    async def sweep(self, live_session_ids: Container[str], *, terminate_connections: bool,
                     revoke_permissions=None) -> list[Teardown]:
         """End every lease not in ``live_session_ids``, and lock managed users without leases."""
         async with self.conns.connection() as conn:

@@ -1,6 +1,10 @@
 """Kopf handlers: thin glue between Kubernetes objects, the policy core and the engine.
 
 Importing this package registers every handler with Kopf.
+
+Typing: Kopf's handler protocols (``kopf.ChangingFn`` and the like) list only Kopf's own keyword
+arguments, not the indexes it passes by their names as well, so mypy refuses every handler that
+takes an index. Those decorators carry ``# type: ignore[arg-type]  # index kwargs``, nothing else.
 """
 
 from . import databases, indexes, object_labels, roles, sessions, settings  # noqa: F401

@@ -172,7 +172,7 @@ async def _remove_secrets_of(memo: kopf.Memo, session_id: str) -> None:
 
 @kopf.on.resume(*RESOURCE, id="connect")
 @kopf.on.create(*RESOURCE, id="connect")
-@kopf.on.update(*RESOURCE, id="connect", field="spec")
+@kopf.on.update(*RESOURCE, id="connect", field="spec")  # type: ignore[arg-type]  # index kwargs
 async def connect(body, namespace, name, patch, memo, live_sessions_by_database,
                   roles_by_namespace, **_):
     with metrics.reconcile("database"):
@@ -180,7 +180,7 @@ async def connect(body, namespace, name, patch, memo, live_sessions_by_database,
                      roles_by_namespace, refresh=True, sweep=False)
 
 
-@kopf.timer(*RESOURCE, id="health", interval=HEALTH_INTERVAL, initial_delay=HEALTH_INTERVAL)
+@kopf.timer(*RESOURCE, id="health", interval=HEALTH_INTERVAL, initial_delay=HEALTH_INTERVAL)  # type: ignore[arg-type]  # index kwargs
 async def health(body, namespace, name, patch, memo, live_sessions_by_database,
                  roles_by_namespace, **_):
     """Re-check reachability and privileges, and end users no live session holds (crash safety)."""
@@ -189,7 +189,7 @@ async def health(body, namespace, name, patch, memo, live_sessions_by_database,
                      roles_by_namespace, refresh=True, sweep=True)
 
 
-@kopf.on.delete(*RESOURCE, id="release")
+@kopf.on.delete(*RESOURCE, id="release")  # type: ignore[arg-type]  # index kwargs
 async def release(body, namespace, name, patch, memo, live_sessions_by_database, **_):
     live = _live_sessions(live_sessions_by_database, namespace, name)
     patch.status["activeSessions"] = len(live)
@@ -201,7 +201,7 @@ async def release(body, namespace, name, patch, memo, live_sessions_by_database,
     await memo.engines.forget(namespace, name)
 
 
-@kopf.daemon(*RESOURCE, id="leases", cancellation_timeout=10.0)
+@kopf.daemon(*RESOURCE, id="leases", cancellation_timeout=10.0)  # type: ignore[arg-type]  # index kwargs
 async def leases(namespace, name, memo, stopped, active_sessions_by_database, databases_by_name,
                  roles_by_namespace, **_):
     """Ends this Database's sessions at expiry and when access is revoked (see sessions.py)."""

@@ -40,7 +40,7 @@ def _role_status(body, namespace: str, databases_by_name) -> tuple[dict, list[st
         problems = [f"{'.'.join(map(str, e['loc']))}: {e['msg']}" for e in exc.errors()]
         role = None
     status: dict = {"observedGeneration": generation}
-    if problems:
+    if problems or role is None:
         message = "; ".join(problems)[:2048]
         status["conditions"] = conditions.stalled(previous, generation, "InvalidRole", message)
         return status, problems
@@ -56,7 +56,7 @@ def _role_status(body, namespace: str, databases_by_name) -> tuple[dict, list[st
 
 @kopf.on.resume(*RESOURCE, id="validate")
 @kopf.on.create(*RESOURCE, id="validate")
-@kopf.on.update(*RESOURCE, id="validate", field="spec")
+@kopf.on.update(*RESOURCE, id="validate", field="spec")  # type: ignore[arg-type]  # index kwargs
 async def validate(body, namespace, patch, databases_by_name, **_):
     with metrics.reconcile("role"):
         status, problems = _role_status(body, namespace, databases_by_name)
@@ -69,7 +69,7 @@ async def validate(body, namespace, patch, databases_by_name, **_):
         patch.status.update(status)
 
 
-@kopf.on.event(GROUP, VERSION, "databases", id="role-selection")
+@kopf.on.event(GROUP, VERSION, "databases", id="role-selection")  # type: ignore[arg-type]  # index kwargs
 async def refresh_selections(namespace, memo, roles_by_namespace, databases_by_name, **_):
     """Keep each valid Role's ``selectedDatabases`` current as Databases come, go or relabel.
 
@@ -83,7 +83,7 @@ async def refresh_selections(namespace, memo, roles_by_namespace, databases_by_n
         if ready.get("reason") != "Valid" or \
                 current.get("observedGeneration") != body.get("metadata", {}).get("generation"):
             continue  # not validated yet (or invalid): the validate handler writes its status
-        status, _ = _role_status(body, namespace, databases_by_name)
+        status, _problems = _role_status(body, namespace, databases_by_name)
         if status.get("selectedDatabases") != current.get("selectedDatabases"):
             await memo.kube.patch_status(GROUP, VERSION, "roles", namespace,
                                          body["metadata"]["name"], status)

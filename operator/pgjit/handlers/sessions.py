@@ -277,7 +277,7 @@ async def _open(body, name, namespace, uid, memo, indexes, status: dict) -> None
     target = ConnectionTarget(activation.username, database.spec.host, database.spec.port,
                               session.spec.database_name, tls_mode)
     server_ca = await _server_ca(memo, namespace, database)
-    if cert_type:
+    if password is None:  # the clientCertificate type
         ca_ref = database.spec.credentials.client_ca_secret_ref
         ca = await memo.kube.read_secret(namespace, ca_ref.name) if ca_ref else None
         if not ca or "tls.crt" not in ca or "tls.key" not in ca:
@@ -354,7 +354,7 @@ def _apply_outcome(body, status: dict, outcome: Outcome) -> None:
 
 
 @kopf.on.resume(*RESOURCE, id="lease")
-@kopf.on.create(*RESOURCE, id="lease")
+@kopf.on.create(*RESOURCE, id="lease")  # type: ignore[arg-type]  # index kwargs
 async def open_lease(body, name, namespace, uid, patch, memo, databases_by_name,
                      roles_by_namespace, active_sessions_by_user, label_rules_by_namespace, **_):
     phase = body.get("status", {}).get("phase")
@@ -428,7 +428,7 @@ async def end_lease(body, namespace: str, name: str, uid: str, memo, databases_b
     return {"teardown": teardown, "endedAt": _ts(_now())}
 
 
-@kopf.on.delete(*RESOURCE, id="end")
+@kopf.on.delete(*RESOURCE, id="end")  # type: ignore[arg-type]  # index kwargs
 async def end_on_delete(body, name, namespace, uid, memo, databases_by_name, **_):
     if body.get("status", {}).get("phase") in ("Ended", "Expired") and \
             body.get("status", {}).get("teardown"):

@@ -44,8 +44,8 @@ async def server_config(kube: Kube, database: Database, namespace: str) -> Serve
         cert = await secret_key(name, "tls.crt", "admin client certificate")
         key = await secret_key(name, "tls.key", "admin client certificate key")
     if spec.tls is not None and spec.tls.ca_secret_ref is not None:
-        ref = spec.tls.ca_secret_ref
-        ca = await secret_key(ref.name, ref.key, "server CA certificate")
+        ca_ref = spec.tls.ca_secret_ref
+        ca = await secret_key(ca_ref.name, ca_ref.key, "server CA certificate")
     ssl_mode = str(spec.tls.ssl_mode) if spec.tls is not None else "prefer"
     iam = ((admin.aws_iam.region, admin.aws_iam.assume_role_arn)
            if admin.aws_iam is not None else None)
