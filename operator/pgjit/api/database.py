@@ -55,18 +55,22 @@ class CredentialsType(enum.StrEnum):
 #: sslModes that do not guarantee TLS; IAM tokens must never travel without it.
 _WEAK_SSL_MODES = ("disable", "allow", "prefer")
 
-AwsRegion = matching_str(
-    r"^[a-z]{2}(-[a-z0-9]+)+-[0-9]+$",
-    "must be an AWS region such as eu-central-1 or us-gov-west-1",
-    max_length=32,
-    description="An AWS region.",
-)
-RoleArn = matching_str(
-    r"^arn:aws[a-z-]*:iam::[0-9]{12}:role/[A-Za-z0-9+=,.@_/-]{1,512}$",
-    "must be an IAM role ARN such as arn:aws:iam::123456789012:role/pgjit-admin",
-    max_length=600,
-    description="An IAM role ARN.",
-)
+if TYPE_CHECKING:  # values to mypy, like HostName below
+    AwsRegion = str
+    RoleArn = str
+else:
+    AwsRegion = matching_str(
+        r"^[a-z]{2}(-[a-z0-9]+)+-[0-9]+$",
+        "must be an AWS region such as eu-central-1 or us-gov-west-1",
+        max_length=32,
+        description="An AWS region.",
+    )
+    RoleArn = matching_str(
+        r"^arn:aws[a-z-]*:iam::[0-9]{12}:role/[A-Za-z0-9+=,.@_/-]{1,512}$",
+        "must be an IAM role ARN such as arn:aws:iam::123456789012:role/pgjit-admin",
+        max_length=600,
+        description="An IAM role ARN.",
+    )
 
 
 class AwsIAM(ApiModel):

@@ -6,15 +6,14 @@ import logging
 import os
 
 import kopf
-from pydantic import ValidationError
 
 from .. import GROUP, VERSION
 from ..api.database import Database
-from ..api.role import Role
 from ..core.policy import bound_violations, roles_granted_on
 from ..core.credentials_secret import SESSION_LABEL, session_label_value
 from ..engine import EngineError
 from . import metrics
+from .indexes import valid_roles
 from .sessions import SECRET_ACCESS, report_drift, supervise_leases
 from .status import set_conditions
 
@@ -47,16 +46,6 @@ class LiveSessions:
         return any(session_id in store for store in self._index.values())
 
 
-def _valid_roles(namespace: str, roles_by_namespace) -> list[Role]:
-    roles = []
-    for role_body in roles_by_namespace.get(namespace, ()):
-        try:
-            roles.append(Role.model_validate(role_body))
-        except ValidationError:
-            continue  # an invalid Role grants nothing; its own status says why
-    return roles
-
-
 def _session_object(session_id: str) -> dict | None:
     """Enough of a session for an Event, from its lease id (namespace/name/uid)."""
     namespace, _, rest = session_id.partition("/")
@@ -69,7 +58,7 @@ def _session_object(session_id: str) -> dict | None:
 
 async def _check(body, namespace: str, name: str, patch: kopf.Patch, memo: kopf.Memo,
                  live_sessions_by_database, roles_by_namespace, *, refresh: bool,
-                 sweep: bool) -> None:
+                 sweep: bool, reconciliation: metrics.Reconciliation) -> None:
     database = Database.model_validate(body)
     generation = body.get("metadata", {}).get("generation")
     live = _live_sessions(live_sessions_by_database, namespace, name)
@@ -78,12 +67,14 @@ async def _check(body, namespace: str, name: str, patch: kopf.Patch, memo: kopf.
 
     def report(ready: bool, reason: str, message: str, *, stalled: bool = False,
                settled: bool = False) -> None:
+        if stalled:
+            reconciliation.failed_terminally()
         set_conditions(body, patch.status, ready, reason, message, stalled=stalled,
                        settled=settled)
 
     try:
         engine = await memo.engines.engine_for(database, namespace, refresh=refresh)
-        roles = _valid_roles(namespace, roles_by_namespace)
+        roles = valid_roles(roles_by_namespace, namespace)
         patch.status["policyViolations"] = [
             {"role": v.role, "kind": v.kind, "name": v.name, "reason": v.reason}
             for v in bound_violations(database, roles)[:256]] or None
@@ -175,18 +166,19 @@ async def _remove_secrets_of(memo: kopf.Memo, session_id: str) -> None:
 @kopf.on.update(*RESOURCE, id="connect", field="spec")  # type: ignore[arg-type]  # index kwargs
 async def connect(body, namespace, name, patch, memo, live_sessions_by_database,
                   roles_by_namespace, **_):
-    with metrics.reconcile("database"):
+    with metrics.reconcile("database") as reconciliation:
         await _check(body, namespace, name, patch, memo, live_sessions_by_database,
-                     roles_by_namespace, refresh=True, sweep=False)
+                     roles_by_namespace, refresh=True, sweep=False,
+                     reconciliation=reconciliation)
 
 
 @kopf.timer(*RESOURCE, id="health", interval=HEALTH_INTERVAL, initial_delay=HEALTH_INTERVAL)  # type: ignore[arg-type]  # index kwargs
 async def health(body, namespace, name, patch, memo, live_sessions_by_database,
                  roles_by_namespace, **_):
     """Re-check reachability and privileges, and end users no live session holds (crash safety)."""
-    with metrics.reconcile("database"):
+    with metrics.reconcile("database") as reconciliation:
         await _check(body, namespace, name, patch, memo, live_sessions_by_database,
-                     roles_by_namespace, refresh=True, sweep=True)
+                     roles_by_namespace, refresh=True, sweep=True, reconciliation=reconciliation)
 
 
 @kopf.on.delete(*RESOURCE, id="release")  # type: ignore[arg-type]  # index kwargs
@@ -203,7 +195,9 @@ async def release(body, namespace, name, patch, memo, live_sessions_by_database,
 
 @kopf.daemon(*RESOURCE, id="leases", cancellation_timeout=10.0)  # type: ignore[arg-type]  # index kwargs
 async def leases(namespace, name, memo, stopped, active_sessions_by_database, databases_by_name,
-                 roles_by_namespace, **_):
-    """Ends this Database's sessions at expiry and when access is revoked (see sessions.py)."""
+                 roles_by_namespace, live_sessions_by_database, **_):
+    """Ends this Database's sessions at expiry and when access is revoked, and keeps its
+    ``activeSessions`` current (see sessions.py)."""
     await supervise_leases(namespace, name, memo, stopped, active_sessions_by_database,
-                           databases_by_name, roles_by_namespace)
+                           databases_by_name, roles_by_namespace,
+                           live_sessions_by_database=live_sessions_by_database)

@@ -10,9 +10,16 @@ instance, keep its Database from being deleted.
 
 from __future__ import annotations
 
+import logging
+from collections.abc import Iterable, Mapping
+
 import kopf
+from pydantic import ValidationError
 
 from .. import GROUP, VERSION
+from ..api.role import Role
+
+log = logging.getLogger(__name__)
 
 TERMINAL_PHASES = frozenset({"Ended", "Expired", "Failed"})
 
@@ -30,6 +37,20 @@ def roles_by_namespace(namespace, body, **_):
 @kopf.index(GROUP, VERSION, "objectlabelrules")
 def label_rules_by_namespace(namespace, body, **_):
     return {namespace: body}
+
+
+def valid_roles(roles_by_namespace: Mapping[str, Iterable[Mapping]], namespace: str
+                ) -> list[Role]:
+    """The namespace's Roles that parse. An invalid one grants nothing and stops nothing: its
+    own status says why (handlers/roles.py), and every decision about sessions goes on."""
+    roles = []
+    for body in roles_by_namespace.get(namespace, ()):
+        try:
+            roles.append(Role.model_validate(body))
+        except ValidationError:
+            log.debug("[%s/%s] invalid Role skipped", namespace,
+                      body.get("metadata", {}).get("name"))
+    return roles
 
 
 @kopf.index(GROUP, VERSION, "databases")

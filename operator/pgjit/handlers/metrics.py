@@ -34,26 +34,55 @@ DRIFT_CORRECTED = Counter(
     ["where"])
 
 
+class Reconciliation:
+    """What a handler tells :func:`reconcile` besides raising.
+
+    pgjit's handlers end most terminal failures by writing them into the status (a Failed
+    session, an invalid Role) and returning, so that Kopf does not retry them; only the handler
+    knows that the reconciliation failed for good.
+    """
+
+    def __init__(self) -> None:
+        self.terminal = False
+
+    def failed_terminally(self) -> None:
+        self.terminal = True
+
+
 @contextmanager
-def reconcile(controller: str) -> Iterator[None]:
+def reconcile(controller: str) -> Iterator[Reconciliation]:
+    """Count and time one reconciliation, as controller-runtime does.
+
+    A terminal failure (:meth:`Reconciliation.failed_terminally`, or ``kopf.PermanentError``)
+    counts as ``result="error"`` and a terminal error (docs/operations.md, Metrics).
+    """
     started = time.monotonic()
+    reconciliation = Reconciliation()
     try:
-        yield
+        yield reconciliation
     except kopf.TemporaryError:
         RECONCILE_TOTAL.labels(controller, "requeue_after").inc()
         raise
     except kopf.PermanentError:
-        RECONCILE_TOTAL.labels(controller, "error").inc()
-        TERMINAL_ERRORS.labels(controller).inc()
+        _count_error(controller, terminal=True)
         raise
     except Exception:
-        RECONCILE_TOTAL.labels(controller, "error").inc()
-        RECONCILE_ERRORS.labels(controller).inc()
+        _count_error(controller, terminal=False)
         raise
     else:
-        RECONCILE_TOTAL.labels(controller, "success").inc()
+        if reconciliation.terminal:
+            _count_error(controller, terminal=True)
+        else:
+            RECONCILE_TOTAL.labels(controller, "success").inc()
     finally:
         RECONCILE_TIME.labels(controller).observe(time.monotonic() - started)
+
+
+def _count_error(controller: str, *, terminal: bool) -> None:
+    # Terminal failures are decided outcomes (a refused session), not the unexpected errors
+    # that operations.md alerts on, so they stay out of RECONCILE_ERRORS.
+    RECONCILE_TOTAL.labels(controller, "error").inc()
+    (TERMINAL_ERRORS if terminal else RECONCILE_ERRORS).labels(controller).inc()
 
 
 def serve(port: int) -> None:

@@ -58,8 +58,10 @@ def _role_status(body, namespace: str, databases_by_name) -> tuple[dict, list[st
 @kopf.on.create(*RESOURCE, id="validate")
 @kopf.on.update(*RESOURCE, id="validate", field="spec")  # type: ignore[arg-type]  # index kwargs
 async def validate(body, namespace, patch, databases_by_name, **_):
-    with metrics.reconcile("role"):
+    with metrics.reconcile("role") as reconciliation:
         status, problems = _role_status(body, namespace, databases_by_name)
+        if problems:
+            reconciliation.failed_terminally()
         previous = body.get("status", {}).get("conditions")
         ready = conditions.find_condition(status["conditions"], "Ready")
         if conditions.condition_changed(conditions.find_condition(previous, "Ready"), ready):

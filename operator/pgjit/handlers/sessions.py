@@ -15,10 +15,10 @@ import time
 from datetime import datetime, timezone
 
 import kopf
+from pydantic import ValidationError
 
 from .. import GROUP, VERSION
 from ..api.database import CredentialsType, Database
-from ..api.role import Role
 from ..api.session import DatabaseSession
 from ..core import policy
 from ..core.boundaries import exact_names
@@ -27,7 +27,8 @@ from ..core.certificates import issue_client_certificate
 from ..core.credentials import generate_password
 from ..core.credential_access import secret_reader_binding, secret_reader_role
 from ..core.credentials_secret import (ConnectionTarget, certificate_secret_data,
-                                       iam_secret_data, password_secret_data, secret_labels)
+                                       iam_secret_data, password_secret_data,
+                                       secret_annotations, secret_labels)
 from ..core.naming import postgres_username
 from ..core.traits import user_traits
 from ..engine import ActivationRequest, EngineError
@@ -36,7 +37,7 @@ from ..kube.client import NotOwned
 from . import metrics
 from .object_labels import valid_rules as valid_label_rules
 from .status import set_conditions
-from .indexes import TERMINAL_PHASES, session_id
+from .indexes import TERMINAL_PHASES, session_id, valid_roles
 
 RESOURCE = (GROUP, VERSION, "databasesessions")
 log = logging.getLogger(__name__)
@@ -156,8 +157,8 @@ async def _traits(memo: kopf.Memo, user: str) -> dict[str, list[str]]:
 
 def _decide(session: DatabaseSession, database: Database, roles_by_namespace, namespace: str,
             traits) -> "policy.Decision":
-    roles = [Role.model_validate(b) for b in roles_by_namespace.get(namespace, [])]
-    decision = policy.evaluate(session.spec, database, roles, internal_traits=traits)
+    decision = policy.evaluate(session.spec, database, valid_roles(roles_by_namespace, namespace),
+                               internal_traits=traits)
     if not decision.allowed:
         raise Outcome("Failed", decision.reason, decision.message, terminal=True)
     allow_list = database.spec.databases
@@ -273,11 +274,13 @@ async def _open(body, name, namespace, uid, memo, indexes, status: dict) -> None
                               "activated by another session of the same user; retrying", retry=2)
             memo.shared_passwords.remember(user_key, password)
 
+    #: Why the session ends earlier than asked, for the Ready message.
+    notes: list[str] = [str(decision.duration_message)] if decision.duration_capped else []
     tls_mode = str(database.spec.tls.ssl_mode) if database.spec.tls else "prefer"
     target = ConnectionTarget(activation.username, database.spec.host, database.spec.port,
                               session.spec.database_name, tls_mode)
     server_ca = await _server_ca(memo, namespace, database)
-    if password is None:  # the clientCertificate type
+    if cert_type:
         ca_ref = database.spec.credentials.client_ca_secret_ref
         ca = await memo.kube.read_secret(namespace, ca_ref.name) if ca_ref else None
         if not ca or "tls.crt" not in ca or "tls.key" not in ca:
@@ -289,6 +292,12 @@ async def _open(body, name, namespace, uid, memo, indexes, status: dict) -> None
                                               expires_at)
         except ValueError as exc:
             raise Outcome("Failed", "InvalidClientCA", str(exc), terminal=True, release=True)
+        if issued.capped:
+            # The credentials end with the certificate: every expiry shown must be its notAfter,
+            # and the lease loop ends the session then (VALID UNTIL stays later, harmlessly).
+            expires_at = issued.not_after
+            notes.append(f"the certificate expires at {_ts(expires_at)}, when the Database's "
+                         "client CA does")
         data = certificate_secret_data(target, issued.cert_pem, issued.key_pem, ca["tls.crt"],
                                        expires_at, server_ca)
     elif credentials_type == CredentialsType.AWS_IAM and database.spec.admin.aws_iam is not None:
@@ -307,7 +316,8 @@ async def _open(body, name, namespace, uid, memo, indexes, status: dict) -> None
              activation.username, secret_name)
     owner = {"apiVersion": body["apiVersion"], "kind": body["kind"], "name": name, "uid": uid}
     labels = secret_labels(name)
-    writes = [memo.kube.write_secret(namespace, secret_name, data, labels=labels, owner=owner)]
+    writes = [memo.kube.write_secret(namespace, secret_name, data, labels=labels, owner=owner,
+                                     annotations=secret_annotations(name, expires_at))]
     if SECRET_ACCESS:
         writes.append(memo.kube.grant_secret_access(
             namespace, secret_reader_role(secret_name, labels),
@@ -318,8 +328,8 @@ async def _open(body, name, namespace, uid, memo, indexes, status: dict) -> None
         raise Outcome("Failed", "SecretConflict", f"{conflict}; choose another spec.secretName "
                       "(the default is <session name>-credentials)", terminal=True, release=True)
     message = f"PostgreSQL user {activation.username} is active until {_ts(expires_at)}"
-    if decision.duration_capped:
-        message += f" ({decision.duration_message})"
+    if notes:
+        message += f" ({'; '.join(notes)})"
     status.update({
         "phase": "Active", "username": activation.username,
         "databaseRoles": list(activation.roles), "permissions": activation.permissions_summary,
@@ -367,13 +377,15 @@ async def open_lease(body, name, namespace, uid, patch, memo, databases_by_name,
         # only churn PostgreSQL for every live session on each restart.
         metrics.ACTIVE_SESSIONS.inc()
         return
-    with metrics.reconcile("databasesession"):
+    with metrics.reconcile("databasesession") as reconciliation:
         status: dict = {}
         try:
             await _open(body, name, namespace, uid, memo,
                         (databases_by_name, roles_by_namespace, active_sessions_by_user,
                          label_rules_by_namespace.get(namespace, ())), status)
         except Outcome as outcome:
+            if outcome.terminal:
+                reconciliation.failed_terminally()
             if outcome.release:
                 status.update(await end_lease(body, namespace, name, uid, memo,
                                               databases_by_name, reason=outcome.reason))
@@ -439,15 +451,18 @@ async def end_on_delete(body, name, namespace, uid, memo, databases_by_name, **_
 
 async def supervise_leases(namespace: str, database_name: str, memo, stopped,
                            active_sessions_by_database, databases_by_name,
-                           roles_by_namespace) -> None:
-    """End a Database's Active sessions at expiresAt, or when no Role allows them any more.
+                           roles_by_namespace, *, live_sessions_by_database) -> None:
+    """End a Database's Active sessions at expiresAt, or when no Role allows them any more, and
+    keep the Database's ``activeSessions`` (the SESSIONS column) following its sessions.
 
     One loop per Database rather than one Kopf daemon per session: the work per tick is a
     pass over the Database's Active sessions in the index, and memory does not grow with a
-    task, a stopper and a logger per session.
+    task, a stopper and a logger per session. No object can end the loop: one that does not
+    parse is skipped (its own status says why), the others go on.
     """
     ending: dict[str, asyncio.Task] = {}
     last_revalidation = time.monotonic()
+    count = _SessionCount(namespace, database_name)
     while not stopped:
         now = _now()
         revalidate = time.monotonic() - last_revalidation >= REVALIDATE_INTERVAL
@@ -457,13 +472,13 @@ async def supervise_leases(namespace: str, database_name: str, memo, stopped,
             name = body["metadata"]["name"]
             if name in ending:
                 continue
-            expires_at = _parse_ts(body["status"]["expiresAt"])
-            end = None
-            if expires_at <= now:
-                end = ("Expired", "Expired", f"the session expired at {_ts(expires_at)}")
-            elif revalidate:
-                end = _revoked(body, namespace, databases_by_name, roles_by_namespace,
-                               traits_data)
+            try:
+                end = _due_end(body, now, namespace, databases_by_name, roles_by_namespace,
+                               traits_data if revalidate else None)
+            except ValidationError as error:
+                log.warning("[%s/%s] not checked for expiry or revocation: %s", namespace, name,
+                            error)
+                continue
             if end is not None:
                 ending[name] = asyncio.create_task(_finish(
                     body, name, namespace, body["metadata"]["uid"], memo, stopped,
@@ -475,7 +490,50 @@ async def supervise_leases(namespace: str, database_name: str, memo, stopped,
         still_active = {b["metadata"]["name"] for b in active}
         for name in [n for n, task in ending.items() if task.done() and n not in still_active]:
             ending.pop(name)
+        await count.follow(memo, databases_by_name, live_sessions_by_database)
         await stopped.wait(EXPIRY_TICK)
+
+
+class _SessionCount:
+    """Writes a Database's ``activeSessions`` when its live sessions change.
+
+    The health check writes it too, but only every health period: a session that ended would
+    stay in ``kubectl get pgdb`` for up to a minute. The index says at once; this writes the
+    count on the next tick, and only when the Database's status shows another number.
+    """
+
+    def __init__(self, namespace: str, database_name: str):
+        self.namespace, self.database_name = namespace, database_name
+        #: What this loop wrote last, until the Database's status shows it: the watch event
+        #: of our own patch arrives a moment later, and until then the index's body is stale.
+        self._written: int | None = None
+
+    async def follow(self, memo, databases_by_name, live_sessions_by_database) -> None:
+        key = (self.namespace, self.database_name)
+        body = next(iter(databases_by_name.get(key, ())), None)
+        if body is None:
+            return
+        live = len(set(live_sessions_by_database.get(key, ())))
+        shown = (body.get("status") or {}).get("activeSessions")
+        if shown == self._written:
+            self._written = None  # caught up
+        if live == (shown if self._written is None else self._written):
+            return
+        await memo.kube.patch_status(GROUP, VERSION, "databases", self.namespace,
+                                     self.database_name, {"activeSessions": live})
+        self._written = live
+
+
+def _due_end(body, now: datetime, namespace: str, databases_by_name, roles_by_namespace,
+             traits_data) -> tuple[str, str, str] | None:
+    """How an Active session must end now, if it must: expired, or (when ``traits_data`` is
+    given, on a revalidation tick) no longer allowed."""
+    expires_at = _parse_ts(body["status"]["expiresAt"])
+    if expires_at <= now:
+        return ("Expired", "Expired", f"the session expired at {_ts(expires_at)}")
+    if traits_data is not None:
+        return _revoked(body, namespace, databases_by_name, roles_by_namespace, traits_data)
+    return None
 
 
 def _revoked(body, namespace, databases_by_name, roles_by_namespace, traits_data):

@@ -62,7 +62,8 @@ class Kube:
         return {k: base64.b64decode(v) for k, v in (secret.data or {}).items()}
 
     async def write_secret(self, namespace: str, name: str, data: Mapping[str, str], *,
-                           labels: Mapping[str, str], owner: Mapping[str, str]) -> None:
+                           labels: Mapping[str, str], owner: Mapping[str, str],
+                           annotations: Mapping[str, str] | None = None) -> None:
         """Create the Secret, or replace its data if this session wrote it before (a retry).
 
         Raises :class:`NotOwned` when a Secret of that name exists and belongs to something else:
@@ -70,7 +71,9 @@ class Kube:
         else's Secret would destroy data pgjit does not own.
         """
         body = {"apiVersion": "v1", "kind": "Secret", "type": "Opaque",
-                "metadata": {"name": name, "labels": dict(labels)}, "stringData": dict(data)}
+                "metadata": {"name": name, "labels": dict(labels),
+                             "annotations": dict(annotations or {})},
+                "stringData": dict(data)}
         await self._create_or_replace_owned(
             namespace, body, owner, self.core.create_namespaced_secret,
             self.core.read_namespaced_secret, self.core.replace_namespaced_secret)

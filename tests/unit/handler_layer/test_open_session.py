@@ -1,0 +1,101 @@
+"""Opening a session: what the lease handler writes for each branch."""
+
+from __future__ import annotations
+
+from datetime import timedelta
+
+import kopf
+from prometheus_client import REGISTRY
+
+from pgjit.handlers import sessions
+
+from .fakes import (NAMESPACE, World, client_ca, database_body, invalid_role_body, now, role_body,
+                    session_body, ts)
+
+
+async def open_session(world: World, body: dict) -> dict:
+    patch = kopf.Patch()
+    await sessions.open_lease(body=body, name=body["metadata"]["name"], namespace=NAMESPACE,
+                              uid=body["metadata"]["uid"], patch=patch, memo=world.memo,
+                              **world.indexes())
+    return dict(patch.status)
+
+
+def ready(status: dict) -> dict:
+    return next(c for c in status["conditions"] if c["type"] == "Ready")
+
+
+async def test_password_session_becomes_active_with_its_secret(world: World):
+    world.databases.append(database_body())
+    world.roles.append(role_body())
+    status = await open_session(world, session_body())
+    assert status["phase"] == "Active"
+    secret = world.kube.secrets[(NAMESPACE, "alice-orders-credentials")]
+    assert secret.data["expiresAt"].decode() == status["expiresAt"]
+    assert secret.data["password"]
+
+
+async def test_certificate_capped_at_the_ca_expiry_caps_expires_at(world: World):
+    # The CA expires in 30 minutes, the session asks for an hour: the certificate stops at the
+    # CA's expiry, and nothing may tell the user it lasts longer.
+    ca_expiry = (now() + timedelta(minutes=30)).replace(microsecond=0)
+    world.kube.add_secret(NAMESPACE, "orders-client-ca", client_ca(ca_expiry))
+    world.databases.append(database_body(credentials="clientCertificate"))
+    world.roles.append(role_body())
+    status = await open_session(world, session_body(duration="1h"))
+    assert status["phase"] == "Active"
+    assert status["expiresAt"] == ts(ca_expiry)
+    secret = world.kube.secrets[(NAMESPACE, "alice-orders-credentials")]
+    assert secret.data["expiresAt"].decode() == ts(ca_expiry)
+    assert "client CA" in ready(status)["message"], ready(status)["message"]
+
+
+async def test_uncapped_certificate_keeps_the_session_expiry(world: World):
+    world.kube.add_secret(NAMESPACE, "orders-client-ca", client_ca(now() + timedelta(days=30)))
+    world.databases.append(database_body(credentials="clientCertificate"))
+    world.roles.append(role_body())
+    created = now().replace(microsecond=0)
+    status = await open_session(world, session_body(duration="1h", created=created))
+    assert status["expiresAt"] == ts(created + timedelta(hours=1))
+    assert "client CA" not in ready(status)["message"]
+
+
+async def test_secret_carries_the_full_session_name_annotation(world: World):
+    # Label values stop at 63 characters; the annotation is where the full name is kept.
+    name = "alice-" + "x" * 80
+    world.databases.append(database_body())
+    world.roles.append(role_body())
+    await open_session(world, session_body(name))
+    secret = world.kube.secrets[(NAMESPACE, f"{name}-credentials")]
+    assert secret.annotations.get("pgjit.dev/session") == name
+    assert len(secret.labels["pgjit.dev/session"]) <= 63
+
+
+def _terminal_errors() -> float:
+    return REGISTRY.get_sample_value("controller_runtime_terminal_reconcile_errors_total",
+                                     {"controller": "databasesession"}) or 0.0
+
+
+async def test_terminal_failure_counts_as_terminal_reconcile_error(world: World):
+    world.databases.append(database_body())  # and no Role allows alice
+    before = _terminal_errors()
+    status = await open_session(world, session_body())
+    assert status["phase"] == "Failed"
+    assert _terminal_errors() == before + 1
+
+
+async def test_success_is_no_terminal_reconcile_error(world: World):
+    world.databases.append(database_body())
+    world.roles.append(role_body())
+    before = _terminal_errors()
+    status = await open_session(world, session_body())
+    assert status["phase"] == "Active"
+    assert _terminal_errors() == before
+
+
+async def test_invalid_role_grants_nothing_and_breaks_nothing(world: World):
+    world.databases.append(database_body())
+    world.roles += [role_body(), invalid_role_body()]
+    status = await open_session(world, session_body())
+    assert status["phase"] == "Active"
+
