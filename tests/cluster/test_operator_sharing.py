@@ -108,5 +108,7 @@ def test_psql_session_is_killed_when_the_last_session_ends(env):
         if psql.poll() is None:
             psql.kill()
             psql.wait()
+        for stream in (psql.stdout, psql.stderr):
+            stream.close()
     # best_effort_drop: with no connection left the user could be dropped.
     assert env.role_row(user) is None

@@ -37,6 +37,7 @@ from pgjit.api.crd import build_crds
 from pgjit.core import policy
 from pgjit.devstack import stack
 from pgjit.engine.preflight import run_preflight
+from pgjit.vocabulary import Reason
 
 REPO = Path(__file__).resolve().parents[2]
 DOCS = REPO / "docs"
@@ -140,86 +141,11 @@ def in_source(fragment: str) -> bool:
     return False
 
 
-_REASON_SHAPE = re.compile(r"[A-Z][A-Za-z]+")
-
-# Where a reason goes, per callee: (positional index, keyword name).
-_REASON_ARGUMENT = {
-    "Outcome": (1, None),            # handlers.sessions.Outcome(phase, reason, message)
-    "report": (1, None),             # handlers.databases report(ready, reason, message)
-    "set_conditions": (3, None),     # handlers.status.set_conditions(body, status, ready, reason)
-    "_set_conditions": (3, None),
-    "ready": (2, None),              # core.conditions.ready/stalled/in_progress/not_ready
-    "stalled": (2, None),
-    "in_progress": (2, None),
-    "not_ready": (2, None),
-    "EngineError": (0, "reason"),
-    "_Refusal": (0, "reason"),
-    "event": (None, "reason"),       # kopf.event / kopf.warn
-    "warn": (None, "reason"),
-}
-
-
-def _callee(node: ast.Call) -> str | None:
-    if isinstance(node.func, ast.Name):
-        return node.func.id
-    if isinstance(node.func, ast.Attribute):
-        return node.func.attr
-    return None
-
-
-def _constants_in(node: ast.AST, names: dict[str, str]) -> Iterator[str]:
-    for sub in ast.walk(node):
-        if isinstance(sub, ast.Constant) and isinstance(sub.value, str):
-            yield sub.value
-        elif isinstance(sub, ast.Name) and sub.id in names:
-            yield names[sub.id]
-
-
 def reasons_in_code() -> set[str]:
-    """Every reason the operator can put on a condition or an Event, read from the calls that
-    set them (names such as USER_CONFLICT resolved through module-level constants), from
-    ``reason = …`` assignments, and from ``(phase, reason, message)`` tuples handed on to the
-    code that ends a session."""
-    phases = {p.value for p in SessionPhase}
-    names = {}
-    found = set()
-    for path, tree in SOURCE_TREES.items():
-        if path.relative_to(SOURCE).as_posix() == "engine/errors.py":
-            # The engine's reasons are module constants; which one a classified error gets is
-            # decided by lookups (``_PERMANENT.get(sqlstate, UNEXPECTED)``), not by literals.
-            found.update(node.value.value for node in tree.body
-                         if isinstance(node, ast.Assign) and isinstance(node.value, ast.Constant)
-                         and isinstance(node.value.value, str)
-                         and _REASON_SHAPE.fullmatch(node.value.value))
-        for node in ast.walk(tree):
-            if (isinstance(node, ast.Tuple) and len(node.elts) == 3
-                    and isinstance(node.elts[0], ast.Constant) and node.elts[0].value in phases
-                    and isinstance(node.elts[1], ast.Constant)):
-                found.add(node.elts[1].value)
-            if (isinstance(node, ast.Assign) and any(
-                    isinstance(t, ast.Name) and t.id == "reason" for t in node.targets)):
-                found.update(v.value for v in ast.walk(node.value)
-                             if isinstance(v, ast.Constant) and isinstance(v.value, str)
-                             and _REASON_SHAPE.fullmatch(v.value))
-    for tree in SOURCE_TREES.values():
-        for node in tree.body:
-            if (isinstance(node, ast.Assign) and len(node.targets) == 1
-                    and isinstance(node.targets[0], ast.Name)
-                    and isinstance(node.value, ast.Constant) and isinstance(node.value.value, str)):
-                names[node.targets[0].id] = node.value.value
-    for tree in SOURCE_TREES.values():
-        for node in ast.walk(tree):
-            if not isinstance(node, ast.Call) or _callee(node) not in _REASON_ARGUMENT:
-                continue
-            position, keyword = _REASON_ARGUMENT[_callee(node)]
-            arguments = []
-            if position is not None and len(node.args) > position:
-                arguments.append(node.args[position])
-            arguments += [k.value for k in node.keywords if k.arg == keyword]
-            for argument in arguments:
-                found.update(v for v in _constants_in(argument, names)
-                             if _REASON_SHAPE.fullmatch(v))
-    return found
+    """Every reason the operator can put on a condition or an Event: the members of
+    ``pgjit.vocabulary.Reason``, since no code spells a reason any other way
+    (tests/unit/test_vocabulary.py). ``Allowed`` is a policy verdict, never a condition's."""
+    return {reason.value for reason in Reason} - {policy.REASON_ALLOWED}
 
 
 def test_reason_collector_sees_the_reasons_tests_rely_on():
@@ -625,6 +551,14 @@ def test_admin_setup_shows_every_statement_preflight_asks_for():
 # 8. Metric names
 
 _METRIC = re.compile(r"\b(?:controller_runtime|pgjit)_[a-z_]+[a-z]\b")
+
+
+def _callee(node: ast.Call) -> str | None:
+    if isinstance(node.func, ast.Name):
+        return node.func.id
+    if isinstance(node.func, ast.Attribute):
+        return node.func.attr
+    return None
 
 
 def metrics_in_code() -> set[str]:

@@ -7,6 +7,8 @@ from typing import TYPE_CHECKING, Annotated, Literal
 
 from pydantic import AfterValidator, Field
 
+from ..vocabulary import CredentialsType as CredentialsType
+from ..vocabulary import SSLMode as SSLMode
 from .common import (
     AGE_COLUMN,
     READY_COLUMNS,
@@ -31,25 +33,6 @@ DEFAULT_SCRAM_ITERATIONS = 4096
 #: Upper bound for scramIterations: ten times what OWASP suggests for PBKDF2-SHA256 today. Every
 #: CREATE/ALTER ROLE and every login pays the iteration count on the server (performance-notes.md).
 MAX_SCRAM_ITERATIONS = 10_000_000
-
-
-class SSLMode(enum.StrEnum):
-    """libpq sslmode used by the operator's admin connection and written into issued credentials."""
-
-    DISABLE = "disable"
-    ALLOW = "allow"
-    PREFER = "prefer"
-    REQUIRE = "require"
-    VERIFY_CA = "verify-ca"
-    VERIFY_FULL = "verify-full"
-
-
-class CredentialsType(enum.StrEnum):
-    """How session users authenticate to PostgreSQL."""
-
-    PASSWORD = "password"
-    CLIENT_CERTIFICATE = "clientCertificate"
-    AWS_IAM = "awsIAM"
 
 
 #: sslModes that do not guarantee TLS; IAM tokens must never travel without it.

@@ -13,6 +13,7 @@ from typing import Annotated, Literal
 
 from pydantic import AfterValidator, Field, model_validator
 
+from ..vocabulary import UserProvisioning as UserProvisioning
 from .common import (
     AGE_COLUMN,
     K8S_IDENTITY_MAX_LENGTH,
@@ -55,22 +56,6 @@ class SubjectKind(enum.StrEnum):
 
     USER = "User"
     GROUP = "Group"
-
-
-class UserProvisioning(enum.StrEnum):
-    """What the operator does with the PostgreSQL user; Teleport's create_db_user_mode."""
-
-    OFF = "off"
-    KEEP = "keep"
-    BEST_EFFORT_DROP = "best_effort_drop"
-    #: Hand what the user owns to the Database's objectsInheritor, then drop it.
-    BEST_EFFORT_REASSIGN_AND_DROP = "best_effort_reassign_and_drop"
-
-    @property
-    def rank(self) -> int:
-        """Order for picking the effective mode among Roles: off < keep < best_effort_drop <
-        best_effort_reassign_and_drop."""
-        return list(UserProvisioning).index(self)
 
 
 class ObjectKind(enum.StrEnum):

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import enum
 from typing import Annotated, Literal
 
 from pydantic import Field
@@ -24,31 +23,13 @@ from .common import (
     cel_rule,
     validations,
 )
-from .role import UserProvisioning
+from ..vocabulary import SessionPhase as SessionPhase
+from ..vocabulary import TeardownAction as TeardownAction
+from ..vocabulary import UserProvisioning
 
 #: Suffix of the credentials Secret's default name, ``<session name>-credentials``.
 SECRET_NAME_SUFFIX = "-credentials"
 _MAX_NAME_FOR_DEFAULT_SECRET = K8S_NAME_MAX_LENGTH - len(SECRET_NAME_SUFFIX)
-
-
-class SessionPhase(enum.StrEnum):
-    """Where the session is in its life: Pending, then Active, then Ended, Expired or Failed."""
-
-    PENDING = "Pending"
-    ACTIVE = "Active"
-    ENDED = "Ended"
-    EXPIRED = "Expired"
-    FAILED = "Failed"
-
-
-class TeardownAction(enum.StrEnum):
-    """What happened to the PostgreSQL user when the session ended."""
-
-    LOCKED = "Locked"
-    DROPPED = "Dropped"
-    DEACTIVATED = "Deactivated"
-    # Other live sessions of the same user still hold it: only this session's lease ended.
-    RELEASED = "Released"
 
 
 IdentityName = Annotated[

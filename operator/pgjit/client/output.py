@@ -14,6 +14,7 @@ from typing import Any
 
 import yaml
 
+from ..vocabulary import SessionPhase
 from .progress import phase, ready_condition
 
 
@@ -83,7 +84,7 @@ def to_table(sessions: Sequence[Mapping[str, Any]], *, all_namespaces: bool = Fa
     for session in sessions:
         r = session_record(session)
         state = f"Ending ({r['phase']})" if r["deleting"] else r["phase"]
-        if r["reason"] and r["phase"] != "Active":
+        if r["reason"] and r["phase"] != SessionPhase.ACTIVE:
             state += f": {r['reason']}"
         rows.append([r["name"], state, r["user"], r["database"], r["databaseName"],
                      r["username"] or "-", expiry_cell(r["expiresAt"], now)])

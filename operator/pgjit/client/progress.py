@@ -9,8 +9,10 @@ from __future__ import annotations
 from collections.abc import Mapping
 from typing import Any
 
+from ..vocabulary import TERMINAL_PHASES, SessionPhase
+
 #: Phases after which a session never becomes Active.
-FINAL_PHASES = frozenset({"Ended", "Expired", "Failed"})
+FINAL_PHASES = TERMINAL_PHASES
 
 
 def ready_condition(session: Mapping[str, Any]) -> Mapping[str, Any]:
@@ -23,7 +25,8 @@ def ready_condition(session: Mapping[str, Any]) -> Mapping[str, Any]:
 
 def phase(session: Mapping[str, Any]) -> str:
     """The session's phase; ``Pending`` until the operator has written one."""
-    return (session.get("status") or {}).get("phase") or "Pending"
+    # The plain string, not the enum member: callers put it into YAML output.
+    return (session.get("status") or {}).get("phase") or SessionPhase.PENDING.value
 
 
 def state_line(session: Mapping[str, Any]) -> str:

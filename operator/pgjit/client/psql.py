@@ -27,6 +27,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from ..core.credentials_secret import ConnectionTarget, bare_host, pgpass_line
+from ..vocabulary import SSLMode
 
 SERVICE_NAME = "pgjit"
 SERVICE_FILE = "pg_service.conf"
@@ -77,7 +78,7 @@ def connection_files(creds: Mapping[str, str], directory: Path, *, host: str | N
         raise ValueError(f"the credentials Secret lacks {', '.join(missing)}")
     target = ConnectionTarget(username=creds["username"], host=bare_host(host or creds["host"]),
                               port=int(port or creds["port"]), dbname=creds["dbname"],
-                              sslmode=creds.get("sslmode") or "prefer")
+                              sslmode=creds.get("sslmode") or SSLMode.PREFER)
     params = {"host": target.host, "port": str(target.port), "dbname": target.dbname,
               "user": target.username, "sslmode": target.sslmode}
     files: dict[str, str] = {}

@@ -19,6 +19,7 @@ from kubernetes.client.rest import ApiException
 
 from .. import GROUP, VERSION
 from ..api.common import format_duration
+from ..vocabulary import SessionPhase
 from .identity import Identity, session_extra, session_groups
 from .naming import MANAGED_BY_LABEL, MANAGED_BY_CLI, cli_labels, session_name_prefix
 from .progress import FINAL_PHASES, ChangeReporter, failure_message, phase, state_line
@@ -102,7 +103,7 @@ class Sessions:
             if session is None:
                 raise SessionError(f"session {name} was deleted while waiting for it")
             current = phase(session)
-            if current == "Active":
+            if current == SessionPhase.ACTIVE:
                 return session
             if current in FINAL_PHASES:
                 raise SessionError(f"session {name} is {current}: {failure_message(session)}")

@@ -18,15 +18,18 @@ from dataclasses import dataclass, field, replace
 from datetime import datetime, timezone
 from typing import Any, Mapping
 
+from ..vocabulary import UserProvisioning
+
 LEDGER_KEY = "pgjit"
 LEDGER_VERSION = 1
 
-MODE_OFF = "off"
-MODE_KEEP = "keep"
-MODE_DROP = "best_effort_drop"
+# The modes, by the names the engine uses (the ledger stores their values).
+MODE_OFF = UserProvisioning.OFF
+MODE_KEEP = UserProvisioning.KEEP
+MODE_DROP = UserProvisioning.BEST_EFFORT_DROP
 #: Drop, after handing what the user owns to the Database's objectsInheritor.
-MODE_REASSIGN = "best_effort_reassign_and_drop"
-MODES = (MODE_OFF, MODE_KEEP, MODE_DROP, MODE_REASSIGN)
+MODE_REASSIGN = UserProvisioning.BEST_EFFORT_REASSIGN_AND_DROP
+MODES = tuple(UserProvisioning)
 #: Modes that end with DROP ROLE.
 DROPPING_MODES = (MODE_DROP, MODE_REASSIGN)
 

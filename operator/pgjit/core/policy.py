@@ -52,16 +52,17 @@ from ..api.role import (
     parse_template,
 )
 from ..api.session import DatabaseSessionSpec
+from ..vocabulary import Reason
 from .boundaries import pattern_within, within
 from .globs import glob_matches
 from .permissions import ALL, KIND_PRIVILEGES, PermissionError_, PermissionRule, PermissionRules
 
-REASON_ALLOWED = "Allowed"
-REASON_ACCESS_DENIED = "AccessDenied"
-REASON_PROVISIONING_DISABLED = "ProvisioningDisabled"
-REASON_INVALID_ROLE = "InvalidRole"
-REASON_CONFLICTING_GRANTS = "ConflictingGrants"
-REASON_NO_INHERITOR = "ObjectsInheritorMissing"
+REASON_ALLOWED = Reason.ALLOWED
+REASON_ACCESS_DENIED = Reason.ACCESS_DENIED
+REASON_PROVISIONING_DISABLED = Reason.PROVISIONING_DISABLED
+REASON_INVALID_ROLE = Reason.INVALID_ROLE
+REASON_CONFLICTING_GRANTS = Reason.CONFLICTING_GRANTS
+REASON_NO_INHERITOR = Reason.OBJECTS_INHERITOR_MISSING
 
 #: What a session lasts when it does not say (the DatabaseSession default).
 DEFAULT_SESSION_DURATION = timedelta(hours=1)

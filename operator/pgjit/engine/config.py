@@ -5,8 +5,9 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 
 from ..core.credentials import DEFAULT_SCRAM_ITERATIONS
+from ..vocabulary import SSLMode
 
-SSL_MODES = ("disable", "allow", "prefer", "require", "verify-ca", "verify-full")
+SSL_MODES = tuple(SSLMode)
 
 
 @dataclass(frozen=True)
@@ -17,7 +18,7 @@ class ServerConfig:
     admin_password: str | None = field(default=None, repr=False)
     admin_cert_pem: bytes | None = field(default=None, repr=False)
     admin_key_pem: bytes | None = field(default=None, repr=False)
-    sslmode: str = "prefer"
+    sslmode: str = SSLMode.PREFER
     ca_pem: bytes | None = None
     admin_database: str = "postgres"
     managed_role: str = "pgjit-auto-user"

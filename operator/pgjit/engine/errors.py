@@ -10,18 +10,20 @@ from __future__ import annotations
 import psycopg
 import psycopg_pool
 
-# Status reasons shared with DatabaseSession / Database conditions (shared/spec/api.md).
-USER_CONFLICT = "UserConflict"
-ROLES_CHANGED = "RolesChanged"
-INSUFFICIENT_PRIVILEGE = "InsufficientPrivilege"
-MISSING_DATABASE_ROLE = "MissingDatabaseRole"
-READ_ONLY = "ReadOnly"
-UNREACHABLE = "Unreachable"
-AUTHENTICATION_FAILED = "AuthenticationFailed"
-DATABASE_NOT_FOUND = "DatabaseNotFound"
-PRIVILEGED_ROLE = "PrivilegedRole"
-INVALID_REQUEST = "InvalidRequest"
-UNEXPECTED = "UnexpectedDatabaseError"
+from ..vocabulary import Reason
+
+# The status reasons the engine's errors carry, by their engine names (see pgjit.vocabulary).
+USER_CONFLICT = Reason.USER_CONFLICT
+ROLES_CHANGED = Reason.ROLES_CHANGED
+INSUFFICIENT_PRIVILEGE = Reason.INSUFFICIENT_PRIVILEGE
+MISSING_DATABASE_ROLE = Reason.MISSING_DATABASE_ROLE
+READ_ONLY = Reason.READ_ONLY
+UNREACHABLE = Reason.UNREACHABLE
+AUTHENTICATION_FAILED = Reason.AUTHENTICATION_FAILED
+DATABASE_NOT_FOUND = Reason.DATABASE_NOT_FOUND
+PRIVILEGED_ROLE = Reason.PRIVILEGED_ROLE
+INVALID_REQUEST = Reason.INVALID_REQUEST
+UNEXPECTED = Reason.UNEXPECTED_DATABASE_ERROR
 
 # Conflicts between concurrent catalog writers, and connections that went away: the same work
 # done again a moment later succeeds (teleport-behaviour.md §1.3, plus lock_timeout's 55P03).
@@ -89,7 +91,7 @@ def classify(exc: BaseException, *, doing: str) -> EngineError:
                                f"login: {primary}")
         if sqlstate is None or is_transient_sqlstate(sqlstate):
             # No SQLSTATE: the driver lost or never had a connection.
-            reason = UNREACHABLE if sqlstate is None or sqlstate[:2] == "08" else "Conflict"
+            reason = UNREACHABLE if sqlstate is None or sqlstate[:2] == "08" else Reason.CONFLICT
             return EngineError(reason, f"{doing}: {primary or 'connection failed'}", transient=True,
                                sqlstate=sqlstate)
         reason = _PERMANENT.get(sqlstate, UNEXPECTED)

@@ -2,18 +2,33 @@
 
 from __future__ import annotations
 
+import enum
 from dataclasses import dataclass, field
 from datetime import datetime
 
 from ..core.permissions import PermissionRules
+from ..vocabulary import TeardownAction
 
-# Teardown actions (DatabaseSession status.teardown.action).
-LOCKED = "Locked"            # keep: login disabled, memberships stripped, user kept
-DROPPED = "Dropped"          # best_effort_drop succeeded
-DEACTIVATED = "Deactivated"  # best_effort_drop refused by dependencies: kept locked instead
-RELEASED = "Released"        # other live sessions still hold the user: only this lease ended
-ABSENT = "Absent"            # nothing to do: the user does not exist
-NOT_MANAGED = "NotManaged"   # a role of that name exists but is not pgjit's: left untouched
+
+class Untouched(enum.StrEnum):
+    """Teardowns that changed nothing in PostgreSQL (not DatabaseSession actions)."""
+
+    ABSENT = "Absent"            # the user does not exist
+    NOT_MANAGED = "NotManaged"   # a role of that name exists but is not pgjit's: left untouched
+
+    @property
+    def reported(self) -> TeardownAction:
+        """The action a session reports: its user is gone, or was never pgjit's to change."""
+        return TeardownAction.DROPPED if self is Untouched.ABSENT else TeardownAction.RELEASED
+
+
+# Teardown actions (DatabaseSession status.teardown.action), by their engine names.
+LOCKED = TeardownAction.LOCKED            # keep: login disabled, memberships stripped, user kept
+DROPPED = TeardownAction.DROPPED          # best_effort_drop succeeded
+DEACTIVATED = TeardownAction.DEACTIVATED  # best_effort_drop refused by dependencies: kept locked
+RELEASED = TeardownAction.RELEASED        # other live sessions still hold the user
+ABSENT = Untouched.ABSENT
+NOT_MANAGED = Untouched.NOT_MANAGED
 
 
 @dataclass(frozen=True)
@@ -51,7 +66,7 @@ class Activation:
 @dataclass(frozen=True)
 class Teardown:
     username: str
-    action: str
+    action: TeardownAction | Untouched
     reason: str
     terminated_backends: int = 0
     blockers: tuple[str, ...] = ()

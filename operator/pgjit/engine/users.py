@@ -95,6 +95,13 @@ def _admin_name_sql(admin: str, *names: str) -> tuple[str, str]:
     return ", ".join(quoted(n) for n in names), quoted(admin)
 
 
+def _row(row: tuple[object, ...] | None) -> tuple[object, ...]:
+    """The row of a query that always returns one."""
+    if row is None:
+        raise RuntimeError("a single-row query returned no row")
+    return row
+
+
 def _count(row: tuple[int, ...] | None) -> int:
     """The number a count query returns (always one row)."""
     if row is None:
@@ -457,7 +464,7 @@ class UserLifecycle:
                 elif not row[0]:
                     problem = (f'the admin cannot act for objectsInheritor "{inheritor}"; run as'
                                f' a superuser: GRANT "{inheritor}" TO "{admin}";')
-                elif not (await (await conn.execute(S.CAN_ACT_FOR, [name])).fetchone())[0]:
+                elif not _row(await (await conn.execute(S.CAN_ACT_FOR, [name])).fetchone())[0]:
                     version = int(conn.info.server_version)
                     await conn.execute(S.act_for(name, admin, version))
                     granted = True
@@ -652,7 +659,7 @@ class UserLifecycle:
 
 def _stronger_mode(requested: str, others: list[Lease], current: str) -> str:
     """The mode recorded for the user: the strongest asked for by a live session."""
-    order = {MODE_KEEP: 1, MODE_DROP: 2, MODE_REASSIGN: 3}
+    order: dict[str, int] = {MODE_KEEP: 1, MODE_DROP: 2, MODE_REASSIGN: 3}
     if not others:
         return requested
     return max((requested, current), key=lambda m: order.get(m, 0))

@@ -12,6 +12,7 @@ from ..api.database import Database
 from ..core.policy import bound_violations, roles_granted_on
 from ..core.credentials_secret import SESSION_LABEL, session_label_value
 from ..engine import EngineError
+from ..vocabulary import Reason
 from . import metrics
 from .indexes import valid_roles
 from .sessions import SECRET_ACCESS, report_drift, supervise_leases
@@ -96,15 +97,15 @@ async def _check(body, namespace: str, name: str, patch: kopf.Patch, memo: kopf.
         "rolesWithoutAdminOption": list(pre.roles_without_admin_option[:256]),
         "summary": "; ".join(pre.summary())[:4096]}
     if pre.read_only:
-        report(False, "ReadOnly", "the server is read-only (a standby or a reader endpoint); point"
-               " spec.host at the primary", stalled=True)
+        report(False, Reason.READ_ONLY, "the server is read-only (a standby or a reader "
+               "endpoint); point spec.host at the primary", stalled=True)
         return
     if pre.missing_databases:
-        report(False, "DatabaseNotFound", "databases listed in spec.databases do not exist: "
+        report(False, Reason.DATABASE_NOT_FOUND, "databases listed in spec.databases do not exist: "
                + ", ".join(pre.missing_databases), stalled=True)
         return
     if pre.shortfalls:
-        report(False, "InsufficientPrivilege", "; ".join(str(s) for s in pre.shortfalls),
+        report(False, Reason.INSUFFICIENT_PRIVILEGE, "; ".join(str(s) for s in pre.shortfalls),
                stalled=True)
         return
     try:
@@ -113,7 +114,7 @@ async def _check(body, namespace: str, name: str, patch: kopf.Patch, memo: kopf.
             for teardown in await engine.sweep(
                     LiveSessions(live_sessions_by_database),
                     terminate_connections=database.spec.terminate_connections):
-                kopf.event(body, type="Normal", reason="UserSwept",
+                kopf.event(body, type="Normal", reason=Reason.USER_SWEPT,
                            message=f'user "{teardown.username}": {teardown.action}: '
                                    f"{teardown.reason}")
                 if teardown.session_id:
@@ -123,10 +124,11 @@ async def _check(body, namespace: str, name: str, patch: kopf.Patch, memo: kopf.
         report(False, error.reason, error.message, stalled=not error.transient)
         raise kopf.TemporaryError(error.message, delay=min(HEALTH_INTERVAL, 30))
     if database.spec.suspended:
-        report(False, "Suspended", "spec.suspended is true: no new sessions are opened; ending "
-               "sessions still works", settled=True)
+        report(False, Reason.SUSPENDED, "spec.suspended is true: no new sessions are opened; "
+               "ending sessions still works", settled=True)
         return
-    report(True, "Connected", f"PostgreSQL {pre.server_version}; the admin can provision users")
+    report(True, Reason.CONNECTED,
+           f"PostgreSQL {pre.server_version}; the admin can provision users")
 
 
 async def _correct_drift(body, engine, live_sessions_by_database) -> None:
@@ -135,7 +137,7 @@ async def _correct_drift(body, engine, live_sessions_by_database) -> None:
     try:
         corrections = await engine.correct_drift(LiveSessions(live_sessions_by_database))
     except EngineError as error:
-        kopf.warn(body, reason="DriftNotCorrected", message=error.message[:1000])
+        kopf.warn(body, reason=Reason.DRIFT_NOT_CORRECTED, message=error.message[:1000])
         return
     for correction in corrections:
         metrics.DRIFT_CORRECTED.labels("sweep").inc()
@@ -188,7 +190,7 @@ async def release(body, namespace, name, patch, memo, live_sessions_by_database,
     if live:
         message = (f"deletion waits: {len(live)} DatabaseSession(s) still use this Database; it "
                    "is deleted once they have ended (delete them to end them now)")
-        set_conditions(body, patch.status, False, "SessionsActive", message)
+        set_conditions(body, patch.status, False, Reason.SESSIONS_ACTIVE, message)
         raise kopf.TemporaryError(message, delay=RELEASE_RETRY)
     await memo.engines.forget(namespace, name)
 

@@ -18,10 +18,10 @@ from pydantic import ValidationError
 
 from .. import GROUP, VERSION
 from ..api.role import Role
+from ..vocabulary import TERMINAL_PHASES, SessionPhase
 
 log = logging.getLogger(__name__)
 
-TERMINAL_PHASES = frozenset({"Ended", "Expired", "Failed"})
 
 
 def session_id(namespace: str, name: str, uid: str) -> str:
@@ -73,7 +73,7 @@ def active_sessions_by_user(namespace, name, spec, status, **_):
     Values are (session name, Secret name, Database name); several Databases of a namespace may
     point at one server, where the user is one PostgreSQL role.
     """
-    if status.get("phase") != "Active":
+    if status.get("phase") != SessionPhase.ACTIVE:
         return {}
     return {(namespace, spec.get("user")): (name, status.get("secretName"),
                                             spec.get("databaseRef", {}).get("name"))}
@@ -82,7 +82,7 @@ def active_sessions_by_user(namespace, name, spec, status, **_):
 @kopf.index(GROUP, VERSION, "databasesessions")
 def active_sessions_by_database(namespace, spec, status, body, **_):
     """Active sessions per (namespace, Database): what each Database's lease loop watches."""
-    if status.get("phase") != "Active":
+    if status.get("phase") != SessionPhase.ACTIVE:
         return {}
     return {(namespace, spec.get("databaseRef", {}).get("name")): _slim(body)}
 

@@ -9,6 +9,7 @@ from .. import GROUP, VERSION
 from ..api.role import Role
 from ..core import conditions
 from ..core.permissions import PermissionError_, PermissionRule
+from ..vocabulary import Reason
 from . import metrics
 
 RESOURCE = (GROUP, VERSION, "roles")
@@ -42,7 +43,8 @@ def _role_status(body, namespace: str, databases_by_name) -> tuple[dict, list[st
     status: dict = {"observedGeneration": generation}
     if problems or role is None:
         message = "; ".join(problems)[:2048]
-        status["conditions"] = conditions.stalled(previous, generation, "InvalidRole", message)
+        status["conditions"] = conditions.stalled(previous, generation, Reason.INVALID_ROLE,
+                                                  message)
         return status, problems
     selector = role.spec.allow.database_selector if role.spec.allow else None
     status["selectedDatabases"] = sorted(
@@ -50,7 +52,8 @@ def _role_status(body, namespace: str, databases_by_name) -> tuple[dict, list[st
         and selector is not None
         and any(selector.matches(b.get("metadata", {}).get("labels") or {}) for b in bodies))
     status["conditions"] = conditions.ready(
-        previous, generation, "Valid", f"selects {len(status['selectedDatabases'])} Database(s)")
+        previous, generation, Reason.VALID,
+        f"selects {len(status['selectedDatabases'])} Database(s)")
     return status, problems
 
 
@@ -66,7 +69,7 @@ async def validate(body, namespace, patch, databases_by_name, **_):
         ready = conditions.find_condition(status["conditions"], "Ready")
         if conditions.condition_changed(conditions.find_condition(previous, "Ready"), ready):
             kopf.event(body, type="Warning" if problems else "Normal",
-                       reason="InvalidRole" if problems else "Valid",
+                       reason=Reason.INVALID_ROLE if problems else Reason.VALID,
                        message=ready["message"] if ready else "")
         patch.status.update(status)
 
@@ -82,7 +85,7 @@ async def refresh_selections(namespace, memo, roles_by_namespace, databases_by_n
     for body in list(roles_by_namespace.get(namespace, ())):
         current = body.get("status") or {}
         ready = conditions.find_condition(current.get("conditions"), "Ready") or {}
-        if ready.get("reason") != "Valid" or \
+        if ready.get("reason") != Reason.VALID or \
                 current.get("observedGeneration") != body.get("metadata", {}).get("generation"):
             continue  # not validated yet (or invalid): the validate handler writes its status
         status, _problems = _role_status(body, namespace, databases_by_name)

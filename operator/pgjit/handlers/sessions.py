@@ -13,12 +13,13 @@ import logging
 import os
 import time
 from datetime import datetime, timezone
+from typing import Any
 
 import kopf
 from pydantic import ValidationError
 
 from .. import GROUP, VERSION
-from ..api.database import CredentialsType, Database
+from ..api.database import Database
 from ..api.session import DatabaseSession
 from ..core import policy
 from ..core.boundaries import exact_names
@@ -32,12 +33,14 @@ from ..core.credentials_secret import (ConnectionTarget, certificate_secret_data
 from ..core.naming import postgres_username
 from ..core.traits import user_traits
 from ..engine import ActivationRequest, EngineError
-from ..engine.results import ABSENT, NOT_MANAGED
+from ..engine.results import Untouched
 from ..kube.client import NotOwned
+from ..vocabulary import (TERMINAL_PHASES, CredentialsType, Reason, SessionPhase, SSLMode,
+                          TeardownAction)
 from . import metrics
 from .object_labels import valid_rules as valid_label_rules
 from .status import set_conditions
-from .indexes import TERMINAL_PHASES, session_id, valid_roles
+from .indexes import session_id, valid_roles
 
 RESOURCE = (GROUP, VERSION, "databasesessions")
 log = logging.getLogger(__name__)
@@ -120,23 +123,24 @@ def _database(databases_by_name, namespace: str, name: str, *, opening: bool = T
     """The session's Database, if sessions can be opened on it (``opening``) or at all."""
     body = next(iter(databases_by_name.get((namespace, name), ())), None)
     if body is None:
-        raise Outcome("Pending", "DatabaseNotReady",
+        raise Outcome(SessionPhase.PENDING, Reason.DATABASE_NOT_READY,
                       f'Database "{name}" does not exist in namespace "{namespace}"',
                       retry=DATABASE_WAIT)
     if opening and body.get("metadata", {}).get("deletionTimestamp"):
-        raise Outcome("Failed", "DatabaseNotReady",
+        raise Outcome(SessionPhase.FAILED, Reason.DATABASE_NOT_READY,
                       f'Database "{name}" is being deleted; no new sessions are opened on it',
                       terminal=True)
     database = Database.model_validate(body)
     ready = next((c for c in body.get("status", {}).get("conditions") or ()
                   if c.get("type") == "Ready"), None)
     if database.spec.suspended:
-        raise Outcome("Pending", "DatabaseNotReady",
+        raise Outcome(SessionPhase.PENDING, Reason.DATABASE_NOT_READY,
                       f'Database "{name}" is suspended; the session waits until it is resumed',
                       retry=DATABASE_WAIT)
     if ready is not None and ready.get("status") != "True" and ready.get("reason") in (
-            "ReadOnly", "InsufficientPrivilege", "AuthenticationFailed", "Unreachable"):
-        raise Outcome("Pending", "DatabaseNotReady",
+            Reason.READ_ONLY, Reason.INSUFFICIENT_PRIVILEGE, Reason.AUTHENTICATION_FAILED,
+            Reason.UNREACHABLE):
+        raise Outcome(SessionPhase.PENDING, Reason.DATABASE_NOT_READY,
                       f'Database "{name}" is not ready ({ready.get("reason")}): '
                       f'{ready.get("message")}', retry=DATABASE_WAIT)
     return database
@@ -160,10 +164,10 @@ def _decide(session: DatabaseSession, database: Database, roles_by_namespace, na
     decision = policy.evaluate(session.spec, database, valid_roles(roles_by_namespace, namespace),
                                internal_traits=traits)
     if not decision.allowed:
-        raise Outcome("Failed", decision.reason, decision.message, terminal=True)
+        raise Outcome(SessionPhase.FAILED, decision.reason, decision.message, terminal=True)
     allow_list = database.spec.databases
     if allow_list and session.spec.database_name not in allow_list:
-        raise Outcome("Failed", "AccessDenied",
+        raise Outcome(SessionPhase.FAILED, Reason.ACCESS_DENIED,
                       f'database "{session.spec.database_name}" is not in Database '
                       f'"{database.metadata.name}" spec.databases', terminal=True)
     return decision
@@ -226,7 +230,8 @@ async def _open(body, name, namespace, uid, memo, indexes, status: dict) -> None
     expires_at = created + decision.duration
     if expires_at <= _now():
         # Possibly after holding a lease (the operator stopped mid-activation): end it too.
-        raise Outcome("Expired", "Expired", f"the session expired at {_ts(expires_at)} before it "
+        raise Outcome(SessionPhase.EXPIRED, Reason.EXPIRED,
+                      f"the session expired at {_ts(expires_at)} before it "
                       "could be opened", release=True)
     secret_name = session.credentials_secret_name
     credentials_type = database.spec.credentials.type
@@ -253,8 +258,8 @@ async def _open(body, name, namespace, uid, memo, indexes, status: dict) -> None
         except EngineError as error:
             metrics.POSTGRES_OPERATIONS.labels("activate", "error").inc()
             if error.transient:
-                raise Outcome("Pending", error.reason, error.message, retry=10)
-            raise Outcome("Failed", error.reason, error.message, terminal=True)
+                raise Outcome(SessionPhase.PENDING, error.reason, error.message, retry=10)
+            raise Outcome(SessionPhase.FAILED, error.reason, error.message, terminal=True)
         metrics.POSTGRES_OPERATIONS.labels("activate", "success").inc()
         if activation.drift:
             metrics.DRIFT_CORRECTED.labels("activation").inc()
@@ -270,13 +275,14 @@ async def _open(body, name, namespace, uid, memo, indexes, status: dict) -> None
                 # them (or this one, on retry) activates it and sets the password.
                 await engine.end(session.spec.user, request.session_id, mode=str(decision.mode),
                                  terminate_connections=False)
-                raise Outcome("Pending", "UserShared", f'PostgreSQL user "{username}" is being '
+                raise Outcome(SessionPhase.PENDING, Reason.USER_SHARED,
+                              f'PostgreSQL user "{username}" is being '
                               "activated by another session of the same user; retrying", retry=2)
             memo.shared_passwords.remember(user_key, password)
 
     #: Why the session ends earlier than asked, for the Ready message.
     notes: list[str] = [str(decision.duration_message)] if decision.duration_capped else []
-    tls_mode = str(database.spec.tls.ssl_mode) if database.spec.tls else "prefer"
+    tls_mode = database.spec.tls.ssl_mode if database.spec.tls else SSLMode.PREFER
     target = ConnectionTarget(activation.username, database.spec.host, database.spec.port,
                               session.spec.database_name, tls_mode)
     server_ca = await _server_ca(memo, namespace, database)
@@ -284,14 +290,16 @@ async def _open(body, name, namespace, uid, memo, indexes, status: dict) -> None
         ca_ref = database.spec.credentials.client_ca_secret_ref
         ca = await memo.kube.read_secret(namespace, ca_ref.name) if ca_ref else None
         if not ca or "tls.crt" not in ca or "tls.key" not in ca:
-            raise Outcome("Pending", "SecretNotFound", "the client CA Secret of the Database "
+            raise Outcome(SessionPhase.PENDING, Reason.SECRET_NOT_FOUND,
+                          "the client CA Secret of the Database "
                           "(credentials.clientCASecretRef, keys tls.crt and tls.key) is missing",
                           retry=30)
         try:
             issued = issue_client_certificate(ca["tls.crt"], ca["tls.key"], activation.username,
                                               expires_at)
         except ValueError as exc:
-            raise Outcome("Failed", "InvalidClientCA", str(exc), terminal=True, release=True)
+            raise Outcome(SessionPhase.FAILED, Reason.INVALID_CLIENT_CA,
+                          str(exc), terminal=True, release=True)
         if issued.capped:
             # The credentials end with the certificate: every expiry shown must be its notAfter,
             # and the lease loop ends the session then (VALID UNTIL stays later, harmlessly).
@@ -310,7 +318,8 @@ async def _open(body, name, namespace, uid, memo, indexes, status: dict) -> None
         # DELETE that races with the finalizer being added removes the object anyway. Nothing
         # may outlive it: release the lease now, and write no credentials.
         log.info("[%s/%s] deleted while being opened; releasing its lease", namespace, name)
-        raise Outcome("Ended", "Deleted", "the session was deleted while it was being opened",
+        raise Outcome(SessionPhase.ENDED, Reason.DELETED,
+                      "the session was deleted while it was being opened",
                       release=True)
     log.info("[%s/%s] PostgreSQL user %r active; writing Secret %s", namespace, name,
              activation.username, secret_name)
@@ -325,23 +334,24 @@ async def _open(body, name, namespace, uid, memo, indexes, status: dict) -> None
     try:
         await _all_of(writes)
     except NotOwned as conflict:
-        raise Outcome("Failed", "SecretConflict", f"{conflict}; choose another spec.secretName "
+        raise Outcome(SessionPhase.FAILED, Reason.SECRET_CONFLICT,
+                      f"{conflict}; choose another spec.secretName "
                       "(the default is <session name>-credentials)", terminal=True, release=True)
     message = f"PostgreSQL user {activation.username} is active until {_ts(expires_at)}"
     if notes:
         message += f" ({'; '.join(notes)})"
     status.update({
-        "phase": "Active", "username": activation.username,
+        "phase": SessionPhase.ACTIVE, "username": activation.username,
         "databaseRoles": list(activation.roles), "permissions": activation.permissions_summary,
         "userProvisioning": str(decision.mode), "matchedRoles": list(decision.matched_roles),
         "expiresAt": _ts(expires_at), "secretName": secret_name})
-    _set_conditions(body, status, True, "Active", message)
+    _set_conditions(body, status, True, Reason.ACTIVE, message)
     metrics.PROVISIONING_LATENCY.observe(max(0.0, (_now() - created).total_seconds()))
 
 
 def report_drift(session_body, username: str, removed) -> None:
     """The Event that says what pgjit took away from a session's user, and why."""
-    kopf.event(session_body, type="Normal", reason="DriftCorrected",
+    kopf.event(session_body, type="Normal", reason=Reason.DRIFT_CORRECTED,
                message=f'PostgreSQL user "{username}" held what no session had granted; removed: '
                        + "; ".join(removed)[:900])
 
@@ -357,10 +367,11 @@ async def _server_ca(memo, namespace: str, database: Database) -> bytes | None:
 def _apply_outcome(body, status: dict, outcome: Outcome) -> None:
     if outcome.phase:
         status["phase"] = outcome.phase
-    if outcome.phase in ("Failed", "Expired", "Ended"):
+    if outcome.phase in TERMINAL_PHASES:
         status.setdefault("endedAt", _ts(_now()))
     _set_conditions(body, status, False, outcome.reason, outcome.message,
-                    terminal=outcome.terminal or outcome.phase in ("Expired", "Ended"))
+                    terminal=outcome.terminal or outcome.phase in (SessionPhase.EXPIRED,
+                                                                      SessionPhase.ENDED))
 
 
 @kopf.on.resume(*RESOURCE, id="lease")
@@ -370,7 +381,7 @@ async def open_lease(body, name, namespace, uid, patch, memo, databases_by_name,
     phase = body.get("status", {}).get("phase")
     if phase in TERMINAL_PHASES:
         return
-    if phase == "Active":
+    if phase == SessionPhase.ACTIVE:
         # Opened before (this is a resume after a restart, or the operator stopped between
         # writing the status and recording the handler as done). The expiry daemon takes it from
         # here, including an expiry missed while the operator was down; activating again would
@@ -403,10 +414,12 @@ async def end_lease(body, namespace: str, name: str, uid: str, memo, databases_b
     """End the session's hold on its user and delete its Secret; returns the status to write."""
     session = DatabaseSession.model_validate(body)
     status = body.get("status", {})
-    teardown = {"action": "Released", "reason": "the session never held a PostgreSQL user"}
+    teardown: dict[str, Any] = {"action": TeardownAction.RELEASED,
+                                "reason": "the session never held a PostgreSQL user"}
     db_body = next(iter(databases_by_name.get((namespace, session.spec.database_ref.name), ())),
                    None)
-    if status.get("username") or status.get("phase") in (None, "Pending", "Active"):
+    if status.get("username") or status.get("phase") in (None, SessionPhase.PENDING,
+                                                         SessionPhase.ACTIVE):
         if db_body is not None:
             database = Database.model_validate(db_body)
             engine = await memo.engines.engine_for(database, namespace)
@@ -418,7 +431,8 @@ async def end_lease(body, namespace: str, name: str, uid: str, memo, databases_b
                 metrics.POSTGRES_OPERATIONS.labels("end", "error").inc()
                 raise kopf.TemporaryError(f"ending the PostgreSQL user failed: {error.message}",
                                           delay=10 if error.transient else 60)
-            action = {ABSENT: "Dropped", NOT_MANAGED: "Released"}.get(result.action, result.action)
+            action = result.action.reported if isinstance(result.action, Untouched) \
+                else result.action
             teardown = {"action": action, "reason": f"{reason}: {result.reason}"}
             if result.reassigned:
                 teardown["reassigned"] = [{"database": database, "objects": count}
@@ -435,14 +449,14 @@ async def end_lease(body, namespace: str, name: str, uid: str, memo, databases_b
         removals.append(memo.kube.revoke_secret_access(namespace,
                                                        session.credentials_secret_name, uid))
     await _all_of(removals)
-    if status.get("phase") == "Active":
+    if status.get("phase") == SessionPhase.ACTIVE:
         metrics.ACTIVE_SESSIONS.dec()
     return {"teardown": teardown, "endedAt": _ts(_now())}
 
 
 @kopf.on.delete(*RESOURCE, id="end")  # type: ignore[arg-type]  # index kwargs
 async def end_on_delete(body, name, namespace, uid, memo, databases_by_name, **_):
-    if body.get("status", {}).get("phase") in ("Ended", "Expired") and \
+    if body.get("status", {}).get("phase") in (SessionPhase.ENDED, SessionPhase.EXPIRED) and \
             body.get("status", {}).get("teardown"):
         return  # already ended; nothing holds a user any more
     with metrics.reconcile("databasesession"):
@@ -530,7 +544,7 @@ def _due_end(body, now: datetime, namespace: str, databases_by_name, roles_by_na
     given, on a revalidation tick) no longer allowed."""
     expires_at = _parse_ts(body["status"]["expiresAt"])
     if expires_at <= now:
-        return ("Expired", "Expired", f"the session expired at {_ts(expires_at)}")
+        return (SessionPhase.EXPIRED, Reason.EXPIRED, f"the session expired at {_ts(expires_at)}")
     if traits_data is not None:
         return _revoked(body, namespace, databases_by_name, roles_by_namespace, traits_data)
     return None
@@ -546,7 +560,8 @@ def _revoked(body, namespace, databases_by_name, roles_by_namespace, traits_data
                 user_traits(traits_data, session.spec.user))
     except Outcome as outcome:
         if outcome.terminal:
-            return ("Ended", "AccessRevoked", f"access was revoked: {outcome.message}")
+            return (SessionPhase.ENDED, Reason.ACCESS_REVOKED,
+                    f"access was revoked: {outcome.message}")
     return None
 
 
@@ -559,7 +574,7 @@ async def _finish(body, name, namespace, uid, memo, stopped, databases_by_name, 
                                      reason=reason)
             break
         except kopf.TemporaryError as error:
-            kopf.warn(body, reason="EndFailed", message=str(error))
+            kopf.warn(body, reason=Reason.END_FAILED, message=str(error))
             await stopped.wait(min(60, 2 ** min(attempt, 6)))
             attempt += 1
             if stopped:

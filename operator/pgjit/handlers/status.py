@@ -7,9 +7,10 @@ from typing import MutableMapping
 import kopf
 
 from ..core import conditions
+from ..vocabulary import Reason
 
 # Reasons that end an object's work normally: reported as Normal Events, not Warnings.
-NORMAL_REASONS = frozenset({"Ended", "Expired", "Suspended", "SessionsActive"})
+NORMAL_REASONS = frozenset({Reason.EXPIRED, Reason.SUSPENDED, Reason.SESSIONS_ACTIVE})
 
 
 def set_conditions(body, status: MutableMapping, ready: bool, reason: str, message: str, *,

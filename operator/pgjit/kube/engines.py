@@ -8,9 +8,10 @@ from __future__ import annotations
 
 import asyncio
 
-from ..api.database import CredentialsType, Database
+from ..api.database import Database
 from ..engine import Engine, ServerConfig
 from ..engine.errors import INVALID_REQUEST, EngineError
+from ..vocabulary import CredentialsType, Reason, SSLMode
 from .client import Kube
 
 
@@ -20,7 +21,7 @@ RDS_IAM_ROLE = "rds_iam"
 
 class MissingSecret(EngineError):
     def __init__(self, message: str):
-        super().__init__("SecretNotFound", message, transient=True)
+        super().__init__(Reason.SECRET_NOT_FOUND, message, transient=True)
 
 
 async def server_config(kube: Kube, database: Database, namespace: str) -> ServerConfig:
@@ -46,7 +47,7 @@ async def server_config(kube: Kube, database: Database, namespace: str) -> Serve
     if spec.tls is not None and spec.tls.ca_secret_ref is not None:
         ca_ref = spec.tls.ca_secret_ref
         ca = await secret_key(ca_ref.name, ca_ref.key, "server CA certificate")
-    ssl_mode = str(spec.tls.ssl_mode) if spec.tls is not None else "prefer"
+    ssl_mode = spec.tls.ssl_mode if spec.tls is not None else SSLMode.PREFER
     iam = ((admin.aws_iam.region, admin.aws_iam.assume_role_arn)
            if admin.aws_iam is not None else None)
     iam_users = spec.credentials is not None and spec.credentials.type == CredentialsType.AWS_IAM

@@ -6,6 +6,7 @@ from types import SimpleNamespace
 
 import kubernetes
 
+from pgjit.kube import client
 from pgjit.kube.client import Kube
 
 
@@ -24,7 +25,14 @@ class RecordingCoreApi:
     replace_namespaced_secret = read_namespaced_secret
 
 
-async def test_written_secret_carries_labels_annotations_and_owner():
+async def _inline(function, *args, **kwargs):
+    return function(*args, **kwargs)
+
+
+async def test_written_secret_carries_labels_annotations_and_owner(monkeypatch):
+    # Calls run inline, not in asyncio's worker threads: a thread left behind would receive the
+    # signals other unit tests send to this process (test_client_connect.py).
+    monkeypatch.setattr(client.asyncio, "to_thread", _inline)
     kube = Kube(kubernetes.client.ApiClient())
     core = RecordingCoreApi()
     kube.core = core  # type: ignore[assignment]
