@@ -177,8 +177,12 @@ def _traits_configmap(flag: str | None, parse: Callable[[str], tuple[str, str]]
     """--traits-configmap NS/NAME, else the operator's own settings if set in this shell."""
     if flag:
         return parse(flag)
-    name, namespace = os.environ.get("PGJIT_TRAITS_CONFIGMAP"), os.environ.get("PGJIT_NAMESPACE")
-    return (namespace, name) if name and namespace else None
+    from pgjit.settings import Settings, SettingsError
+
+    try:
+        return Settings.load(os.environ).traits_configmap_ref
+    except SettingsError:
+        return None  # another operator setting is off; it is the operator's to report
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -5,32 +5,41 @@ from __future__ import annotations
 import asyncio
 import logging
 import os
+import sys
 
 import kopf
+
+from .settings import Settings, SettingsError
 
 
 def run(*, namespaces: list[str], all_namespaces: bool, liveness: str | None,
         metrics_port: int | None, verbose: bool = False, log_json: bool = False,
         readiness: str | None = None) -> int:
-    if metrics_port:
-        os.environ["PGJIT_METRICS_PORT"] = str(metrics_port)
-    if namespaces and not all_namespaces:
+    try:
         # Namespaced RBAC has no cluster-wide list/watch of namespaces for Kopf's scanning.
-        os.environ["PGJIT_NAMESPACED"] = "1"
+        settings = Settings.load(os.environ, metrics_port=metrics_port or None,
+                                 namespaced=bool(namespaces and not all_namespaces) or None)
+    except SettingsError as error:
+        print(f"pgjit run: invalid setting: {error}", file=sys.stderr)
+        return 2
     # Every line says when and which object (kopf's own default would print bare messages such
     # as "Handler 'lease' succeeded." with no object name); JSON lines carry it as a field.
     kopf.configure(verbose=verbose,
                    log_format=kopf.LogFormat.JSON if log_json else kopf.LogFormat.FULL,
                    log_prefix=not log_json, log_refkey="object" if log_json else None)
     logging.getLogger("psycopg.pool").setLevel(logging.WARNING)
-    from . import handlers  # noqa: F401 - registers the handlers
-    asyncio.run(_operate(namespaces=namespaces, clusterwide=all_namespaces or not namespaces,
-                         liveness=liveness, readiness=readiness))
+    from . import handlers
+
+    handlers.register(settings)
+    asyncio.run(_operate(settings, namespaces=namespaces,
+                         clusterwide=all_namespaces or not namespaces, liveness=liveness,
+                         readiness=readiness))
     return 0
 
 
-async def _operate(*, namespaces: list[str], clusterwide: bool, liveness: str | None,
-                   readiness: str | None) -> None:
+async def _operate(settings: Settings, *, namespaces: list[str], clusterwide: bool,
+                   liveness: str | None, readiness: str | None) -> None:
+    from .handlers.settings import OperatorMemo
     from .readiness import Readiness
 
     # Kopf raises this flag once its startup handlers are done and its watchers may start.
@@ -40,7 +49,8 @@ async def _operate(*, namespaces: list[str], clusterwide: bool, liveness: str | 
                    asyncio.create_task(probe.check(started))] if readiness else [])
     try:
         await kopf.operator(standalone=True, clusterwide=clusterwide, namespaces=namespaces,
-                            liveness_endpoint=liveness, ready_flag=started)
+                            liveness_endpoint=liveness, ready_flag=started,
+                            memo=OperatorMemo(settings))
     finally:
         for task in side_tasks:
             task.cancel()

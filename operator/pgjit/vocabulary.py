@@ -135,5 +135,7 @@ class Reason(enum.StrEnum):
     DRIFT_CORRECTED = "DriftCorrected"
     DRIFT_NOT_CORRECTED = "DriftNotCorrected"
 
-    # A Role (handlers/roles.py); INVALID_ROLE above is also a Role's own condition.
+    # A Role or an ObjectLabelRule (handlers/roles.py, object_labels.py); INVALID_ROLE above is
+    # also a Role's own condition.
     VALID = "Valid"
+    LABEL_CONFLICT = "LabelConflict"

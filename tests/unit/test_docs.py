@@ -37,6 +37,7 @@ from pgjit.api.crd import build_crds
 from pgjit.core import policy
 from pgjit.devstack import stack
 from pgjit.engine.preflight import run_preflight
+from pgjit import settings as operator_settings
 from pgjit.vocabulary import Reason
 
 REPO = Path(__file__).resolve().parents[2]
@@ -417,8 +418,6 @@ def test_the_unknown_field_check_can_fail():
 # 5. Environment variables
 
 _ENV = re.compile(r"PGJIT_[A-Z0-9_]*[A-Z0-9]")
-# Read by the operator at run time (not the dev stack's PostgreSQL finder, not tests).
-_RUNTIME_SOURCES = ("handlers", "kube", "engine", "core", "api", "runner.py", "cli.py")
 
 
 def _code_env_patterns() -> list[re.Pattern[str]]:
@@ -440,12 +439,20 @@ def _code_env_patterns() -> list[re.Pattern[str]]:
 
 
 def runtime_env_vars() -> set[str]:
-    found = set()
-    for path in source_files():
-        relative = path.relative_to(SOURCE).parts
-        if relative[0] in _RUNTIME_SOURCES:
-            found.update(_ENV.findall(read(path)))
-    return found
+    """The PGJIT_ variables the operator reads: one per field of pgjit.settings.Settings, the
+    only place that reads them."""
+    return {setting.variable for setting in operator_settings.fields()
+            if setting.variable.startswith("PGJIT_")}
+
+
+def _documented_default(default: object) -> str:
+    if default is None or default is False:
+        return "unset"
+    if isinstance(default, bool):
+        return str(default).lower()
+    if isinstance(default, float):
+        return f"{default:g}"
+    return str(default)
 
 
 def test_documented_env_vars_exist_in_the_code():
@@ -463,6 +470,15 @@ def test_operations_documents_every_runtime_env_var():
     assert {"PGJIT_HEALTH_SECONDS", "PGJIT_THREADS"} <= runtime, runtime
     documented = set(_ENV.findall(read(DOCS / "operations.md")))
     assert runtime <= documented, f"missing from operations.md: {sorted(runtime - documented)}"
+
+
+def test_operations_shows_each_settings_default():
+    rows = dict(re.findall(r"^\| `(PGJIT_[A-Z0-9_]+)` \| `?([^|`]+?)`? \|",
+                           read(DOCS / "operations.md"), re.MULTILINE))
+    wrong = {setting.variable: (rows.get(setting.variable), _documented_default(setting.default))
+             for setting in operator_settings.fields() if setting.variable.startswith("PGJIT_")
+             and rows.get(setting.variable) != _documented_default(setting.default)}
+    assert not wrong, f"operations.md's Settings table (shown, actual): {wrong}"
 
 
 # --------------------------------------------------------------------------------------------

@@ -7,4 +7,11 @@ arguments, not the indexes it passes by their names as well, so mypy refuses eve
 takes an index. Those decorators carry ``# type: ignore[arg-type]  # index kwargs``, nothing else.
 """
 
+from ..settings import Settings
 from . import databases, indexes, object_labels, roles, sessions, settings  # noqa: F401
+
+
+def register(operator_settings: Settings) -> None:
+    """Register the handlers whose schedule is a setting: Kopf fixes a timer's interval when
+    the timer is registered, before any memo exists."""
+    databases.register(operator_settings)

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import logging
-import os
 
 import kopf
 
@@ -12,16 +11,15 @@ from ..api.database import Database
 from ..core.policy import bound_violations, roles_granted_on
 from ..core.credentials_secret import SESSION_LABEL, session_label_value
 from ..engine import EngineError
+from ..settings import Settings
 from ..vocabulary import Reason
 from . import metrics
 from .indexes import valid_roles
-from .sessions import SECRET_ACCESS, report_drift, supervise_leases
+from .sessions import report_drift, supervise_leases
 from .status import set_conditions
 
 RESOURCE = (GROUP, VERSION, "databases")
 log = logging.getLogger(__name__)
-#: Seconds between health checks (and sweeps) of each Database.
-HEALTH_INTERVAL = float(os.environ.get("PGJIT_HEALTH_SECONDS", "60"))
 #: Seconds between checks whether a Database being deleted has no sessions left.
 RELEASE_RETRY = 5.0
 
@@ -84,8 +82,8 @@ async def _check(body, namespace: str, name: str, patch: kopf.Patch, memo: kopf.
                                      terminate_connections=database.spec.terminate_connections)
     except EngineError as error:
         report(False, error.reason, error.message, stalled=not error.transient)
-        raise kopf.TemporaryError(error.message, delay=min(HEALTH_INTERVAL, 30 if error.transient
-                                                           else 120))
+        retry = 30 if error.transient else 120
+        raise kopf.TemporaryError(error.message, delay=min(memo.settings.health_seconds, retry))
 
     patch.status["serverVersion"] = pre.server_version
     patch.status["readOnly"] = pre.read_only
@@ -122,7 +120,7 @@ async def _check(body, namespace: str, name: str, patch: kopf.Patch, memo: kopf.
             await _correct_drift(body, engine, live_sessions_by_database)
     except EngineError as error:
         report(False, error.reason, error.message, stalled=not error.transient)
-        raise kopf.TemporaryError(error.message, delay=min(HEALTH_INTERVAL, 30))
+        raise kopf.TemporaryError(error.message, delay=min(memo.settings.health_seconds, 30))
     if database.spec.suspended:
         report(False, Reason.SUSPENDED, "spec.suspended is true: no new sessions are opened; "
                "ending sessions still works", settled=True)
@@ -158,7 +156,7 @@ async def _remove_secrets_of(memo: kopf.Memo, session_id: str) -> None:
         return
     selector = f"{SESSION_LABEL}={session_label_value(name)}"
     for secret in await memo.kube.delete_owned_secrets(namespace, selector, uid):
-        if SECRET_ACCESS:
+        if memo.settings.secret_access:
             await memo.kube.revoke_secret_access(namespace, secret, uid)
         log.info("[%s/%s] deleted Secret %s of the swept session", namespace, name, secret)
 
@@ -174,13 +172,18 @@ async def connect(body, namespace, name, patch, memo, live_sessions_by_database,
                      reconciliation=reconciliation)
 
 
-@kopf.timer(*RESOURCE, id="health", interval=HEALTH_INTERVAL, initial_delay=HEALTH_INTERVAL)  # type: ignore[arg-type]  # index kwargs
 async def health(body, namespace, name, patch, memo, live_sessions_by_database,
                  roles_by_namespace, **_):
     """Re-check reachability and privileges, and end users no live session holds (crash safety)."""
     with metrics.reconcile("database") as reconciliation:
         await _check(body, namespace, name, patch, memo, live_sessions_by_database,
                      roles_by_namespace, refresh=True, sweep=True, reconciliation=reconciliation)
+
+
+def register(settings: Settings) -> None:
+    """The health timer, every ``settings.health_seconds`` (see handlers.register)."""
+    kopf.timer(*RESOURCE, id="health", interval=settings.health_seconds,
+               initial_delay=settings.health_seconds)(health)  # type: ignore[arg-type]  # index kwargs
 
 
 @kopf.on.delete(*RESOURCE, id="release")  # type: ignore[arg-type]  # index kwargs

@@ -14,6 +14,7 @@ from .. import GROUP, VERSION
 from ..api.labels import ObjectLabelRule
 from ..core import conditions
 from ..core.object_labels import Conflict, conflicts, describe
+from ..vocabulary import Reason
 from . import metrics
 
 RESOURCE = (GROUP, VERSION, "objectlabelrules")
@@ -39,11 +40,11 @@ def rule_status(body, found: list[Conflict]) -> dict:
     if mine:
         # Stalled: nothing changes until one of the rules does.
         status["conditions"] = conditions.stalled(
-            previous, generation, "LabelConflict",
+            previous, generation, Reason.LABEL_CONFLICT,
             (describe(mine) + "; such a label is left off the objects both rules match: change"
              " one of the rules")[:2048])
     else:
-        status["conditions"] = conditions.ready(previous, generation, "Valid",
+        status["conditions"] = conditions.ready(previous, generation, Reason.VALID,
                                                 f"{len(body['spec'].get('rules') or ())} rule(s)")
     return status
 

@@ -10,7 +10,6 @@ from __future__ import annotations
 import asyncio
 from dataclasses import replace
 import logging
-import os
 import time
 from datetime import datetime, timezone
 from typing import Any
@@ -44,12 +43,6 @@ from .indexes import session_id, valid_roles
 
 RESOURCE = (GROUP, VERSION, "databasesessions")
 log = logging.getLogger(__name__)
-REVALIDATE_INTERVAL = float(os.environ.get("PGJIT_REVALIDATE_SECONDS", "30"))
-EXPIRY_TICK = float(os.environ.get("PGJIT_EXPIRY_TICK_SECONDS", "1"))
-#: Whether each session's user gets ``get`` on exactly its credentials Secret (a Role and
-#: RoleBinding named like the Secret). Off when the cluster grants Secret access some other way.
-SECRET_ACCESS = os.environ.get("PGJIT_SECRET_ACCESS", "true").strip().lower() not in (
-    "false", "0", "no", "off")
 #: Seconds between looks at a Database a session is waiting for (missing, suspended, not ready).
 DATABASE_WAIT = 10.0
 
@@ -148,11 +141,10 @@ def _database(databases_by_name, namespace: str, name: str, *, opening: bool = T
 
 async def _load_traits_data(memo: kopf.Memo) -> dict[str, str]:
     """The traits ConfigMap's data (user name -> YAML map of lists), if one is configured."""
-    name = os.environ.get("PGJIT_TRAITS_CONFIGMAP")
-    namespace = os.environ.get("PGJIT_NAMESPACE")
-    if not name or not namespace:
+    ref = memo.settings.traits_configmap_ref
+    if ref is None:
         return {}
-    return await memo.kube.read_configmap(namespace, name) or {}
+    return await memo.kube.read_configmap(*ref) or {}
 
 
 async def _traits(memo: kopf.Memo, user: str) -> dict[str, list[str]]:
@@ -327,7 +319,7 @@ async def _open(body, name, namespace, uid, memo, indexes, status: dict) -> None
     labels = secret_labels(name)
     writes = [memo.kube.write_secret(namespace, secret_name, data, labels=labels, owner=owner,
                                      annotations=secret_annotations(name, expires_at))]
-    if SECRET_ACCESS:
+    if memo.settings.secret_access:
         writes.append(memo.kube.grant_secret_access(
             namespace, secret_reader_role(secret_name, labels),
             secret_reader_binding(secret_name, session.spec.user, labels), owner=owner))
@@ -445,7 +437,7 @@ async def end_lease(body, namespace: str, name: str, uid: str, memo, databases_b
     log.info("[%s/%s] lease ended (%s); deleting Secret %s", namespace, name,
              teardown["action"], session.credentials_secret_name)
     removals = [memo.kube.delete_secret(namespace, session.credentials_secret_name, uid)]
-    if SECRET_ACCESS:
+    if memo.settings.secret_access:
         removals.append(memo.kube.revoke_secret_access(namespace,
                                                        session.credentials_secret_name, uid))
     await _all_of(removals)
@@ -479,7 +471,7 @@ async def supervise_leases(namespace: str, database_name: str, memo, stopped,
     count = _SessionCount(namespace, database_name)
     while not stopped:
         now = _now()
-        revalidate = time.monotonic() - last_revalidation >= REVALIDATE_INTERVAL
+        revalidate = time.monotonic() - last_revalidation >= memo.settings.revalidate_seconds
         traits_data = await _load_traits_data(memo) if revalidate else None
         active = list(active_sessions_by_database.get((namespace, database_name), ()))
         for body in active:
@@ -505,7 +497,7 @@ async def supervise_leases(namespace: str, database_name: str, memo, stopped,
         for name in [n for n, task in ending.items() if task.done() and n not in still_active]:
             ending.pop(name)
         await count.follow(memo, databases_by_name, live_sessions_by_database)
-        await stopped.wait(EXPIRY_TICK)
+        await stopped.wait(memo.settings.expiry_tick_seconds)
 
 
 class _SessionCount:

@@ -1,22 +1,34 @@
-"""Operator-wide settings and shared state (Kubernetes client, engines, metrics server)."""
+"""The operator's memo (settings and shared state) and Kopf's own settings, at start."""
 
 from __future__ import annotations
 
-import os
+from dataclasses import dataclass, field
 
 import kopf
 
 from .. import GROUP
 from ..kube.client import Kube, load_client
 from ..kube.engines import EngineRegistry
+from ..settings import Settings
 from . import metrics
 from .sessions import SharedPasswords
 
 FINALIZER = f"{GROUP}/finalizer"
 
 
+@dataclass
+class OperatorMemo:
+    """What every handler gets as ``memo``: Kopf hands each object a shallow copy, so these are
+    shared by all. ``kube`` and ``engines`` exist from the startup handler on."""
+
+    settings: Settings
+    kube: Kube = field(init=False)
+    engines: EngineRegistry = field(init=False)
+    shared_passwords: SharedPasswords = field(default_factory=SharedPasswords)
+
+
 @kopf.on.startup()
-async def configure(settings: kopf.OperatorSettings, memo: kopf.Memo, **_) -> None:
+async def configure(settings: kopf.OperatorSettings, memo: OperatorMemo, **_) -> None:
     # Everything Kopf stores on objects lives under pgjit's own API group, not Kopf's defaults,
     # so other Kopf operators never touch pgjit's finalizer or progress (conventions §1.3-1.4).
     settings.persistence.finalizer = FINALIZER
@@ -24,23 +36,21 @@ async def configure(settings: kopf.OperatorSettings, memo: kopf.Memo, **_) -> No
     settings.persistence.diffbase_storage = kopf.AnnotationsDiffBaseStorage(
         prefix=GROUP, key="last-handled-configuration")
     settings.posting.reporting_component = "pgjit"
-    settings.posting.reporting_instance = os.environ.get("POD_NAME", "pgjit")
+    settings.posting.reporting_instance = memo.settings.pod_name
     settings.watching.server_timeout = 300
     settings.watching.client_timeout = 330
     settings.watching.connect_timeout = 30
-    settings.execution.max_workers = int(os.environ.get("PGJIT_THREADS", "16"))
-    if os.environ.get("PGJIT_NAMESPACED"):
+    settings.execution.max_workers = memo.settings.threads
+    if memo.settings.namespaced:
         settings.scanning.disabled = True
     memo.kube = Kube(load_client())
     memo.engines = EngineRegistry(memo.kube)
-    memo.shared_passwords = SharedPasswords()
-    port = os.environ.get("PGJIT_METRICS_PORT")
-    if port:
-        metrics.serve(int(port))
+    if memo.settings.metrics_port:
+        metrics.serve(memo.settings.metrics_port)
 
 
 @kopf.on.cleanup()
-async def close_engines(memo: kopf.Memo, **_) -> None:
+async def close_engines(memo: OperatorMemo, **_) -> None:
     engines = getattr(memo, "engines", None)
     if engines is not None:
         await engines.close()

@@ -13,7 +13,8 @@ from typing import Any
 import kopf
 import pytest
 
-from pgjit.handlers.sessions import SharedPasswords
+from pgjit.handlers.settings import OperatorMemo
+from pgjit.settings import Settings
 
 from .fakes import FakeKube, StubEngine, StubEngines, World
 
@@ -24,8 +25,8 @@ def world(monkeypatch: pytest.MonkeyPatch) -> Iterator[World]:
     monkeypatch.setattr(kopf, "event", lambda body, **kw: events.append(kw))
     monkeypatch.setattr(kopf, "warn", lambda body, **kw: events.append(kw))
     kube, engine = FakeKube(), StubEngine()
-    memo = kopf.Memo()
-    memo.kube = kube
-    memo.engines = StubEngines(engine)
-    memo.shared_passwords = SharedPasswords()
+    # Ticks fast enough for a test to see several; revalidation on every tick.
+    memo = OperatorMemo(Settings(expiry_tick_seconds=0.01, revalidate_seconds=0.0))
+    memo.kube = kube  # type: ignore[assignment]
+    memo.engines = StubEngines(engine)  # type: ignore[assignment]
     yield World(kube=kube, engine=engine, memo=memo, events=events)

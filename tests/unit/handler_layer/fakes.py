@@ -18,7 +18,6 @@ from dataclasses import dataclass, field
 from datetime import datetime, timedelta, timezone
 from typing import Any
 
-import kopf
 from cryptography import x509
 from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
@@ -232,7 +231,7 @@ class World:
 
     kube: FakeKube
     engine: StubEngine
-    memo: kopf.Memo
+    memo: Any
     events: list[dict[str, Any]]
     databases: list[dict] = field(default_factory=list)
     roles: list[dict] = field(default_factory=list)

@@ -5,8 +5,6 @@ from __future__ import annotations
 import asyncio
 from datetime import timedelta
 
-import pytest
-
 from pgjit.handlers import sessions
 
 from .fakes import (NAMESPACE, Stopped, World, database_body, eventually, invalid_role_body, now,
@@ -42,13 +40,7 @@ async def run_loop(world: World, stopped: Stopped) -> asyncio.Task:
         live_sessions_by_database=LiveIndex(world.live_sessions_by_database)))
 
 
-@pytest.fixture
-def fast_ticks(monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setattr(sessions, "EXPIRY_TICK", 0.01)
-    monkeypatch.setattr(sessions, "REVALIDATE_INTERVAL", 0.0)
-
-
-async def test_invalid_role_never_breaks_the_lease_loop(world: World, fast_ticks):
+async def test_invalid_role_never_breaks_the_lease_loop(world: World):
     world.databases.append(database_body())
     world.roles += [role_body(), invalid_role_body()]
     world.active_sessions.append(active("kept", expires_in=timedelta(hours=1)))
@@ -69,7 +61,7 @@ async def test_invalid_role_never_breaks_the_lease_loop(world: World, fast_ticks
         await asyncio.wait_for(task, 5)
 
 
-async def test_session_count_follows_sessions_within_a_tick(world: World, fast_ticks):
+async def test_session_count_follows_sessions_within_a_tick(world: World):
     # status.activeSessions (the SESSIONS column) said 1; that session has just ended.
     world.databases.append(database_body(status={"activeSessions": 1}))
     stopped = Stopped()
@@ -88,7 +80,7 @@ async def test_session_count_follows_sessions_within_a_tick(world: World, fast_t
         await asyncio.wait_for(task, 5)
 
 
-async def test_unchanged_session_count_is_not_rewritten(world: World, fast_ticks):
+async def test_unchanged_session_count_is_not_rewritten(world: World):
     world.databases.append(database_body(status={"activeSessions": 1}))
     world.live_sessions["orders"] = [f"{NAMESPACE}/s/uid-s"]
     stopped = Stopped()

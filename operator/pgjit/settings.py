@@ -1,0 +1,141 @@
+"""The operator's settings: one typed object, read from the environment once, at start.
+
+``pgjit run`` builds :class:`Settings` with :meth:`Settings.load` (environment variables, then the
+command line's flags over them), refuses to start on an invalid value, and hands the object to
+Kopf in the operator's memo (``handlers.settings.OperatorMemo``). Nothing else reads
+``PGJIT_*`` variables, and nothing writes ``os.environ``: a value passed through the environment
+from one module to another is a value no type checker and no reader can follow.
+
+Every field names its variable and says what it means (``docs/operations.md`` shows the same,
+and ``tests/unit/test_docs.py`` checks the two agree by iterating :func:`fields`).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+from typing import Any
+
+__all__ = ["Settings", "SettingsError", "Setting", "fields"]
+
+
+class SettingsError(ValueError):
+    """A setting has a value the operator cannot run with; the message names the variable."""
+
+
+def _seconds(text: str) -> float:
+    value = float(text)
+    if not math.isfinite(value) or value <= 0:
+        raise ValueError("must be a positive number of seconds")
+    return value
+
+
+def _positive_int(text: str) -> int:
+    value = int(text)
+    if value <= 0:
+        raise ValueError("must be a positive integer")
+    return value
+
+
+def _port(text: str) -> int:
+    value = int(text)
+    if not 0 < value < 65536:
+        raise ValueError("must be a TCP port (1-65535)")
+    return value
+
+
+def _flag(text: str) -> bool:
+    # The chart writes "true"/"false"; anything that reads as "off" turns the setting off.
+    return text.strip().lower() not in ("false", "0", "no", "off")
+
+
+def _present(text: str) -> bool:
+    return bool(text)
+
+
+def _text(text: str) -> str | None:
+    return text or None
+
+
+def _setting(variable: str, parse: Callable[[str], Any], default: Any, doc: str) -> Any:
+    return field(default=default, metadata={"variable": variable, "parse": parse, "doc": doc})
+
+
+@dataclass(frozen=True)
+class Setting:
+    """One field of :class:`Settings` as the documentation shows it."""
+
+    name: str
+    variable: str
+    default: Any
+    doc: str
+
+
+@dataclass(frozen=True)
+class Settings:
+    """Everything the operator process is configured with."""
+
+    health_seconds: float = _setting(
+        "PGJIT_HEALTH_SECONDS", _seconds, 60.0,
+        "Seconds between health checks of each Database (login, privileges, read-only), each "
+        "followed by a sweep for managed users without a live session.")
+    revalidate_seconds: float = _setting(
+        "PGJIT_REVALIDATE_SECONDS", _seconds, 30.0,
+        "Seconds between re-evaluations of Active sessions against the Roles; a session no Role "
+        "allows any more ends with AccessRevoked.")
+    expiry_tick_seconds: float = _setting(
+        "PGJIT_EXPIRY_TICK_SECONDS", _seconds, 1.0,
+        "Seconds between the lease loop's looks for expired sessions: the precision of expiry, "
+        "and how soon a Database's activeSessions follows its sessions.")
+    traits_configmap: str | None = _setting(
+        "PGJIT_TRAITS_CONFIGMAP", _text, None,
+        "Name of the ConfigMap holding internal traits (unset: no internal traits).")
+    namespace: str | None = _setting(
+        "PGJIT_NAMESPACE", _text, None,
+        "Namespace of the traits ConfigMap (the chart sets the operator's own namespace).")
+    secret_access: bool = _setting(
+        "PGJIT_SECRET_ACCESS", _flag, True,
+        "Whether each session's user gets get on exactly its credentials Secret (a Role and "
+        "RoleBinding named like the Secret).")
+    threads: int = _setting(
+        "PGJIT_THREADS", _positive_int, 16, "Worker threads for Kubernetes API calls.")
+    metrics_port: int | None = _setting(
+        "PGJIT_METRICS_PORT", _port, None,
+        "Port of the Prometheus metrics endpoint (unset: none); pgjit run --metrics-port sets it.")
+    namespaced: bool = _setting(
+        "PGJIT_NAMESPACED", _present, False,
+        "Whether only some namespaces are watched, which turns off Kopf's cluster-wide namespace "
+        "scanning; pgjit run -n sets it.")
+    pod_name: str = _setting(
+        "POD_NAME", lambda text: text or "pgjit", "pgjit",
+        "The operator's pod, named as the reporting instance of its Events (the chart sets it).")
+
+    @classmethod
+    def load(cls, environ: Mapping[str, str], **overrides: Any) -> "Settings":
+        """Read every setting from ``environ``; ``overrides`` (the command line's flags, where
+        given and not None) win. Raises :class:`SettingsError` naming the bad variable."""
+        values: dict[str, Any] = {}
+        for item in dataclasses.fields(cls):
+            variable = item.metadata["variable"]
+            if variable in environ:
+                try:
+                    values[item.name] = item.metadata["parse"](environ[variable])
+                except ValueError as exc:
+                    raise SettingsError(f"{variable}={environ[variable]!r}: {exc}") from None
+        values.update({key: value for key, value in overrides.items() if value is not None})
+        return cls(**values)
+
+    @property
+    def traits_configmap_ref(self) -> tuple[str, str] | None:
+        """(namespace, name) of the traits ConfigMap, when both are set."""
+        if self.traits_configmap and self.namespace:
+            return self.namespace, self.traits_configmap
+        return None
+
+
+def fields() -> list[Setting]:
+    """The settings as documented: field name, variable, default and meaning."""
+    return [Setting(item.name, item.metadata["variable"], item.default, item.metadata["doc"])
+            for item in dataclasses.fields(Settings)]
