@@ -35,7 +35,7 @@ import re
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from datetime import datetime, timezone
-from typing import Any
+from typing import Any, Protocol
 
 from pgjit.api.common import Condition, ConditionStatus
 
@@ -260,58 +260,40 @@ def build_conditions(
     return conditions
 
 
-def ready(
-    previous: PreviousConditions,
-    generation: int | None,
-    reason: str,
-    message: str = "",
-    *,
-    now: datetime | None = None,
-) -> list[ConditionDict]:
-    """Desired state reached: ``Ready=True``; Reconciling and Stalled removed."""
-    desired = DesiredConditions(ConditionStatus.TRUE, reason, message, Progress.SETTLED)
-    return build_conditions(previous, generation, desired, now=now)
+class ConditionSetter(Protocol):
+    """The signature of :func:`ready`, :func:`in_progress`, :func:`stalled`, :func:`not_ready`."""
+
+    def __call__(self, previous: PreviousConditions, generation: int | None, reason: str,
+                 message: str = "", *, now: datetime | None = None) -> list[ConditionDict]: ...
 
 
-def in_progress(
-    previous: PreviousConditions,
-    generation: int | None,
-    reason: str,
-    message: str = "",
-    *,
-    now: datetime | None = None,
-) -> list[ConditionDict]:
-    """Still working (or retrying a transient error): ``Ready=False`` and ``Reconciling=True``,
-    both with ``reason``; Stalled removed. kstatus reports the object as InProgress."""
-    desired = DesiredConditions(ConditionStatus.FALSE, reason, message, Progress.RECONCILING)
-    return build_conditions(previous, generation, desired, now=now)
+def _setter(name: str, ready_status: ConditionStatus, progress: Progress,
+            doc: str) -> ConditionSetter:
+    """One of the four ways to report a state: they differ only in Ready and the progress."""
+
+    def set_conditions(previous: PreviousConditions, generation: int | None, reason: str,
+                       message: str = "", *, now: datetime | None = None) -> list[ConditionDict]:
+        desired = DesiredConditions(ready_status, reason, message, progress)
+        return build_conditions(previous, generation, desired, now=now)
+
+    set_conditions.__name__ = set_conditions.__qualname__ = name
+    set_conditions.__doc__ = doc
+    return set_conditions
 
 
-def stalled(
-    previous: PreviousConditions,
-    generation: int | None,
-    reason: str,
-    message: str = "",
-    *,
-    now: datetime | None = None,
-) -> list[ConditionDict]:
-    """Gave up on a terminal error: ``Ready=False`` and ``Stalled=True``, both with ``reason``;
-    Reconciling removed. kstatus reports the object as Failed. The message should say what a
-    person has to do."""
-    desired = DesiredConditions(ConditionStatus.FALSE, reason, message, Progress.STALLED)
-    return build_conditions(previous, generation, desired, now=now)
+ready = _setter("ready", ConditionStatus.TRUE, Progress.SETTLED, """\
+Desired state reached: ``Ready=True``; Reconciling and Stalled removed.""")
 
+in_progress = _setter("in_progress", ConditionStatus.FALSE, Progress.RECONCILING, """\
+Still working (or retrying a transient error): ``Ready=False`` and ``Reconciling=True``, both
+with ``reason``; Stalled removed. kstatus reports the object as InProgress.""")
 
-def not_ready(
-    previous: PreviousConditions,
-    generation: int | None,
-    reason: str,
-    message: str = "",
-    *,
-    now: datetime | None = None,
-) -> list[ConditionDict]:
-    """Not usable on purpose, and not an error (a ``Suspended`` Database): ``Ready=False``,
-    neither Reconciling nor Stalled. kstatus reports InProgress, which is right for a pause:
-    whoever waits for the object waits for the pause to end."""
-    desired = DesiredConditions(ConditionStatus.FALSE, reason, message, Progress.SETTLED)
-    return build_conditions(previous, generation, desired, now=now)
+stalled = _setter("stalled", ConditionStatus.FALSE, Progress.STALLED, """\
+Gave up on a terminal error: ``Ready=False`` and ``Stalled=True``, both with ``reason``;
+Reconciling removed. kstatus reports the object as Failed. The message should say what a person
+has to do.""")
+
+not_ready = _setter("not_ready", ConditionStatus.FALSE, Progress.SETTLED, """\
+Not usable on purpose, and not an error (a ``Suspended`` Database): ``Ready=False``, neither
+Reconciling nor Stalled. kstatus reports InProgress, which is right for a pause: whoever waits
+for the object waits for the pause to end.""")
