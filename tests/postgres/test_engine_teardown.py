@@ -183,3 +183,32 @@ async def test_end_revokes_object_permissions_in_the_session_database(kit, pg_se
                                           mode="best_effort_drop"))
     teardown = await kit.engine.end(alice, "s1", mode="best_effort_drop")
     assert teardown.action == "Dropped"  # no ACL entry was left to block it
+
+
+@pytest.mark.parametrize("failing", ["alice", "bob"])
+async def test_one_user_that_cannot_be_swept_does_not_stop_the_others(kit, monkeypatch, failing):
+    """The sweep collects errors per user (CloudNativePG's applyRoleActions): whichever user
+    fails, in whatever order the catalog lists them, every other one is still ended."""
+    from pgjit.engine import EngineError, SweepIncomplete
+    from pgjit.vocabulary import Reason
+    alice, bob = kit.name("alice"), kit.name("bob")
+    await kit.engine.activate(kit.request("a1", alice))
+    await kit.engine.activate(kit.request("b1", bob))
+    broken = kit.name(failing)
+    end_username = kit.engine._users.end_username
+
+    async def refuse_one(name, *args, **kwargs):
+        if name == broken:
+            raise EngineError(Reason.INSUFFICIENT_PRIVILEGE, f'cannot end "{name}"')
+        return await end_username(name, *args, **kwargs)
+
+    monkeypatch.setattr(kit.engine._users, "end_username", refuse_one)
+    with pytest.raises(SweepIncomplete) as raised:
+        await kit.engine.sweep(set())
+    other = bob if failing == "alice" else alice
+    assert [(t.username, t.action, t.session_id) for t in raised.value.teardowns] == [
+        (other, "Locked", "b1" if other == bob else "a1")]
+    assert raised.value.reason == Reason.INSUFFICIENT_PRIVILEGE
+    assert broken in raised.value.message and not raised.value.transient
+    assert not (await kit.role(other)).can_login
+    assert (await kit.role(broken)).can_login

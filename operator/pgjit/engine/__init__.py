@@ -24,11 +24,12 @@ from .errors import INVALID_REQUEST, READ_ONLY, EngineError, classify
 from .grants import ObjectGrants
 from .preflight import Preflight, run_preflight
 from .results import Activation, ActivationRequest, DriftCorrection, Teardown
-from .users import ManagedRoleMissing, UserLifecycle, lock_key
+from .transactions import locked_transaction
+from .users import ManagedRoleMissing, SweepIncomplete, UserLifecycle, lock_key
 from . import statements as S
 
 __all__ = ["Engine", "ServerConfig", "ActivationRequest", "Activation", "Teardown", "Preflight",
-           "DriftCorrection",
+           "DriftCorrection", "SweepIncomplete",
            "EngineError", "RetryPolicy"]
 
 log = logging.getLogger(__name__)
@@ -75,6 +76,8 @@ class Engine:
         for attempt in range(self.retry.attempts):
             try:
                 return await operation()
+            except SweepIncomplete:
+                raise  # each failed user was retried already, on its own
             except (psycopg.Error, OSError, TimeoutError, EngineError) as exc:
                 error = classify(exc, doing=doing)
                 if not error.transient or attempt == self.retry.attempts - 1:
@@ -90,7 +93,12 @@ class Engine:
 
     async def preflight(self, databases: Iterable[str] = (), roles: Iterable[str] = (),
                         *, terminate_connections: bool = True) -> Preflight:
-        """Inspect the server on a fresh connection, so a refused login shows its real cause."""
+        """Inspect the server on a fresh connection, so a refused login shows its real cause.
+
+        :raises EngineError: the server cannot be reached or refuses the admin (Unreachable,
+            AuthenticationFailed, …), after retrying transient failures. What the admin lacks
+            is not an error: it is in the returned :class:`Preflight`.
+        """
         async def run() -> Preflight:
             conn = await self._conns.connect()
             try:
@@ -105,28 +113,27 @@ class Engine:
         return await self._retrying("preflight", run)
 
     async def ensure_managed_role(self) -> bool:
-        """Create the bookkeeping role if missing; True when it was created."""
+        """Create the bookkeeping role if missing; True when it was created.
+
+        :raises EngineError: InsufficientPrivilege (no CREATEROLE), ReadOnly, Unreachable, …
+        """
         async def run() -> bool:
             async with self._conns.connection() as conn:
                 try:
-                    async with conn.pipeline():
-                        await conn.execute("BEGIN")
-                        await conn.execute(S.ADVISORY_LOCK, [lock_key(self.config.managed_role)])
-                        cur = await conn.execute("SELECT 1 FROM pg_roles WHERE rolname = %s",
-                                                 [self.config.managed_role])
-                        exists = await cur.fetchone() is not None
-                    if not exists:
-                        await conn.execute(S.create_managed_role(self.config.managed_role))
-                    await conn.execute("COMMIT")
-                    return not exists
+                    async with locked_transaction(conn, "managed-role",
+                                                  self.config.label) as tx:
+                        async with conn.pipeline():
+                            await tx.begin(lock_key(self.config.managed_role))
+                            cur = await conn.execute(S.MANAGED_ROLE_EXISTS,
+                                                     [self.config.managed_role])
+                            exists = await cur.fetchone() is not None
+                        if not exists:
+                            await conn.execute(S.create_managed_role(self.config.managed_role))
+                        await tx.commit()
+                        return not exists
                 except psycopg.errors.DuplicateObject:
                     # Created at this moment by something that does not take pgjit's lock.
-                    await conn.execute("ROLLBACK")
                     return False
-                except BaseException:
-                    if conn.info.transaction_status != psycopg.pq.TransactionStatus.IDLE:
-                        await conn.execute("ROLLBACK")
-                    raise
         return await self._retrying("ensuring the managed role", run)
 
     # -- sessions ----------------------------------------------------------------------------
@@ -146,7 +153,14 @@ class Engine:
         postgres_username(request.identity)  # raises on identities PostgreSQL cannot hold
 
     async def activate(self, request: ActivationRequest) -> Activation:
-        """Create or re-activate the user for one session and grant what it may use."""
+        """Create or re-activate the user for one session and grant what it may use.
+
+        :raises EngineError: InvalidRequest (a bad request, before any database work),
+            UserConflict (a role of that name that pgjit does not manage), RolesChanged (other
+            live sessions hold the user with other roles or permissions), PrivilegedRole,
+            MissingDatabaseRole, InsufficientPrivilege, DatabaseNotFound, ReadOnly, Unreachable.
+            Transient ones only after retrying; nothing is left half-done.
+        """
         self._validate(request)
 
         async def activate_user() -> Activation:
@@ -184,7 +198,12 @@ class Engine:
 
     async def end(self, identity: str, session_id: str | None, *, mode: str | None = None,
                   terminate_connections: bool = True) -> Teardown:
-        """End one session's hold on its user; idempotent, including for vanished users."""
+        """End one session's hold on its user; idempotent, including for vanished users.
+
+        :raises EngineError: the server cannot be reached, or the admin may not change the
+            user (InsufficientPrivilege), after retrying transient failures; ending again
+            later finishes what was started.
+        """
         return await self._retrying("ending the session", lambda: self._users.end(
             identity, session_id, mode=mode, terminate_connections=terminate_connections,
             revoke_permissions=self._revoke))
@@ -200,18 +219,31 @@ class Engine:
         ``live_session_ids`` may be a live view (any container): it is asked about each lease
         only after the leases were read, so a session opened while the sweep runs is not
         mistaken for a dead one.
+
+        :raises SweepIncomplete: some users could not be swept (each retried on its own); it
+            carries the teardowns of those that were.
+        :raises EngineError: the managed users could not be read at all.
         """
         live = live_session_ids if isinstance(live_session_ids, Container) \
             else set(live_session_ids)
+        # Retried per user (inside), not as a whole: a retry of the whole sweep would forget
+        # the users already swept, and with them the Secrets their sessions left behind.
         return await self._retrying("sweeping managed users", lambda: self._users.sweep(
-            live, terminate_connections=terminate_connections, revoke_permissions=self._revoke))
+            live, terminate_connections=terminate_connections, revoke_permissions=self._revoke,
+            retrying=self._retrying))
 
     async def correct_drift(self, live_session_ids: Container[str]) -> list[DriftCorrection]:
-        """Strip, from users live sessions hold, memberships no lease granted (see users.py)."""
+        """Strip, from users live sessions hold, memberships no lease granted (see users.py).
+
+        :raises EngineError: for the users whose drift could not be removed, once every user
+            was looked at (one error, naming each).
+        """
         return await self._retrying("correcting drift", lambda: self._users.correct_drift(
             live_session_ids))
 
     async def check_writable(self) -> None:
+        """:raises EngineError: ReadOnly on a standby or reader endpoint, or what
+        :meth:`preflight` raises."""
         pre = await self.preflight()
         if pre.read_only:
             raise EngineError(READ_ONLY, "the server is read-only (a standby or a reader endpoint);"

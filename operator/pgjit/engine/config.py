@@ -32,6 +32,9 @@ class ServerConfig:
     aws_iam: tuple[str, str | None] | None = None
     #: Who receives what a dropped user owned (best_effort_reassign_and_drop).
     objects_inheritor: str | None = None
+    #: Which Database object this is (namespace/name), in the admin connections'
+    #: application_name, so pg_stat_activity tells one Database's work from another's.
+    label: str = ""
 
     def validate(self) -> None:
         """Configuration errors are reported before any database work (edge case 16)."""

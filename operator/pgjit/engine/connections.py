@@ -1,7 +1,9 @@
 """Admin connections to one PostgreSQL server: bounded, pinned, TLS-aware.
 
 This is the one place that opens connections. Every admin connection:
-- is autocommit, so transactions are explicit ``BEGIN``/``COMMIT`` and can be pipelined;
+- is autocommit, so transactions are explicit and can be pipelined (``transactions``);
+- says whose it is in ``application_name`` (``pgjit team-a/orders``; a transaction adds its
+  purpose, ``pgjit/activate team-a/orders``);
 - pins ``search_path`` to ``pg_catalog, pg_temp`` so no user-created function or operator can
   shadow a catalog one while the admin runs pgjit's statements;
 - uses client-side binding, because CREATE/ALTER ROLE, GRANT and COMMENT are utility statements
@@ -30,6 +32,7 @@ from psycopg_pool import AsyncConnectionPool, PoolTimeout
 from .config import ServerConfig
 from .errors import DATABASE_NOT_FOUND, INSUFFICIENT_PRIVILEGE, EngineError
 from .iam import IamTokens
+from .transactions import application_name
 
 _SESSION_OPTIONS = ("-c search_path=pg_catalog,pg_temp -c lock_timeout=10s "
                     "-c statement_timeout=60s -c idle_in_transaction_session_timeout=60s")
@@ -84,7 +87,8 @@ class AdminConnections:
             extra["password"] = self.config.admin_password
         return make_conninfo(host=self.config.host, port=str(self.config.port),
                              user=self.config.admin_user, dbname=dbname,
-                             application_name="pgjit", options=_SESSION_OPTIONS,
+                             application_name=application_name("", self.config.label),
+                             options=_SESSION_OPTIONS,
                              connect_timeout=str(max(1, int(self.config.connect_timeout))),
                              **extra)
 

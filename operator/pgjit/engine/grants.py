@@ -17,6 +17,7 @@ from ..core.permissions import (KIND_PRIVILEGES, DbObject, ObjectKind, Permissio
                                 resolve_privileges, summarize_objects, with_implied_usage)
 from . import statements as S
 from .errors import ROLES_CHANGED, EngineError
+from .transactions import Transaction, locked_transaction
 from .users import Batch, lock_key
 
 Held = dict[DbObject, frozenset[str]]
@@ -31,11 +32,11 @@ class ObjectGrants:
         self.conns = conns
         self.stats = stats
 
-    async def _read(self, conn, name: str, database: str, kinds: frozenset[str] = frozenset()
-                    ) -> tuple[Ledger, list[DbObject], Held]:
+    async def _read(self, tx: Transaction, name: str, database: str,
+                    kinds: frozenset[str] = frozenset()) -> tuple[Ledger, list[DbObject], Held]:
+        conn = tx.conn
         async with conn.pipeline():
-            await conn.execute("BEGIN")
-            await conn.execute(S.ADVISORY_LOCK, [lock_key(database + "\x00" + name)])
+            await tx.begin(lock_key(database + "\x00" + name))
             comment = await conn.execute(S.ROLE_COMMENT, [name])
             objects = await conn.execute(S.OBJECTS, {"kinds": sorted(kinds)})
             held = await conn.execute(S.HELD_PRIVILEGES, {"name": name})
@@ -57,35 +58,32 @@ class ObjectGrants:
 
         Returns the summary for status and what was removed that no lease granted (drift).
         """
-        async with self.conns.connection(database) as conn:
-            try:
-                ledger, objects, current = await self._read(conn, name, database, rules.kinds)
-                granted = resolve_privileges(objects, rules)
-                desired = with_implied_usage(granted)
-                now = datetime.now(timezone.utc)
-                sharing = [lease for lease in ledger.live(now, excluding=session_id)
-                           if lease.database == database and lease.has_permissions]
-                digest = rules.digest()
-                if sharing and any(lease.permissions_digest != digest for lease in sharing) \
-                        and current != desired:
-                    # Other rules (or a lease written before digests, whose rules only the
-                    # catalog can tell): one user has one set of privileges per database.
-                    raise EngineError(ROLES_CHANGED, (
-                        f'"{name}" has {len(sharing)} other live session(s) in database '
-                        f'"{database}" with different object permissions; end them or '
-                        "request the same access, then retry"))
-                # Alone, or sharing the same rules: the catalog is made to match the rules, so
-                # whatever was granted out of band is stripped here too.
-                batch, drift = _reconcile(name, current, desired)
-                async with conn.pipeline():
-                    for statement, params in batch.statements:
-                        await conn.execute(statement, params)
-                    await conn.execute("COMMIT")
-                self.stats.round_trips += 1
-                return summarize_objects(granted), tuple(drift)
-            except BaseException:
-                await _rollback(conn)
-                raise
+        async with self.conns.connection(database) as conn, \
+                locked_transaction(conn, "grant", self.conns.config.label) as tx:
+            ledger, objects, current = await self._read(tx, name, database, rules.kinds)
+            granted = resolve_privileges(objects, rules)
+            desired = with_implied_usage(granted)
+            now = datetime.now(timezone.utc)
+            sharing = [lease for lease in ledger.live(now, excluding=session_id)
+                       if lease.database == database and lease.has_permissions]
+            digest = rules.digest()
+            if sharing and any(lease.permissions_digest != digest for lease in sharing) \
+                    and current != desired:
+                # Other rules (or a lease written before digests, whose rules only the
+                # catalog can tell): one user has one set of privileges per database.
+                raise EngineError(ROLES_CHANGED, (
+                    f'"{name}" has {len(sharing)} other live session(s) in database '
+                    f'"{database}" with different object permissions; end them or '
+                    "request the same access, then retry"))
+            # Alone, or sharing the same rules: the catalog is made to match the rules, so
+            # whatever was granted out of band is stripped here too.
+            batch, drift = _reconcile(name, current, desired)
+            async with conn.pipeline():
+                for statement, params in batch.statements:
+                    await conn.execute(statement, params)
+                await tx.commit()
+            self.stats.round_trips += 1
+            return summarize_objects(granted), tuple(drift)
 
     async def revoke(self, name: str, database: str) -> None:
         """Remove every privilege the user holds in ``database``: on its objects, its schemas and
@@ -93,22 +91,19 @@ class ObjectGrants:
 
         Skipped while another live session of the user still uses permissions there.
         """
-        async with self.conns.connection(database) as conn:
-            try:
-                ledger, _objects, current = await self._read(conn, name, database)
-                now = datetime.now(timezone.utc)
-                if any(lease.database == database and lease.has_permissions
-                       for lease in ledger.live(now)):
-                    await conn.execute("COMMIT")
-                    return
-                async with conn.pipeline():
-                    for obj in sorted(current):
-                        await conn.execute(S.revoke_all_on(obj, name))
-                    await conn.execute("COMMIT")
-                self.stats.round_trips += 1
-            except BaseException:
-                await _rollback(conn)
-                raise
+        async with self.conns.connection(database) as conn, \
+                locked_transaction(conn, "revoke", self.conns.config.label) as tx:
+            ledger, _objects, current = await self._read(tx, name, database)
+            now = datetime.now(timezone.utc)
+            if any(lease.database == database and lease.has_permissions
+                   for lease in ledger.live(now)):
+                await tx.commit()
+                return
+            async with conn.pipeline():
+                for obj in sorted(current):
+                    await conn.execute(S.revoke_all_on(obj, name))
+                await tx.commit()
+            self.stats.round_trips += 1
 
 
 def _reconcile(name: str, current: Held, desired: Held) -> tuple[Batch, list[str]]:
@@ -134,8 +129,3 @@ def _reconcile(name: str, current: Held, desired: Held) -> tuple[Batch, list[str
             batch.add(S.grant_on(obj, missing, name))
     return batch, drift
 
-
-async def _rollback(conn) -> None:
-    import psycopg
-    if conn.info.transaction_status != psycopg.pq.TransactionStatus.IDLE:
-        await conn.execute("ROLLBACK")

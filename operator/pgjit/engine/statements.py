@@ -106,6 +106,12 @@ SELECT r.rolname::text, r.rolcanlogin, shobj_description(r.oid, 'pg_authid'),
 """)
 
 ADVISORY_LOCK = Q("SELECT pg_advisory_xact_lock(%s)")
+BEGIN = Q("BEGIN")
+COMMIT = Q("COMMIT")
+ROLLBACK = Q("ROLLBACK")
+# Local to the transaction: the pooled connection shows its plain name again after COMMIT.
+SET_LOCAL_APPLICATION_NAME = Q("SELECT set_config('application_name', %s, true)")
+MANAGED_ROLE_EXISTS = Q("SELECT 1 FROM pg_roles WHERE rolname = %s")
 
 # By role oid, so a backend that logged in just before its role was dropped is still found.
 TERMINATE_BACKENDS = Q("""

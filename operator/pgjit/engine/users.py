@@ -11,7 +11,7 @@ from __future__ import annotations
 import asyncio
 import hashlib
 import time
-from collections.abc import Container
+from collections.abc import Awaitable, Callable, Container
 from dataclasses import dataclass, field, replace
 from datetime import datetime, timezone
 
@@ -26,8 +26,9 @@ from ..core.naming import postgres_username
 from ..core.permissions import DbObject
 from . import statements as S
 from .connections import AdminConnections
+from .transactions import Transaction, locked_transaction, rollback_unless_idle
 from .errors import (DATABASE_NOT_FOUND, INSUFFICIENT_PRIVILEGE, MISSING_DATABASE_ROLE,
-                     PRIVILEGED_ROLE, ROLES_CHANGED, USER_CONFLICT, EngineError)
+                     PRIVILEGED_ROLE, ROLES_CHANGED, USER_CONFLICT, EngineError, classify)
 from .results import (ABSENT, DEACTIVATED, DROPPED, LOCKED, NOT_MANAGED, RELEASED, Activation,
                       ActivationRequest, DriftCorrection, Teardown)
 
@@ -109,6 +110,20 @@ def _count(row: tuple[int, ...] | None) -> int:
     return int(row[0])
 
 
+#: Engine._retrying: runs an operation again after transient errors.
+Retrying = Callable[[str, Callable[[], Awaitable[list[Teardown]]]], Awaitable[list[Teardown]]]
+
+
+class SweepIncomplete(EngineError):
+    """Some users could not be swept; the others were. Carries both."""
+
+    def __init__(self, teardowns: list[Teardown], failures: list[EngineError]):
+        super().__init__(failures[0].reason, "; ".join(f.message for f in failures),
+                         transient=all(f.transient for f in failures))
+        self.teardowns = teardowns
+        self.failures = failures
+
+
 class UserLifecycle:
     def __init__(self, conns: AdminConnections, stats):
         self.conns = conns
@@ -123,7 +138,7 @@ class UserLifecycle:
                 "wanted_and_managed": list(wanted) + [self.config.managed_role],
                 "database": database, "predefined": list(PRIVILEGED_PREDEFINED_ROLES)}
 
-    async def _begin_locked(self, conn: psycopg.AsyncConnection, name: str,
+    async def _begin_locked(self, tx: Transaction, name: str,
                             wanted: tuple[str, ...] = (), *,
                             database: str | None = None) -> UserState:
         """BEGIN, take the user's lock and read its state: one round trip.
@@ -132,9 +147,9 @@ class UserLifecycle:
         role, so the hard refusals are judged under the lock that the activation acts under.
         """
         params = self._state_params(name, wanted, database)
+        conn = tx.conn
         async with conn.pipeline():
-            await conn.execute("BEGIN")
-            await conn.execute(S.ADVISORY_LOCK, [lock_key(name)])
+            await tx.begin(lock_key(name))
             cur = await conn.execute(S.USER_STATE, params)
             privileged = (await conn.execute(S.PRIVILEGED_MEMBERSHIPS, params)) if wanted \
                 else None
@@ -143,18 +158,13 @@ class UserLifecycle:
         self.stats.round_trips += 1
         return UserState.from_row(row, privileged_rows)
 
-    async def _run(self, conn: psycopg.AsyncConnection, batch: Batch, *, commit: bool) -> None:
-        async with conn.pipeline():
+    async def _run(self, tx: Transaction, batch: Batch, *, commit: bool) -> None:
+        async with tx.conn.pipeline():
             for statement, params in batch.statements:
-                await conn.execute(statement, params)
+                await tx.conn.execute(statement, params)
             if commit:
-                await conn.execute("COMMIT")
+                await tx.commit()
         self.stats.round_trips += 1
-
-    @staticmethod
-    async def _rollback(conn: psycopg.AsyncConnection) -> None:
-        if conn.info.transaction_status != psycopg.pq.TransactionStatus.IDLE:
-            await conn.execute("ROLLBACK")
 
     # -- activation ----------------------------------------------------------------------------
 
@@ -166,21 +176,18 @@ class UserLifecycle:
             # PBKDF2 is CPU work: off the event loop, and before the lock is taken.
             verifier = await asyncio.to_thread(scram_sha256_verifier, request.password,
                                                self.config.scram_iterations)
-        async with self.conns.connection() as conn:
-            try:
-                state = await self._begin_locked(conn, name, wanted,
-                                                 database=request.database)
-                result, batch, verify = self._plan_activation(name, wanted, request, verifier,
-                                                              state)
-                await self._run(conn, batch, commit=not verify)
-                if verify:
-                    await self._verify_memberships(conn, name, wanted)
-                    await conn.execute("COMMIT")
-                    self.stats.round_trips += 1
-                return result
-            except BaseException:
-                await self._rollback(conn)
-                raise
+        async with self.conns.connection() as conn, \
+                locked_transaction(conn, "activate", self.config.label) as tx:
+            state = await self._begin_locked(tx, name, wanted,
+                                             database=request.database)
+            result, batch, verify = self._plan_activation(name, wanted, request, verifier,
+                                                          state)
+            await self._run(tx, batch, commit=not verify)
+            if verify:
+                await self._verify_memberships(conn, name, wanted)
+                await tx.commit()
+                self.stats.round_trips += 1
+            return result
 
     def _plan_activation(self, name: str, wanted: tuple[str, ...], request: ActivationRequest,
                          verifier: str | None, state: UserState
@@ -312,62 +319,60 @@ class UserLifecycle:
                                        revoke_permissions=revoke_permissions)
 
     async def end_username(self, name: str, session_id: str | None, *, mode: str | None,
-                           terminate_connections: bool, revoke_permissions=None) -> Teardown:
+                           terminate_connections: bool, revoke_permissions=None,
+                           purpose: str = "end") -> Teardown:
         now = datetime.now(timezone.utc)
         # Whatever needs another admin connection (revoking object permissions, terminating
         # backends) runs after this one is given back: holding a slot while waiting for a second
         # deadlocks as soon as max_connections ends run at once (a burst of deletes).
         released: Teardown | None = None
         dropped: Teardown | None = None
-        async with self.conns.connection() as conn:
-            try:
-                state = await self._begin_locked(conn, name)
-                if not state.exists:
-                    await self._run(conn, Batch(), commit=True)
-                    return Teardown(name, ABSENT, f'user "{name}" does not exist; nothing to end')
-                if not state.is_managed:
-                    await self._run(conn, Batch(), commit=True)
-                    return Teardown(name, NOT_MANAGED,
-                                    f'role "{name}" is not managed by pgjit; left untouched')
-                lease = state.ledger.leases.get(session_id) if session_id else None
-                others = state.ledger.live(now, excluding=session_id)
-                ledger = state.ledger.without({session_id} if session_id else set())
-                mode = mode or state.ledger.mode
-                batch = Batch()
-                oid = state.role_oid
-                if others:
-                    batch.add(S.set_valid_until(name, max(o.expires_at for o in others)))
-                    batch.add(S.comment_on_role(name, ledger.render()))
-                    await self._run(conn, batch, commit=True)
-                    released = Teardown(name, RELEASED, (
-                        f"{len(others)} other live session(s) still use this user; "
-                        "it stays enabled for them"))
-                elif (mode in DROPPING_MODES and not state.backends
-                        and not (lease is not None and lease.has_permissions)):
-                    dropped = await self._drop_at_once(conn, name)
-                    if dropped is None:
-                        # The refused drop rolled back and released the lock: look again.
-                        state = await self._begin_locked(conn, name)
-                        others = state.ledger.live(now, excluding=session_id)
-                        ledger = state.ledger.without({session_id} if session_id else set())
-                        if others:
-                            batch.add(S.comment_on_role(name, ledger.render()))
-                            await self._run(conn, batch, commit=True)
-                            released = Teardown(name, RELEASED, "a new session took over the "
-                                                "user before it could be dropped")
-                if released is None and dropped is None:
-                    # The last lease: lock the user first and commit that on its own, so no new
-                    # login can start while the rest of the teardown runs.
-                    ledger = replace(ledger, leases={}, mode=mode)
-                    batch.add(S.disable_login(name))
-                    if mode not in DROPPING_MODES:
-                        for role in sorted(state.memberships):
-                            batch.add(S.revoke_role(role, name))
-                    batch.add(S.comment_on_role(name, ledger.render()))
-                    await self._run(conn, batch, commit=True)
-            except BaseException:
-                await self._rollback(conn)
-                raise
+        async with self.conns.connection() as conn, \
+                locked_transaction(conn, purpose, self.config.label) as tx:
+            state = await self._begin_locked(tx, name)
+            if not state.exists:
+                await self._run(tx, Batch(), commit=True)
+                return Teardown(name, ABSENT, f'user "{name}" does not exist; nothing to end')
+            if not state.is_managed:
+                await self._run(tx, Batch(), commit=True)
+                return Teardown(name, NOT_MANAGED,
+                                f'role "{name}" is not managed by pgjit; left untouched')
+            lease = state.ledger.leases.get(session_id) if session_id else None
+            others = state.ledger.live(now, excluding=session_id)
+            ledger = state.ledger.without({session_id} if session_id else set())
+            mode = mode or state.ledger.mode
+            batch = Batch()
+            oid = state.role_oid
+            if others:
+                batch.add(S.set_valid_until(name, max(o.expires_at for o in others)))
+                batch.add(S.comment_on_role(name, ledger.render()))
+                await self._run(tx, batch, commit=True)
+                released = Teardown(name, RELEASED, (
+                    f"{len(others)} other live session(s) still use this user; "
+                    "it stays enabled for them"))
+            elif (mode in DROPPING_MODES and not state.backends
+                    and not (lease is not None and lease.has_permissions)):
+                dropped = await self._drop_at_once(tx, name)
+                if dropped is None:
+                    # The refused drop rolled back and released the lock: look again.
+                    state = await self._begin_locked(tx, name)
+                    others = state.ledger.live(now, excluding=session_id)
+                    ledger = state.ledger.without({session_id} if session_id else set())
+                    if others:
+                        batch.add(S.comment_on_role(name, ledger.render()))
+                        await self._run(tx, batch, commit=True)
+                        released = Teardown(name, RELEASED, "a new session took over the "
+                                            "user before it could be dropped")
+            if released is None and dropped is None:
+                # The last lease: lock the user first and commit that on its own, so no new
+                # login can start while the rest of the teardown runs.
+                ledger = replace(ledger, leases={}, mode=mode)
+                batch.add(S.disable_login(name))
+                if mode not in DROPPING_MODES:
+                    for role in sorted(state.memberships):
+                        batch.add(S.revoke_role(role, name))
+                batch.add(S.comment_on_role(name, ledger.render()))
+                await self._run(tx, batch, commit=True)
 
         if released is not None:
             needs_revoke = lease is not None and lease.has_permissions and not any(
@@ -389,7 +394,7 @@ class UserLifecycle:
         return Teardown(name, LOCKED, "login disabled and database roles revoked; the user is "
                         "kept with the objects it owns", terminated_backends=terminated)
 
-    async def _drop_at_once(self, conn, name: str) -> Teardown | None:
+    async def _drop_at_once(self, tx: Transaction, name: str) -> Teardown | None:
         """Drop in the transaction that read the state, when nothing is connected.
 
         The common best_effort_drop end then costs two round trips instead of five. None when
@@ -399,9 +404,9 @@ class UserLifecycle:
         batch = Batch()
         batch.add(S.drop_role(name))
         try:
-            await self._run(conn, batch, commit=True)
+            await self._run(tx, batch, commit=True)
         except psycopg.errors.DependentObjectsStillExist:
-            await self._rollback(conn)
+            await rollback_unless_idle(tx.conn)
             return None
         return Teardown(name, DROPPED, "user dropped")
 
@@ -448,31 +453,28 @@ class UserLifecycle:
             return (), "no objectsInheritor is set on the Database"
         admin = self.config.admin_user
         granted = False
-        async with self.conns.connection() as conn:
-            try:
-                state = await self._begin_locked(conn, name)
-                if not state.exists or not state.is_managed or \
-                        state.ledger.live(datetime.now(timezone.utc)):
-                    await self._run(conn, Batch(), commit=True)
-                    return (), None
-                owned = await (await conn.execute(S.OWNED_PER_DATABASE, {
-                    "name": name, "admin_db": self.config.admin_database})).fetchall()
-                row = await (await conn.execute(S.CAN_ACT_FOR, [inheritor])).fetchone()
-                problem = None
-                if row is None:
-                    problem = f'objectsInheritor "{inheritor}" does not exist on the server'
-                elif not row[0]:
-                    problem = (f'the admin cannot act for objectsInheritor "{inheritor}"; run as'
-                               f' a superuser: GRANT "{inheritor}" TO "{admin}";')
-                elif not _row(await (await conn.execute(S.CAN_ACT_FOR, [name])).fetchone())[0]:
-                    version = int(conn.info.server_version)
-                    await conn.execute(S.act_for(name, admin, version))
-                    granted = True
-                await conn.execute("COMMIT")
-                self.stats.round_trips += 1
-            except BaseException:
-                await self._rollback(conn)
-                raise
+        async with self.conns.connection() as conn, \
+                locked_transaction(conn, "reassign", self.config.label) as tx:
+            state = await self._begin_locked(tx, name)
+            if not state.exists or not state.is_managed or \
+                    state.ledger.live(datetime.now(timezone.utc)):
+                await self._run(tx, Batch(), commit=True)
+                return (), None
+            owned = await (await conn.execute(S.OWNED_PER_DATABASE, {
+                "name": name, "admin_db": self.config.admin_database})).fetchall()
+            row = await (await conn.execute(S.CAN_ACT_FOR, [inheritor])).fetchone()
+            problem = None
+            if row is None:
+                problem = f'objectsInheritor "{inheritor}" does not exist on the server'
+            elif not row[0]:
+                problem = (f'the admin cannot act for objectsInheritor "{inheritor}"; run as'
+                           f' a superuser: GRANT "{inheritor}" TO "{admin}";')
+            elif not _row(await (await conn.execute(S.CAN_ACT_FOR, [name])).fetchone())[0]:
+                version = int(conn.info.server_version)
+                await conn.execute(S.act_for(name, admin, version))
+                granted = True
+            await tx.commit()
+            self.stats.round_trips += 1
         if problem:
             return (), problem
         reassigned: list[tuple[str, int]] = []
@@ -527,31 +529,28 @@ class UserLifecycle:
 
     async def _drop_once(self, name: str, terminated: int, *, lock_on_refusal: bool
                          ) -> Teardown | None:
-        async with self.conns.connection() as conn:
-            try:
-                state = await self._begin_locked(conn, name)
-                if not state.exists:
-                    await self._run(conn, Batch(), commit=True)
-                    return Teardown(name, DROPPED, "user dropped", terminated_backends=terminated)
-                if not state.is_managed or state.ledger.live(datetime.now(timezone.utc)):
-                    # Re-activated by a new session while this teardown ran: leave it.
-                    await self._run(conn, Batch(), commit=True)
-                    return Teardown(name, RELEASED, "a new session took over the user before it "
-                                    "could be dropped", terminated_backends=terminated)
-                if state.backends:
-                    return await self._deactivate(conn, name, state, terminated, (
-                        f"the user still has {state.backends} open connection(s); it was "
-                        "locked instead of dropped",))
-                if await self._drop_at_once(conn, name) is None:
-                    if not lock_on_refusal:
-                        return None
-                    state = await self._begin_locked(conn, name)
-                    blockers = await self._drop_blockers(conn, name)
-                    return await self._deactivate(conn, name, state, terminated, blockers)
+        async with self.conns.connection() as conn, \
+                locked_transaction(conn, "drop", self.config.label) as tx:
+            state = await self._begin_locked(tx, name)
+            if not state.exists:
+                await self._run(tx, Batch(), commit=True)
                 return Teardown(name, DROPPED, "user dropped", terminated_backends=terminated)
-            except BaseException:
-                await self._rollback(conn)
-                raise
+            if not state.is_managed or state.ledger.live(datetime.now(timezone.utc)):
+                # Re-activated by a new session while this teardown ran: leave it.
+                await self._run(tx, Batch(), commit=True)
+                return Teardown(name, RELEASED, "a new session took over the user before it "
+                                "could be dropped", terminated_backends=terminated)
+            if state.backends:
+                return await self._deactivate(tx, name, state, terminated, (
+                    f"the user still has {state.backends} open connection(s); it was "
+                    "locked instead of dropped",))
+            if await self._drop_at_once(tx, name) is None:
+                if not lock_on_refusal:
+                    return None
+                state = await self._begin_locked(tx, name)
+                blockers = await self._drop_blockers(conn, name)
+                return await self._deactivate(tx, name, state, terminated, blockers)
+            return Teardown(name, DROPPED, "user dropped", terminated_backends=terminated)
 
     async def _drop_blockers(self, conn, name: str) -> tuple[str, ...]:
         cur = await conn.execute(S.DROP_BLOCKERS, [name])
@@ -559,13 +558,13 @@ class UserLifecycle:
         return tuple(f"{relation} {count} object{'s' if count != 1 else ''} in database "
                      f'"{database}"' for database, relation, count in await cur.fetchall())
 
-    async def _deactivate(self, conn, name: str, state: UserState, terminated: int,
+    async def _deactivate(self, tx: Transaction, name: str, state: UserState, terminated: int,
                           blockers: tuple[str, ...]) -> Teardown:
         batch = Batch()
         batch.add(S.disable_login(name))
         for role in sorted(state.memberships):
             batch.add(S.revoke_role(role, name))
-        await self._run(conn, batch, commit=True)
+        await self._run(tx, batch, commit=True)
         return Teardown(name, DEACTIVATED, "could not drop the user, locked it instead: "
                         + "; ".join(blockers or ("dependent objects exist",)),
                         terminated_backends=terminated, blockers=blockers)
@@ -573,27 +572,47 @@ class UserLifecycle:
     # -- sweep ---------------------------------------------------------------------------------
 
     async def sweep(self, live_session_ids: Container[str], *, terminate_connections: bool,
-                    revoke_permissions=None) -> list[Teardown]:
-        """End every lease not in ``live_session_ids``, and lock managed users without leases."""
+                    revoke_permissions=None, retrying: Retrying | None = None) -> list[Teardown]:
+        """End every lease not in ``live_session_ids``, and lock managed users without leases.
+
+        Each user is swept on its own (through ``retrying``, when given): one that fails does not
+        keep the others from being swept.
+
+        :raises SweepIncomplete: some users could not be swept; it carries, besides one error
+            per such user, the teardowns of the users that were.
+        """
         async with self.conns.connection() as conn:
             cur = await conn.execute(S.LEDGER_AND_MEMBERS, {"managed": self.config.managed_role})
             rows = await cur.fetchall()
             self.stats.round_trips += 1
-        results = []
+        results: list[Teardown] = []
+        failures: list[EngineError] = []
         now = datetime.now(timezone.utc)
         for name, can_login, comment, _memberships in rows:
-            ledger = Ledger.parse(comment)
-            dead = [sid for sid in ledger.leases if sid not in live_session_ids]
-            for sid in dead:
-                results.append(replace(await self.end_username(
-                    name, sid, mode=None, terminate_connections=terminate_connections,
-                    revoke_permissions=revoke_permissions), session_id=sid))
-            live = [l for l in ledger.leases.values()
-                    if l.session_id in live_session_ids and l.live_at(now)]
-            if can_login and not live and not dead:
-                results.append(await self.end_username(
-                    name, None, mode=None, terminate_connections=terminate_connections,
-                    revoke_permissions=revoke_permissions))
+            async def sweep_user(name: str = name, can_login: bool = can_login,
+                                 comment: str | None = comment) -> list[Teardown]:
+                ledger = Ledger.parse(comment)
+                done: list[Teardown] = []
+                dead = [sid for sid in ledger.leases if sid not in live_session_ids]
+                for sid in dead:
+                    done.append(replace(await self.end_username(
+                        name, sid, mode=None, terminate_connections=terminate_connections,
+                        revoke_permissions=revoke_permissions, purpose="sweep"), session_id=sid))
+                live = [lease for lease in ledger.leases.values()
+                        if lease.session_id in live_session_ids and lease.live_at(now)]
+                if can_login and not live and not dead:
+                    done.append(await self.end_username(
+                        name, None, mode=None, terminate_connections=terminate_connections,
+                        revoke_permissions=revoke_permissions, purpose="sweep"))
+                return done
+
+            doing = f'sweeping user "{name}"'
+            try:
+                results += await (retrying(doing, sweep_user) if retrying else sweep_user())
+            except (psycopg.Error, OSError, TimeoutError, EngineError) as exc:
+                failures.append(classify(exc, doing=doing))
+        if failures:
+            raise SweepIncomplete(results, failures)
         return results
 
 
@@ -632,29 +651,26 @@ class UserLifecycle:
         return corrections
 
     async def _correct_user(self, name: str, live_session_ids) -> DriftCorrection | None:
-        async with self.conns.connection() as conn:
-            try:
-                state = await self._begin_locked(conn, name)
-                now = datetime.now(timezone.utc)
-                live = [lease for lease in state.ledger.live(now)
-                        if lease.session_id in live_session_ids]
-                granted = tuple(sorted({r for lease in live for r in lease.roles}
-                                       | set(self.config.implicit_roles)))
-                if not state.is_managed or not live or not state.memberships - set(granted):
-                    await self._run(conn, Batch(), commit=True)
-                    return None
-                batch = Batch()
-                drift: list[str] = []
-                self._replace_memberships(batch, name, state, granted, drift)
-                await self._run(conn, batch, commit=False)
-                await self._verify_memberships(conn, name, granted)
-                await conn.execute("COMMIT")
-                self.stats.round_trips += 1
-                return DriftCorrection(name, tuple(drift),
-                                       tuple(sorted(lease.session_id for lease in live)))
-            except BaseException:
-                await self._rollback(conn)
-                raise
+        async with self.conns.connection() as conn, \
+                locked_transaction(conn, "drift", self.config.label) as tx:
+            state = await self._begin_locked(tx, name)
+            now = datetime.now(timezone.utc)
+            live = [lease for lease in state.ledger.live(now)
+                    if lease.session_id in live_session_ids]
+            granted = tuple(sorted({r for lease in live for r in lease.roles}
+                                   | set(self.config.implicit_roles)))
+            if not state.is_managed or not live or not state.memberships - set(granted):
+                await self._run(tx, Batch(), commit=True)
+                return None
+            batch = Batch()
+            drift: list[str] = []
+            self._replace_memberships(batch, name, state, granted, drift)
+            await self._run(tx, batch, commit=False)
+            await self._verify_memberships(conn, name, granted)
+            await tx.commit()
+            self.stats.round_trips += 1
+            return DriftCorrection(name, tuple(drift),
+                                   tuple(sorted(lease.session_id for lease in live)))
 
 
 def _stronger_mode(requested: str, others: list[Lease], current: str) -> str:

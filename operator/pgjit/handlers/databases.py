@@ -10,7 +10,7 @@ from .. import GROUP, VERSION
 from ..api.database import Database
 from ..core.policy import bound_violations, roles_granted_on
 from ..core.credentials_secret import SESSION_LABEL, session_label_value
-from ..engine import EngineError
+from ..engine import EngineError, SweepIncomplete
 from ..settings import Settings
 from ..vocabulary import Reason
 from . import metrics
@@ -109,14 +109,23 @@ async def _check(body, namespace: str, name: str, patch: kopf.Patch, memo: kopf.
     try:
         await engine.ensure_managed_role()
         if sweep:
-            for teardown in await engine.sweep(
+            incomplete: SweepIncomplete | None = None
+            try:
+                teardowns = await engine.sweep(
                     LiveSessions(live_sessions_by_database),
-                    terminate_connections=database.spec.terminate_connections):
+                    terminate_connections=database.spec.terminate_connections)
+            except SweepIncomplete as error:
+                # The users that were swept are reported (and their Secrets removed) before
+                # the ones that were not make the Database not ready.
+                teardowns, incomplete = error.teardowns, error
+            for teardown in teardowns:
                 kopf.event(body, type="Normal", reason=Reason.USER_SWEPT,
                            message=f'user "{teardown.username}": {teardown.action}: '
                                    f"{teardown.reason}")
                 if teardown.session_id:
                     await _remove_secrets_of(memo, teardown.session_id)
+            if incomplete is not None:
+                raise incomplete
             await _correct_drift(body, engine, live_sessions_by_database)
     except EngineError as error:
         report(False, error.reason, error.message, stalled=not error.transient)

@@ -59,7 +59,8 @@ async def server_config(kube: Kube, database: Database, namespace: str) -> Serve
             scram_iterations=spec.credentials.scram_iterations if spec.credentials else 4096,
             aws_iam=iam, objects_inheritor=spec.objects_inheritor,
             # RDS lets a user log in with a token only as a member of rds_iam.
-            implicit_roles=(RDS_IAM_ROLE,) if iam_users else ())
+            implicit_roles=(RDS_IAM_ROLE,) if iam_users else (),
+            label=f"{namespace}/{database.metadata.name}")
     except (TypeError, ValueError) as exc:
         raise EngineError(INVALID_REQUEST, f"invalid Database spec: {exc}") from exc
 

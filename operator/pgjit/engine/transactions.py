@@ -1,0 +1,69 @@
+"""Transactions on admin connections: opened, locked, named, committed and rolled back one way.
+
+Admin connections are autocommit (connections.py), so every transaction is explicit. Each one
+that changes a user, its grants in a database or the managed role:
+
+- holds the advisory lock for that name from its first statement, so operator replicas and
+  several Database objects for one server never interleave on one name;
+- names its purpose in ``application_name`` (``pgjit/activate orders``: what, and for which
+  Database), set with ``set_config(…, is_local => true)`` so it reverts at COMMIT. A DBA reading
+  ``pg_stat_activity`` can tell an activation from a sweep, and one Database's work from
+  another's; idle pooled connections show the plain name;
+- ends idle whatever happens: :func:`locked_transaction` rolls back on an error, and on a return
+  that did not commit, so no connection goes back to its pool inside a transaction.
+
+:meth:`Transaction.begin` only sends its statements: callers run it inside the pipeline that also
+reads the state, so a locked transaction still starts in one round trip.
+"""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+
+import psycopg
+
+from . import statements as S
+
+#: PostgreSQL keeps NAMEDATALEN - 1 bytes of application_name.
+_APPLICATION_NAME_BYTES = 63
+
+
+def application_name(purpose: str, label: str = "") -> str:
+    """``pgjit/<purpose> <label>`` (``pgjit <label>`` without a purpose), cut to what
+    PostgreSQL keeps, on a character boundary."""
+    name = (f"pgjit/{purpose}" if purpose else "pgjit") + (f" {label}" if label else "")
+    return name.encode("utf-8")[:_APPLICATION_NAME_BYTES].decode("utf-8", "ignore")
+
+
+class Transaction:
+    """One transaction on ``conn``; see the module docstring."""
+
+    def __init__(self, conn: psycopg.AsyncConnection, name: str):
+        self.conn = conn
+        self.name = name
+
+    async def begin(self, lock_key: int) -> None:
+        """BEGIN, name the transaction and take the lock on ``lock_key`` (send within a
+        pipeline to share its round trip)."""
+        await self.conn.execute(S.BEGIN)
+        await self.conn.execute(S.SET_LOCAL_APPLICATION_NAME, [self.name])
+        await self.conn.execute(S.ADVISORY_LOCK, [lock_key])
+
+    async def commit(self) -> None:
+        await self.conn.execute(S.COMMIT)
+
+
+async def rollback_unless_idle(conn: psycopg.AsyncConnection) -> None:
+    if conn.info.transaction_status != psycopg.pq.TransactionStatus.IDLE:
+        await conn.execute(S.ROLLBACK)
+
+
+@asynccontextmanager
+async def locked_transaction(conn: psycopg.AsyncConnection, purpose: str, label: str = ""
+                             ) -> AsyncIterator[Transaction]:
+    """A :class:`Transaction` on ``conn`` for ``purpose``, left idle when the block ends."""
+    try:
+        yield Transaction(conn, application_name(purpose, label))
+    finally:
+        await rollback_unless_idle(conn)
