@@ -32,7 +32,7 @@ def _docstrings(tree: ast.AST) -> set[int]:
 #: Where a reason goes, per callee: (positional index, keyword). A string constant there is a
 #: reason spelled outside the vocabulary, even one the vocabulary does not know yet.
 REASON_ARGUMENT = {
-    "Outcome": (1, "reason"),         # handlers.sessions.Outcome(phase, reason, message)
+    "Outcome": (1, "reason"),         # handlers.decisions.Outcome(phase, reason, message)
     "report": (1, "reason"),          # handlers.databases report(ready, reason, message)
     "set_conditions": (3, "reason"),  # handlers.status.set_conditions(body, status, ready, reason)
     "_set_conditions": (3, "reason"),

@@ -502,30 +502,26 @@ class UserLifecycle:
         """In one transaction of ``database``: refuse (returning why) if the user owns something
         that runs with its owner's rights, else take everyone else's privileges on what it owns
         and REASSIGN OWNED. All or nothing per database."""
-        async with self.conns.connection(database) as conn:
-            try:
-                async with conn.pipeline():
-                    await conn.execute("BEGIN")
-                    await conn.execute(S.ADVISORY_LOCK, [lock_key(database + "\x00" + name)])
-                    hazards_cur = await conn.execute(S.OWNER_RIGHTS_HAZARDS, {"name": name})
-                    others_cur = await conn.execute(S.OTHERS_ON_OWNED, {"name": name})
-                    hazards = [row[0] for row in await hazards_cur.fetchall()]
-                    others = await others_cur.fetchall()
-                if hazards:
-                    await conn.execute("ROLLBACK")
-                    return hazards
-                async with conn.pipeline():
-                    for kind, schema, obj, args, grantee in sorted(others, key=str):
-                        await conn.execute(S.revoke_all_from(
-                            DbObject(kind, schema, obj, tuple(tuple(a) for a in args or ())),
-                            grantee))
-                    await conn.execute(S.reassign_owned(name, inheritor))
-                    await conn.execute("COMMIT")
-                self.stats.round_trips += 2
-                return []
-            except BaseException:
-                await self._rollback(conn)
-                raise
+        async with self.conns.connection(database) as conn, \
+                locked_transaction(conn, "reassign", self.config.label) as tx:
+            async with conn.pipeline():
+                # The lock the grants of this user in this database are changed under.
+                await tx.begin(lock_key(database + "\x00" + name))
+                hazards_cur = await conn.execute(S.OWNER_RIGHTS_HAZARDS, {"name": name})
+                others_cur = await conn.execute(S.OTHERS_ON_OWNED, {"name": name})
+                hazards = [row[0] for row in await hazards_cur.fetchall()]
+                others = await others_cur.fetchall()
+            if hazards:
+                return hazards  # rolled back by locked_transaction: nothing was changed
+            async with conn.pipeline():
+                for kind, schema, obj, args, grantee in sorted(others, key=str):
+                    await conn.execute(S.revoke_all_from(
+                        DbObject(kind, schema, obj, tuple(tuple(a) for a in args or ())),
+                        grantee))
+                await conn.execute(S.reassign_owned(name, inheritor))
+                await tx.commit()
+            self.stats.round_trips += 2
+            return []
 
     async def _drop_once(self, name: str, terminated: int, *, lock_on_refusal: bool
                          ) -> Teardown | None:

@@ -15,7 +15,8 @@ from ..settings import Settings
 from ..vocabulary import Reason
 from . import metrics
 from .indexes import valid_roles
-from .sessions import report_drift, supervise_leases
+from .lease_loop import supervise_leases
+from .opening import report_drift
 from .status import set_conditions
 
 RESOURCE = (GROUP, VERSION, "databases")

@@ -11,7 +11,7 @@ from ..kube.client import Kube, load_client
 from ..kube.engines import EngineRegistry
 from ..settings import Settings
 from . import metrics
-from .sessions import SharedPasswords
+from .passwords import SharedPasswords
 
 FINALIZER = f"{GROUP}/finalizer"
 

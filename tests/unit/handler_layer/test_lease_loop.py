@@ -5,7 +5,7 @@ from __future__ import annotations
 import asyncio
 from datetime import timedelta
 
-from pgjit.handlers import sessions
+from pgjit.handlers import lease_loop
 
 from .fakes import (NAMESPACE, Stopped, World, database_body, eventually, invalid_role_body, now,
                     role_body, session_body, ts)
@@ -33,7 +33,7 @@ async def run_loop(world: World, stopped: Stopped) -> asyncio.Task:
         def items(self):
             return self._read().items()
 
-    return asyncio.create_task(sessions.supervise_leases(
+    return asyncio.create_task(lease_loop.supervise_leases(
         NAMESPACE, "orders", world.memo, stopped,
         LiveIndex(world.active_sessions_by_database), LiveIndex(lambda: world.databases_by_name),
         LiveIndex(lambda: world.roles_by_namespace),

@@ -5,6 +5,7 @@ from __future__ import annotations
 from datetime import timedelta
 
 import kopf
+import pytest
 from prometheus_client import REGISTRY
 
 from pgjit.handlers import sessions
@@ -99,3 +100,45 @@ async def test_invalid_role_grants_nothing_and_breaks_nothing(world: World):
     status = await open_session(world, session_body())
     assert status["phase"] == "Active"
 
+
+
+async def test_deleted_while_opening_releases_the_lease_and_writes_no_secret(world: World):
+    world.databases.append(database_body())
+    world.roles.append(role_body())
+    body = session_body()
+    world.kube.deleted_objects.add(body["metadata"]["uid"])
+    status = await open_session(world, body)
+    assert (status["phase"], ready(status)["reason"]) == ("Ended", "Deleted")
+    assert [sid for _, sid in world.engine.ends] == [f"{NAMESPACE}/alice-orders/uid-alice-orders"]
+    assert not world.kube.secrets
+
+
+async def test_someone_elses_secret_is_a_terminal_conflict_and_left_alone(world: World):
+    world.databases.append(database_body())
+    world.roles.append(role_body())
+    world.kube.add_secret(NAMESPACE, "alice-orders-credentials", {"mine": b"not yours"})
+    status = await open_session(world, session_body())
+    assert (status["phase"], ready(status)["reason"]) == ("Failed", "SecretConflict")
+    assert world.kube.secrets[(NAMESPACE, "alice-orders-credentials")].data == {
+        "mine": b"not yours"}
+    assert world.engine.ends  # the lease taken for it is released
+
+
+async def test_shared_user_whose_password_is_unknown_steps_back_and_retries(world: World):
+    world.databases.append(database_body())
+    world.roles.append(role_body())
+    world.engine.shared = True  # other sessions hold the user, none has handed out a password
+    with pytest.raises(kopf.TemporaryError):
+        await open_session(world, session_body())
+    assert len(world.engine.ends) == 1  # stepped back
+    assert not world.kube.secrets
+
+
+async def test_a_client_ca_that_cannot_issue_fails_the_session(world: World):
+    world.kube.add_secret(NAMESPACE, "orders-client-ca", {"tls.crt": b"junk", "tls.key": b"junk"})
+    world.databases.append(database_body(credentials="clientCertificate"))
+    world.roles.append(role_body())
+    status = await open_session(world, session_body())
+    assert (status["phase"], ready(status)["reason"]) == ("Failed", "InvalidClientCA")
+    assert world.engine.ends and not any(k[1] == "alice-orders-credentials"
+                                         for k in world.kube.secrets)

@@ -1,0 +1,146 @@
+"""Each Database's lease loop: expiry, revocation, and the Database's session count."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from datetime import datetime
+
+import kopf
+from pydantic import ValidationError
+
+from .. import GROUP, VERSION
+from ..api.database import Database
+from ..api.session import DatabaseSession
+from ..core.traits import user_traits
+from ..vocabulary import Reason, SessionPhase
+from .decisions import (Outcome, database_for, decide, load_traits_data, parse_ts,
+                        set_session_conditions, ts, utc_now)
+from .ending import end_lease
+
+log = logging.getLogger(__name__)
+
+
+async def supervise_leases(namespace: str, database_name: str, memo, stopped,
+                           active_sessions_by_database, databases_by_name,
+                           roles_by_namespace, *, live_sessions_by_database) -> None:
+    """End a Database's Active sessions at expiresAt, or when no Role allows them any more, and
+    keep the Database's ``activeSessions`` (the SESSIONS column) following its sessions.
+
+    One loop per Database rather than one Kopf daemon per session: the work per tick is a
+    pass over the Database's Active sessions in the index, and memory does not grow with a
+    task, a stopper and a logger per session. No object can end the loop: one that does not
+    parse is skipped (its own status says why), the others go on.
+    """
+    ending: dict[str, asyncio.Task] = {}
+    last_revalidation = time.monotonic()
+    count = _SessionCount(namespace, database_name)
+    while not stopped:
+        now = utc_now()
+        revalidate = time.monotonic() - last_revalidation >= memo.settings.revalidate_seconds
+        traits_data = await load_traits_data(memo) if revalidate else None
+        active = list(active_sessions_by_database.get((namespace, database_name), ()))
+        for body in active:
+            name = body["metadata"]["name"]
+            if name in ending:
+                continue
+            try:
+                end = _due_end(body, now, namespace, databases_by_name, roles_by_namespace,
+                               traits_data if revalidate else None)
+            except ValidationError as error:
+                log.warning("[%s/%s] not checked for expiry or revocation: %s", namespace, name,
+                            error)
+                continue
+            if end is not None:
+                ending[name] = asyncio.create_task(_finish(
+                    body, name, namespace, body["metadata"]["uid"], memo, stopped,
+                    databases_by_name, *end))
+        if revalidate:
+            last_revalidation = time.monotonic()
+        # Forget a finished end only once the index no longer shows the session Active, so
+        # one end is never started twice for the same session.
+        still_active = {b["metadata"]["name"] for b in active}
+        for name in [n for n, task in ending.items() if task.done() and n not in still_active]:
+            ending.pop(name)
+        await count.follow(memo, databases_by_name, live_sessions_by_database)
+        await stopped.wait(memo.settings.expiry_tick_seconds)
+
+
+class _SessionCount:
+    """Writes a Database's ``activeSessions`` when its live sessions change.
+
+    The health check writes it too, but only every health period: a session that ended would
+    stay in ``kubectl get pgdb`` for up to a minute. The index says at once; this writes the
+    count on the next tick, and only when the Database's status shows another number.
+    """
+
+    def __init__(self, namespace: str, database_name: str):
+        self.namespace, self.database_name = namespace, database_name
+        #: What this loop wrote last, until the Database's status shows it: the watch event
+        #: of our own patch arrives a moment later, and until then the index's body is stale.
+        self._written: int | None = None
+
+    async def follow(self, memo, databases_by_name, live_sessions_by_database) -> None:
+        key = (self.namespace, self.database_name)
+        body = next(iter(databases_by_name.get(key, ())), None)
+        if body is None:
+            return
+        live = len(set(live_sessions_by_database.get(key, ())))
+        shown = (body.get("status") or {}).get("activeSessions")
+        if shown == self._written:
+            self._written = None  # caught up
+        if live == (shown if self._written is None else self._written):
+            return
+        await memo.kube.patch_status(GROUP, VERSION, "databases", self.namespace,
+                                     self.database_name, {"activeSessions": live})
+        self._written = live
+
+
+def _due_end(body, now: datetime, namespace: str, databases_by_name, roles_by_namespace,
+             traits_data) -> tuple[str, str, str] | None:
+    """How an Active session must end now, if it must: expired, or (when ``traits_data`` is
+    given, on a revalidation tick) no longer allowed."""
+    expires_at = parse_ts(body["status"]["expiresAt"])
+    if expires_at <= now:
+        return (SessionPhase.EXPIRED, Reason.EXPIRED, f"the session expired at {ts(expires_at)}")
+    if traits_data is not None:
+        return _revoked(body, namespace, databases_by_name, roles_by_namespace, traits_data)
+    return None
+
+
+def _revoked(body, namespace, databases_by_name, roles_by_namespace, traits_data):
+    session = DatabaseSession.model_validate(body)
+    try:
+        # A Database being deleted waits for its sessions; it does not end them.
+        database = database_for(databases_by_name, namespace, session.spec.database_ref.name,
+                             opening=False)
+        decide(session, database, roles_by_namespace, namespace,
+                user_traits(traits_data, session.spec.user))
+    except Outcome as outcome:
+        if outcome.terminal:
+            return (SessionPhase.ENDED, Reason.ACCESS_REVOKED,
+                    f"access was revoked: {outcome.message}")
+    return None
+
+
+async def _finish(body, name, namespace, uid, memo, stopped, databases_by_name, phase, reason,
+                  message):
+    attempt = 0
+    while True:
+        try:
+            status = await end_lease(body, namespace, name, uid, memo, databases_by_name,
+                                     reason=reason)
+            break
+        except kopf.TemporaryError as error:
+            kopf.warn(body, reason=Reason.END_FAILED, message=str(error))
+            await stopped.wait(min(60, 2 ** min(attempt, 6)))
+            attempt += 1
+            if stopped:
+                return  # the operator is stopping; the daemon starts again with it
+    status["phase"] = phase
+    # Stalled, not merely not-ready: the lease will not progress again until a person deletes
+    # (and re-creates) the session. kstatus then reports Failed, so a Flux `wait` on a session
+    # in Git fails at once instead of timing out on an InProgress that can never change.
+    set_session_conditions(body, status, False, reason, message, terminal=True)
+    await memo.kube.patch_status(GROUP, VERSION, "databasesessions", namespace, name, status)
