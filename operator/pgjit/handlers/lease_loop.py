@@ -11,7 +11,6 @@ import kopf
 from pydantic import ValidationError
 
 from .. import GROUP, VERSION
-from ..api.database import Database
 from ..api.session import DatabaseSession
 from ..core.traits import user_traits
 from ..vocabulary import Reason, SessionPhase
