@@ -32,6 +32,33 @@ class NotOwned(Exception):
         self.kind, self.namespace, self.name = kind, namespace, name
 
 
+class NotFound(Exception):
+    """The API server answered 404."""
+
+
+class Conflict(Exception):
+    """The API server answered 409: the object exists, or a precondition (uid) failed."""
+
+
+class Forbidden(Exception):
+    """The API server answered 403."""
+
+
+_TRANSLATED = {404: NotFound, 409: Conflict, 403: Forbidden}
+
+
+async def _call(function, *args, **kwargs):
+    """Run one client call in a worker thread; the statuses pgjit acts on come back as the
+    exceptions above (translated here only), any other failure as the client raised it."""
+    try:
+        return await asyncio.to_thread(function, *args, **kwargs)
+    except ApiException as exc:
+        translated = _TRANSLATED.get(exc.status)
+        if translated is None:
+            raise
+        raise translated(f"{exc.status} {exc.reason}") from exc
+
+
 class Kube:
     def __init__(self, api_client: kubernetes.client.ApiClient):
         self.core = kubernetes.client.CoreV1Api(api_client)
@@ -45,20 +72,16 @@ class Kube:
                            name: str, status: Mapping) -> None:
         """Merge-patch an object's status subresource (for daemons, which have no Kopf patch)."""
         try:
-            await asyncio.to_thread(
-                self.custom.patch_namespaced_custom_object_status, group, version, namespace,
-                plural, name, {"status": dict(status)})
-        except ApiException as exc:
-            if exc.status != 404:  # deleted meanwhile: nothing left to report on
-                raise
+            await _call(self.custom.patch_namespaced_custom_object_status, group, version,
+                        namespace, plural, name, {"status": dict(status)})
+        except NotFound:
+            pass  # deleted meanwhile: nothing left to report on
 
     async def read_secret(self, namespace: str, name: str) -> dict[str, bytes] | None:
         try:
-            secret = await asyncio.to_thread(self.core.read_namespaced_secret, name, namespace)
-        except ApiException as exc:
-            if exc.status == 404:
-                return None
-            raise
+            secret = await _call(self.core.read_namespaced_secret, name, namespace)
+        except NotFound:
+            return None
         return {k: base64.b64decode(v) for k, v in (secret.data or {}).items()}
 
     async def write_secret(self, namespace: str, name: str, data: Mapping[str, str], *,
@@ -86,18 +109,17 @@ class Kube:
         name = body["metadata"]["name"]
         key = (body["kind"], namespace, name, owner["uid"])
         try:
-            created = await asyncio.to_thread(create, namespace, body)
-        except ApiException as exc:
-            if exc.status != 409:
-                raise
+            created = await _call(create, namespace, body)
+        except Conflict:
+            pass  # exists already: replaced below if it is this session's
         else:
             self._written[key] = created.metadata.uid
             return
-        existing = await asyncio.to_thread(read, name, namespace)
+        existing = await _call(read, name, namespace)
         if not any(r.uid == owner["uid"] for r in existing.metadata.owner_references or ()):
             raise NotOwned(body["kind"], namespace, name)
         body["metadata"]["resourceVersion"] = existing.metadata.resource_version
-        await asyncio.to_thread(replace, name, namespace, body)
+        await _call(replace, name, namespace, body)
         self._written[key] = existing.metadata.uid
 
     async def delete_secret(self, namespace: str, name: str, owner_uid: str) -> None:
@@ -145,34 +167,31 @@ class Kube:
         uid = self._written.pop((kind, namespace, name, owner_uid), None)
         try:
             if uid is None:
-                existing = await asyncio.to_thread(read, name, namespace)
+                existing = await _call(read, name, namespace)
                 if not any(r.uid == owner_uid for r in existing.metadata.owner_references or ()):
                     return
                 uid = existing.metadata.uid
             options = kubernetes.client.V1DeleteOptions(
                 preconditions=kubernetes.client.V1Preconditions(uid=uid))
-            await asyncio.to_thread(delete, name, namespace, body=options)
-        except ApiException as exc:
-            if exc.status not in (404, 409):
-                raise
+            await _call(delete, name, namespace, body=options)
+        except (NotFound, Conflict):
+            pass  # gone already, or replaced by someone else's (the uid precondition)
 
     async def exists(self, group: str, version: str, plural: str, namespace: str, name: str,
                      uid: str) -> bool:
         """Whether this very object (same uid, not a same-named successor) still exists."""
         try:
-            obj = await asyncio.to_thread(self.custom.get_namespaced_custom_object, group,
-                                          version, namespace, plural, name)
-        except ApiException as exc:
-            if exc.status == 404:
-                return False
-            raise
+            obj = await _call(self.custom.get_namespaced_custom_object, group, version,
+                              namespace, plural, name)
+        except NotFound:
+            return False
         return obj.get("metadata", {}).get("uid") == uid
 
     async def delete_owned_secrets(self, namespace: str, label_selector: str,
                                    owner_uid: str) -> list[str]:
         """Delete the Secrets matching ``label_selector`` that ``owner_uid`` owns; their names."""
-        secrets = await asyncio.to_thread(self.core.list_namespaced_secret, namespace,
-                                          label_selector=label_selector)
+        secrets = await _call(self.core.list_namespaced_secret, namespace,
+                              label_selector=label_selector)
         deleted = []
         for secret in secrets.items:
             if any(ref.uid == owner_uid for ref in secret.metadata.owner_references or ()):
@@ -182,9 +201,7 @@ class Kube:
 
     async def read_configmap(self, namespace: str, name: str) -> dict[str, str] | None:
         try:
-            cm = await asyncio.to_thread(self.core.read_namespaced_config_map, name, namespace)
-        except ApiException as exc:
-            if exc.status in (403, 404):
-                return None
-            raise
+            cm = await _call(self.core.read_namespaced_config_map, name, namespace)
+        except (Forbidden, NotFound):
+            return None
         return dict(cm.data or {})
