@@ -54,9 +54,9 @@ def explain(api: kubernetes.client.ApiClient, options: ExplainOptions) -> tuple[
     custom = kubernetes.client.CustomObjectsApi(api)
     try:
         database = Database.model_validate(custom.get_namespaced_custom_object(
-            GROUP, VERSION, options.namespace, "databases", options.database))
+            GROUP, VERSION, options.namespace, Database.plural, options.database))
         roles = [Role.model_validate(item) for item in custom.list_namespaced_custom_object(
-            GROUP, VERSION, options.namespace, "roles")["items"]]
+            GROUP, VERSION, options.namespace, Role.plural)["items"]]
     except ApiException as exc:
         raise ExplainError(f'Database "{options.database}" or the Roles in namespace'
                            f' "{options.namespace}": {exc.status} {exc.reason}') from None

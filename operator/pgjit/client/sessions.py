@@ -18,13 +18,14 @@ import kubernetes
 from kubernetes.client.rest import ApiException
 
 from .. import GROUP, VERSION
+from ..api.session import DatabaseSession
 from ..api.common import format_duration
 from ..vocabulary import SessionPhase
 from .identity import Identity, session_extra, session_groups
 from .naming import MANAGED_BY_LABEL, MANAGED_BY_CLI, cli_labels, session_name_prefix
 from .progress import FINAL_PHASES, ChangeReporter, failure_message, phase, state_line
 
-PLURAL = "databasesessions"
+PLURAL = DatabaseSession.plural
 POLL_SECONDS = 0.2
 #: How long a Secret that the operator has just written may take to become readable: the
 #: per-session RBAC grant reaches the API server's authorizer cache a moment after it is made.

@@ -105,12 +105,14 @@ SELECT r.rolname::text, r.rolcanlogin, shobj_description(r.oid, 'pg_authid'),
  GROUP BY r.oid, r.rolname, r.rolcanlogin, m.oid
 """)
 
-ADVISORY_LOCK = Q("SELECT pg_advisory_xact_lock(%s)")
 BEGIN = Q("BEGIN")
 COMMIT = Q("COMMIT")
 ROLLBACK = Q("ROLLBACK")
-# Local to the transaction: the pooled connection shows its plain name again after COMMIT.
-SET_LOCAL_APPLICATION_NAME = Q("SELECT set_config('application_name', %s, true)")
+# One statement: the transaction's name (local to it, so the pooled connection shows its plain
+# name again after COMMIT), set before the lock is waited for so that a waiting transaction is
+# named too; and no statement more per transaction than the lock alone.
+NAMED_ADVISORY_LOCK = Q("SELECT set_config('application_name', %s, true), "
+                        "pg_advisory_xact_lock(%s)")
 MANAGED_ROLE_EXISTS = Q("SELECT 1 FROM pg_roles WHERE rolname = %s")
 
 # By role oid, so a backend that logged in just before its role was dropped is still found.

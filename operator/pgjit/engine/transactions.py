@@ -47,8 +47,7 @@ class Transaction:
         """BEGIN, name the transaction and take the lock on ``lock_key`` (send within a
         pipeline to share its round trip)."""
         await self.conn.execute(S.BEGIN)
-        await self.conn.execute(S.SET_LOCAL_APPLICATION_NAME, [self.name])
-        await self.conn.execute(S.ADVISORY_LOCK, [lock_key])
+        await self.conn.execute(S.NAMED_ADVISORY_LOCK, [self.name, lock_key])
 
     async def commit(self) -> None:
         await self.conn.execute(S.COMMIT)

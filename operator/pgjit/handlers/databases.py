@@ -19,7 +19,7 @@ from .lease_loop import supervise_leases
 from .opening import report_drift
 from .status import set_conditions
 
-RESOURCE = (GROUP, VERSION, "databases")
+RESOURCE = (GROUP, VERSION, Database.plural)
 log = logging.getLogger(__name__)
 #: Seconds between checks whether a Database being deleted has no sessions left.
 RELEASE_RETRY = 5.0

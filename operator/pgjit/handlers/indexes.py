@@ -17,7 +17,9 @@ import kopf
 from pydantic import ValidationError
 
 from .. import GROUP, VERSION
+from ..api.database import Database
 from ..api.role import Role
+from ..api.session import DatabaseSession
 from ..vocabulary import TERMINAL_PHASES, SessionPhase
 
 log = logging.getLogger(__name__)
@@ -29,7 +31,7 @@ def session_id(namespace: str, name: str, uid: str) -> str:
     return f"{namespace}/{name}/{uid}"
 
 
-@kopf.index(GROUP, VERSION, "roles")
+@kopf.index(GROUP, VERSION, Role.plural)
 def roles_by_namespace(namespace, body, **_):
     return {namespace: body}
 
@@ -53,12 +55,12 @@ def valid_roles(roles_by_namespace: Mapping[str, Iterable[Mapping]], namespace: 
     return roles
 
 
-@kopf.index(GROUP, VERSION, "databases")
+@kopf.index(GROUP, VERSION, Database.plural)
 def databases_by_name(namespace, name, body, **_):
     return {(namespace, name): body}
 
 
-@kopf.index(GROUP, VERSION, "databasesessions")
+@kopf.index(GROUP, VERSION, DatabaseSession.plural)
 def live_sessions_by_database(namespace, name, uid, spec, status, **_):
     """Sessions that hold (or are about to hold) a lease: every one not in a terminal phase."""
     if status.get("phase") in TERMINAL_PHASES:
@@ -66,7 +68,7 @@ def live_sessions_by_database(namespace, name, uid, spec, status, **_):
     return {(namespace, spec.get("databaseRef", {}).get("name")): session_id(namespace, name, uid)}
 
 
-@kopf.index(GROUP, VERSION, "databasesessions")
+@kopf.index(GROUP, VERSION, DatabaseSession.plural)
 def active_sessions_by_user(namespace, name, spec, status, **_):
     """Active sessions per (namespace, user): where a shared user's password lives.
 
@@ -79,7 +81,7 @@ def active_sessions_by_user(namespace, name, spec, status, **_):
                                             spec.get("databaseRef", {}).get("name"))}
 
 
-@kopf.index(GROUP, VERSION, "databasesessions")
+@kopf.index(GROUP, VERSION, DatabaseSession.plural)
 def active_sessions_by_database(namespace, spec, status, body, **_):
     """Active sessions per (namespace, Database): what each Database's lease loop watches."""
     if status.get("phase") != SessionPhase.ACTIVE:

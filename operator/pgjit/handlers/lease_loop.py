@@ -11,6 +11,7 @@ import kopf
 from pydantic import ValidationError
 
 from .. import GROUP, VERSION
+from ..api.database import Database
 from ..api.session import DatabaseSession
 from ..core.traits import user_traits
 from ..vocabulary import Reason, SessionPhase
@@ -91,7 +92,7 @@ class _SessionCount:
             self._written = None  # caught up
         if live == (shown if self._written is None else self._written):
             return
-        await memo.kube.patch_status(GROUP, VERSION, "databases", self.namespace,
+        await memo.kube.patch_status(GROUP, VERSION, Database.plural, self.namespace,
                                      self.database_name, {"activeSessions": live})
         self._written = live
 
@@ -142,4 +143,5 @@ async def _finish(body, name, namespace, uid, memo, stopped, databases_by_name, 
     # (and re-creates) the session. kstatus then reports Failed, so a Flux `wait` on a session
     # in Git fails at once instead of timing out on an InProgress that can never change.
     set_session_conditions(body, status, False, reason, message, terminal=True)
-    await memo.kube.patch_status(GROUP, VERSION, "databasesessions", namespace, name, status)
+    await memo.kube.patch_status(GROUP, VERSION, DatabaseSession.plural, namespace, name,
+                                 status)

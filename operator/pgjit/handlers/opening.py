@@ -185,7 +185,7 @@ async def _credentials(plan: Plan, username: str, password: str | None, memo,
 
 
 async def _ensure_still_exists(memo, namespace: str, name: str, uid: str) -> None:
-    if not await memo.kube.exists(GROUP, VERSION, "databasesessions", namespace, name, uid):
+    if not await memo.kube.exists(GROUP, VERSION, DatabaseSession.plural, namespace, name, uid):
         # Deleted meanwhile, possibly without this operator ever running its delete handler: a
         # DELETE that races with the finalizer being added removes the object anyway. Nothing
         # may outlive it: release the lease now, and write no credentials.

@@ -6,13 +6,14 @@ import kopf
 from pydantic import ValidationError
 
 from .. import GROUP, VERSION
+from ..api.database import Database
 from ..api.role import Role
 from ..core import conditions
 from ..core.permissions import PermissionError_, PermissionRule
 from ..vocabulary import Reason
 from . import metrics
 
-RESOURCE = (GROUP, VERSION, "roles")
+RESOURCE = (GROUP, VERSION, Role.plural)
 
 
 def validation_problems(role: Role) -> list[str]:
@@ -74,7 +75,7 @@ async def validate(body, namespace, patch, databases_by_name, **_):
         patch.status.update(status)
 
 
-@kopf.on.event(GROUP, VERSION, "databases", id="role-selection")  # type: ignore[arg-type]  # index kwargs
+@kopf.on.event(GROUP, VERSION, Database.plural, id="role-selection")  # type: ignore[arg-type]  # index kwargs
 async def refresh_selections(namespace, memo, roles_by_namespace, databases_by_name, **_):
     """Keep each valid Role's ``selectedDatabases`` current as Databases come, go or relabel.
 
@@ -90,5 +91,5 @@ async def refresh_selections(namespace, memo, roles_by_namespace, databases_by_n
             continue  # not validated yet (or invalid): the validate handler writes its status
         status, _problems = _role_status(body, namespace, databases_by_name)
         if status.get("selectedDatabases") != current.get("selectedDatabases"):
-            await memo.kube.patch_status(GROUP, VERSION, "roles", namespace,
+            await memo.kube.patch_status(GROUP, VERSION, Role.plural, namespace,
                                          body["metadata"]["name"], status)

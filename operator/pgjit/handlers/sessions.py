@@ -18,13 +18,14 @@ from __future__ import annotations
 import kopf
 
 from .. import GROUP, VERSION
+from ..api.session import DatabaseSession
 from ..vocabulary import TERMINAL_PHASES, SessionPhase
 from . import metrics
 from .decisions import Outcome, apply_outcome
 from .ending import end_lease
 from .opening import open_session
 
-RESOURCE = (GROUP, VERSION, "databasesessions")
+RESOURCE = (GROUP, VERSION, DatabaseSession.plural)
 
 
 @kopf.on.resume(*RESOURCE, id="lease")
