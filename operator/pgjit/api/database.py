@@ -36,7 +36,7 @@ MAX_SCRAM_ITERATIONS = 10_000_000
 
 
 #: sslModes that do not guarantee TLS; IAM tokens must never travel without it.
-_WEAK_SSL_MODES = ("disable", "allow", "prefer")
+_WEAK_SSL_MODES = tuple(mode.value for mode in (SSLMode.DISABLE, SSLMode.ALLOW, SSLMode.PREFER))
 
 if TYPE_CHECKING:  # values to mypy, like HostName below
     AwsRegion = str

@@ -49,15 +49,15 @@ class ServerConfig:
         if len(methods) > 1:
             raise EngineError(INVALID_REQUEST, "set one of an admin password, a client "
                               "certificate and IAM authentication, not several")
-        if self.aws_iam is not None and self.sslmode not in ("require", "verify-ca",
-                                                             "verify-full"):
+        if self.aws_iam is not None and self.sslmode not in (SSLMode.REQUIRE, SSLMode.VERIFY_CA,
+                                                             SSLMode.VERIFY_FULL):
             raise EngineError(INVALID_REQUEST, "IAM authentication needs sslmode require, "
                               "verify-ca or verify-full: a token must never travel without TLS")
         if (self.admin_cert_pem is None) != (self.admin_key_pem is None):
             raise EngineError(INVALID_REQUEST, "a client certificate needs its key, and the reverse")
         if self.sslmode not in SSL_MODES:
             raise EngineError(INVALID_REQUEST, f"sslmode must be one of {', '.join(SSL_MODES)}")
-        if self.sslmode in ("verify-ca", "verify-full") and self.ca_pem is None:
+        if self.sslmode in (SSLMode.VERIFY_CA, SSLMode.VERIFY_FULL) and self.ca_pem is None:
             raise EngineError(INVALID_REQUEST, f"sslmode {self.sslmode} needs a CA certificate")
         if self.max_connections < 1:
             raise EngineError(INVALID_REQUEST, "max_connections must be at least 1")
