@@ -13,19 +13,25 @@ from pgjit.engine.transactions import application_name, locked_transaction
 from pgjit.engine.users import lock_key
 
 
-async def _waiting_application_names(kit, deadline: float = 10.0) -> list[str]:
-    """The application_name of admin backends waiting on an advisory lock, once there is one."""
+async def _wait_for_waiting_backend_named(kit, expected: str, deadline: float = 10.0) -> None:
+    """Until an admin backend waiting on an advisory lock shows ``expected`` as its name.
+
+    Polled, not read once: the query reads pg_stat_activity and pg_locks one after the other,
+    so one reading can see the backend already waiting but its name from a moment before.
+    """
     loop = asyncio.get_running_loop()
     end = loop.time() + deadline
+    seen: list[str] = []
     while True:
         rows = await kit.su(
             "SELECT a.application_name FROM pg_stat_activity a JOIN pg_locks l ON l.pid = a.pid"
             " WHERE l.locktype = 'advisory' AND NOT l.granted AND a.usename = %s",
             [kit.server.admin_user])
-        if rows:
-            return [r[0] for r in rows]
+        seen = [r[0] for r in rows]
+        if seen == [expected]:
+            return
         if loop.time() > end:
-            raise AssertionError("no admin backend waited on the held lock")
+            raise AssertionError(f"waiting admin backends: {seen}, expected [{expected!r}]")
         await asyncio.sleep(0.02)
 
 
@@ -48,7 +54,7 @@ async def test_a_waiting_transaction_is_named_for_its_purpose_and_database(kit, 
             work = asyncio.ensure_future(
                 engine.activate(kit.request("s1", alice)) if purpose == "activate"
                 else engine.sweep(set(), terminate_connections=False))
-            assert await _waiting_application_names(kit) == [f"pgjit/{purpose} team-a/orders"]
+            await _wait_for_waiting_backend_named(kit, f"pgjit/{purpose} team-a/orders")
         finally:
             await holder.close()
         await asyncio.wait_for(work, 30)
