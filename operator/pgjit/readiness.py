@@ -53,7 +53,8 @@ class Readiness:
         while True:
             try:
                 for plural in KINDS:
-                    for namespace in self.namespaces or [None]:
+                    everywhere: list[str | None] = [None]  # one cluster-wide list
+                    for namespace in self.namespaces or everywhere:
                         self.waiting_for = f"list {plural}" + (f" in {namespace}" if namespace else "")
                         await asyncio.to_thread(lister, plural, namespace)
             except Exception as error:  # noqa: BLE001 - any failure means: not watching yet

@@ -69,7 +69,7 @@ def explain(api: kubernetes.client.ApiClient, options: ExplainOptions) -> tuple[
     if options.objects_conninfo is not None:
         labels = [ObjectLabelRule.model_validate(item) for item in
                   custom.list_namespaced_custom_object(GROUP, VERSION, options.namespace,
-                                                       "objectlabelrules")["items"]]
+                                                       ObjectLabelRule.plural)["items"]]
         text += "\n" + objects_report(decision, database, labels, options.objects_conninfo)
     return text, decision.allowed
 
@@ -97,7 +97,7 @@ def objects_report(decision, database: Database, label_rules, conninfo: str) -> 
         params.update(host=database.spec.host, port=str(database.spec.port))
     params.update(dbname=name, connect_timeout="10")
     try:
-        with psycopg.connect(make_conninfo(**params)) as conn:
+        with psycopg.connect(make_conninfo("", **params)) as conn:
             rows = conn.execute(S.OBJECTS, {"kinds": sorted(rules.kinds)}).fetchall()
     except psycopg.Error as exc:
         raise ExplainError(f"--objects: cannot read the catalog of database {name!r}: "

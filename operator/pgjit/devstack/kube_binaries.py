@@ -350,7 +350,7 @@ def main() -> int:
     """Build what is missing and print ``NAME=path`` lines a Makefile or shell can consume."""
     began = time.monotonic()
     try:
-        groups = [ensure_kube_binaries()]
+        groups: list[KubeBinaries | NodeBinaries] = [ensure_kube_binaries()]
         if "--node" in sys.argv[1:]:
             groups.append(ensure_node_binaries())
     except KubeBinariesError as error:

@@ -18,6 +18,7 @@ from pydantic import ValidationError
 
 from .. import GROUP, VERSION
 from ..api.database import Database
+from ..api.labels import ObjectLabelRule
 from ..api.role import Role
 from ..api.session import DatabaseSession
 from ..vocabulary import TERMINAL_PHASES, SessionPhase
@@ -36,7 +37,7 @@ def roles_by_namespace(namespace, body, **_):
     return {namespace: body}
 
 
-@kopf.index(GROUP, VERSION, "objectlabelrules")
+@kopf.index(GROUP, VERSION, ObjectLabelRule.plural)
 def label_rules_by_namespace(namespace, body, **_):
     return {namespace: body}
 

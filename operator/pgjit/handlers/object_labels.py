@@ -17,7 +17,7 @@ from ..core.object_labels import Conflict, conflicts, describe
 from ..vocabulary import Reason
 from . import metrics
 
-RESOURCE = (GROUP, VERSION, "objectlabelrules")
+RESOURCE = (GROUP, VERSION, ObjectLabelRule.plural)
 
 
 def valid_rules(bodies) -> list[ObjectLabelRule]:
@@ -51,7 +51,7 @@ def rule_status(body, found: list[Conflict]) -> dict:
 
 @kopf.on.resume(*RESOURCE, id="validate")
 @kopf.on.create(*RESOURCE, id="validate")
-@kopf.on.update(*RESOURCE, id="validate", field="spec")
+@kopf.on.update(*RESOURCE, id="validate", field="spec")  # type: ignore[arg-type]  # index kwargs
 async def validate(body, namespace, patch, label_rules_by_namespace, **_):
     with metrics.reconcile("objectlabelrule"):
         bodies = [b for b in label_rules_by_namespace.get(namespace, ())
@@ -59,7 +59,7 @@ async def validate(body, namespace, patch, label_rules_by_namespace, **_):
         patch.status.update(rule_status(body, list(conflicts(valid_rules(bodies)))))
 
 
-@kopf.on.event(*RESOURCE, id="conflicts")
+@kopf.on.event(*RESOURCE, id="conflicts")  # type: ignore[arg-type]  # index kwargs
 async def refresh_conflicts(namespace, memo, label_rules_by_namespace, **_):
     """A rule that changed or went away changes the other rules' conflicts too."""
     bodies = list(label_rules_by_namespace.get(namespace, ()))
@@ -70,5 +70,5 @@ async def refresh_conflicts(namespace, memo, label_rules_by_namespace, **_):
             continue  # not validated yet: the validate handler writes its status
         status = rule_status(body, found)
         if status["conflicts"] != current.get("conflicts"):
-            await memo.kube.patch_status(GROUP, VERSION, "objectlabelrules", namespace,
+            await memo.kube.patch_status(GROUP, VERSION, ObjectLabelRule.plural, namespace,
                                          body["metadata"]["name"], status)
