@@ -194,7 +194,8 @@ def test_install_as_shipped_is_running_and_ready_without_restarts(story, plane, 
                                 timeout=5) as response:
         assert json.loads(response.read()) == {"ready": True}
     # The kubelet injected no service links: PGJIT_METRICS_* would collide with settings.
-    environ = open(f"/proc/{node.task_pid(story.container_id())}/environ", "rb").read()
+    with open(f"/proc/{node.task_pid(story.container_id())}/environ", "rb") as process_env:
+        environ = process_env.read()
     names = {entry.split(b"=", 1)[0].decode() for entry in environ.split(b"\0") if entry}
     assert not [n for n in names if n.startswith("PGJIT_METRICS")], names
     assert {"POD_ID", "POD_NAME", "PGJIT_NAMESPACE"} <= names
