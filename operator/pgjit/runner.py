@@ -5,8 +5,37 @@ from __future__ import annotations
 import asyncio
 import logging
 import os
+import signal
 
 import kopf
+
+
+def _tracemalloc_on_sigusr2(path: str) -> None:
+    """Opt-in memory profiling (PGJIT_TRACEMALLOC_FILE, for `make bench --profile`).
+
+    Tracing must start before the handlers import to see their allocations, and it slows the
+    operator several times over, so it is never on unless asked for. Each SIGUSR2 writes the top
+    allocation sites to ``path`` and the whole snapshot to ``path.snapshot`` (for
+    ``tracemalloc.Snapshot.load`` and diffs); both appear by rename, so a reader never sees half.
+    """
+    import tracemalloc
+
+    tracemalloc.start()
+
+    def dump(signum: int, frame: object) -> None:
+        snapshot = tracemalloc.take_snapshot().filter_traces(
+            [tracemalloc.Filter(False, tracemalloc.__file__)])
+        snapshot.dump(path + ".snapshot.tmp")
+        os.replace(path + ".snapshot.tmp", path + ".snapshot")
+        stats = snapshot.statistics("lineno")
+        lines = [f"total {sum(s.size for s in stats) / 1024:.0f} KiB in "
+                 f"{sum(s.count for s in stats)} blocks"]
+        lines += [f"{s.size / 1024:10.1f} KiB {s.count:8d} {s.traceback[0]}" for s in stats[:50]]
+        with open(path + ".tmp", "w") as out:
+            out.write("\n".join(lines) + "\n")
+        os.replace(path + ".tmp", path)
+
+    signal.signal(signal.SIGUSR2, dump)
 
 
 def run(*, namespaces: list[str], all_namespaces: bool, liveness: str | None,
@@ -23,6 +52,8 @@ def run(*, namespaces: list[str], all_namespaces: bool, liveness: str | None,
                    log_format=kopf.LogFormat.JSON if log_json else kopf.LogFormat.FULL,
                    log_prefix=not log_json, log_refkey="object" if log_json else None)
     logging.getLogger("psycopg.pool").setLevel(logging.WARNING)
+    if os.environ.get("PGJIT_TRACEMALLOC_FILE"):
+        _tracemalloc_on_sigusr2(os.environ["PGJIT_TRACEMALLOC_FILE"])
     from . import handlers  # noqa: F401 - registers the handlers
     asyncio.run(_operate(namespaces=namespaces, clusterwide=all_namespaces or not namespaces,
                          liveness=liveness, readiness=readiness))
