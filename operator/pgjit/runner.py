@@ -11,12 +11,14 @@ import kopf
 
 
 def _tracemalloc_on_sigusr2(path: str) -> None:
-    """Opt-in memory profiling (PGJIT_TRACEMALLOC_FILE, for `make bench --profile`).
+    """Opt-in memory profiling (PGJIT_TRACEMALLOC_FILE, used by `make bench-profile`).
 
-    Tracing must start before the handlers import to see their allocations, and it slows the
-    operator several times over, so it is never on unless asked for. Each SIGUSR2 writes the top
-    allocation sites to ``path`` and the whole snapshot to ``path.snapshot`` (for
-    ``tracemalloc.Snapshot.load`` and diffs); both appear by rename, so a reader never sees half.
+    Tracing must start before the handlers import to see their allocations, and it makes every
+    allocation slower, so it is never on unless asked for. One frame per trace: deeper ones made
+    the operator too slow to start on two busy cores. Each SIGUSR2 writes the top allocation
+    sites to ``path`` and the whole snapshot to ``path.snapshot`` (for
+    ``tracemalloc.Snapshot.load`` and diffs), each by rename so a reader never sees half; the
+    event loop stands still while it writes.
     """
     import tracemalloc
 
