@@ -153,9 +153,28 @@ def rss_mb(pid: int) -> float:
 
 def cpu_seconds(pid: int) -> float:
     """utime + stime of the whole process (the process line sums all its threads)."""
+    return cpu_seconds_of(Path(f"/proc/{pid}/stat"))
+
+
+def cpu_seconds_of(stat: Path) -> float:
     # The command name in field 2 may hold spaces and parentheses: split after the last ")".
-    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    fields = stat.read_text().rsplit(")", 1)[1].split()
     return (int(fields[11]) + int(fields[12])) / CLOCK_TICK
+
+
+def thread_cpu(pid: int) -> tuple[float, float]:
+    """CPU seconds of the main thread (the operator's event loop) and of all other threads."""
+    main = others = 0.0
+    for task in Path(f"/proc/{pid}/task").iterdir():
+        try:
+            seconds = cpu_seconds_of(task / "stat")
+        except FileNotFoundError:  # a thread that ended meanwhile
+            continue
+        if task.name == str(pid):
+            main = seconds
+        else:
+            others += seconds
+    return main, others
 
 
 class Api:
@@ -316,7 +335,7 @@ def py_spy_summary(raw: Path, rate: int, sessions: int, cpu: float, top: int = 1
     (collapsed stack) output. py-spy samples every thread that is not sleeping, which on a
     loaded machine includes threads waiting for a core: the shares are the profile's, the
     milliseconds are those shares of ``cpu``, the operator's measured CPU over the burst."""
-    own, total, packages = Counter(), Counter(), Counter()
+    own, total, packages, inclusive = Counter(), Counter(), Counter(), Counter()
     for line in raw.read_text().splitlines():
         stack, _, count = line.rpartition(" ")
         if not stack:
@@ -324,12 +343,15 @@ def py_spy_summary(raw: Path, rate: int, sessions: int, cpu: float, top: int = 1
         frames, n = stack.split(";"), int(count)
         own[frames[-1]] += n
         for frame in set(frames):
-            total[frame] += n
+            if not _ROOT_FRAMES.search(frame):
+                total[frame] += n
         packages[_package(frames[-1])] += n
+        for package in {_package(frame) for frame in frames}:
+            inclusive[package] += n
     samples = sum(own.values())
     per_session = cpu * 1000 / samples / sessions
 
-    def table(title: str, counter: Counter, name=_short) -> list[str]:
+    def table(title: str, counter: Counter, name=_short, top: int = top) -> list[str]:
         rows = [f"| {title} | samples | % | ms/session |", "|---|---:|---:|---:|"]
         for frame, n in counter.most_common(top):
             rows.append(f"| `{name(frame)}` | {n} | {100 * n / samples:.1f} | "
@@ -339,8 +361,18 @@ def py_spy_summary(raw: Path, rate: int, sessions: int, cpu: float, top: int = 1
     return [f"{samples} samples at {rate} Hz ({samples / rate:.1f} s of runnable threads) over "
             f"{cpu:.1f} s of operator CPU: {cpu * 1000 / sessions:.1f} ms per session", "",
             *table("own time, by package or module", packages, str), "",
+            *table("total time (package anywhere on the stack)", Counter({
+                k: v for k, v in inclusive.items() if not _ROOT_PACKAGES.search(k)}), str), "",
             *table("own time, by function", own), "",
-            *table("total time (function on the stack), by function", total)]
+            *table("total time (function anywhere on the stack; event loop and thread "
+                   "bootstrap frames left out)", total, top=25)]
+
+
+# The frames every sample of a thread passes through (the event loop, the thread pool's
+# bootstrap, the command line): on top of any total-time list and saying nothing.
+_ROOT_FRAMES = re.compile(r"\((<frozen runpy>|pgjit/cli\.py|pgjit/runner\.py|threading\.py|"
+                          r"asyncio/(runners|base_events|events)\.py)")
+_ROOT_PACKAGES = re.compile(r"^(<frozen runpy>|pgjit\.cli|pgjit\.runner|threading|asyncio)")
 
 
 def _package(frame: str) -> str:
@@ -502,15 +534,22 @@ def main() -> int:
                 for size in sizes:
                     result = {"size": size}
                     names = [f"b{size}-{i}" for i in range(size)]
-                    spy = None
+                    spies = []
                     if args.profile and size == profile_size:
-                        spy = subprocess.Popen(
-                            [str(Path(sys.executable).parent / "py-spy"), "record", "--pid",
-                             str(operator.pid), "--rate", str(args.profile_rate), "--format",
-                             "raw", "--function", "--nonblocking", "--output",
-                             str(workdir / "py-spy.txt")],
-                            stdout=subprocess.DEVNULL, stderr=open(workdir / "py-spy.log", "w"))
+                        # Two views: every thread that is not asleep (native work included, but
+                        # on a loaded machine also threads waiting for a core), and only the
+                        # thread holding the GIL (Python's own work, one thread at a time).
+                        for mode in ("all", "gil"):
+                            spies.append(subprocess.Popen(
+                                [str(Path(sys.executable).parent / "py-spy"), "record", "--pid",
+                                 str(operator.pid), "--rate", str(args.profile_rate), "--format",
+                                 "raw", "--function", "--nonblocking", "--output",
+                                 str(workdir / f"py-spy-{mode}.txt"),
+                                 *(["--gil"] if mode == "gil" else [])],
+                                stdout=subprocess.DEVNULL,
+                                stderr=open(workdir / f"py-spy-{mode}.log", "w")))
                         time.sleep(1)  # py-spy attaches before the burst starts
+                        threads_before = thread_cpu(operator.pid)
 
                     own_before = Counter(watch.requests)
                     before = meter.sample()
@@ -545,12 +584,25 @@ def main() -> int:
                     own["DELETE", SESSIONS] += size
                     result["end"] = Meter.delta(before, after, own)
                     result["own_end"] = +own
-                    if spy is not None:
-                        spy.send_signal(signal.SIGINT)  # py-spy writes its output on SIGINT
-                        spy.wait(120)
-                        profile_lines = py_spy_summary(
-                            workdir / "py-spy.txt", args.profile_rate, size,
-                            result["open"]["cpu"]["operator"] + result["end"]["cpu"]["operator"])
+                    if spies:
+                        threads_after = thread_cpu(operator.pid)
+                        for spy in spies:
+                            spy.send_signal(signal.SIGINT)  # py-spy writes its output on SIGINT
+                            spy.wait(120)
+                        cpu = result["open"]["cpu"]["operator"] + result["end"]["cpu"]["operator"]
+                        loop = threads_after[0] - threads_before[0]
+                        others = threads_after[1] - threads_before[1]
+                        profile_lines = [
+                            f"Operator CPU over the burst by OS thread: the event loop (main "
+                            f"thread) {ms(loop, size)} ms per session, the other threads (the "
+                            f"kubernetes client's thread pool, password hashing) "
+                            f"{ms(others, size)} ms.", "",
+                            "#### py-spy, only the thread holding the GIL", "",
+                            *py_spy_summary(workdir / "py-spy-gil.txt", args.profile_rate, size,
+                                            cpu),
+                            "", "#### py-spy, every thread not asleep", "",
+                            *py_spy_summary(workdir / "py-spy-all.txt", args.profile_rate, size,
+                                            cpu)]
                         result["profiled"] = True
 
                     # The floor: the same client, pool and sizes, bare Secrets, nothing
@@ -605,7 +657,10 @@ def main() -> int:
     if profile_lines:
         lines += ["", f"### Profile of the operator over the {profile_size}-session burst "
                   "(open + end)", "", f"py-spy record --rate {args.profile_rate} --function "
-                  "--nonblocking; idle threads not sampled.", "", *profile_lines]
+                  "--nonblocking. Milliseconds are each line's share of the samples times the "
+                  "operator's measured CPU over the burst (py-spy cannot tell a running thread "
+                  "from one waiting for a core; the profiled figures above include py-spy's "
+                  "cost to the machine).", "", *profile_lines]
     load_after = os.getloadavg()
     lines += ["", f"Run {started_at:%Y-%m-%d %H:%M} UTC on {os.cpu_count()} CPUs, load average "
               f"{load_before[0]:.1f} at the start, {load_after[0]:.1f} at the end "
