@@ -14,7 +14,7 @@ LOCK_FLAGS := --generate-hashes --python-version 3.11 --python-platform x86_64-m
 LOGS := .cache/test-logs
 
 .PHONY: test check test-unit test-postgres test-cluster test-node node-images node-packages lock venv system-packages kube-binaries crds \
-        dev bench bench-engine clean lua-runner helm-lint
+        dev bench bench-profile bench-engine clean lua-runner helm-lint
 
 test: venv
 	@mkdir -p $(LOGS)
@@ -91,8 +91,13 @@ test-node: venv system-packages node-packages node-images kube-binaries
 dev: venv system-packages kube-binaries
 	$(VENV)/bin/pgjit dev
 
+# BENCH_ARGS passes options through, e.g. make bench BENCH_ARGS="--sizes 100,500,10000".
 bench: venv system-packages kube-binaries
-	$(PY) tests/bench/bench_operator.py
+	$(PY) tests/bench/bench_operator.py $(BENCH_ARGS)
+
+# A py-spy profile of one 500-session burst and a tracemalloc diff at 500 live sessions.
+bench-profile: venv system-packages kube-binaries
+	$(PY) tests/bench/bench_operator.py --sizes 500 --profile $(BENCH_ARGS)
 
 # The chart as CI checks it: strict lint in both RBAC modes (the tests also install it for real).
 helm-lint: kube-binaries

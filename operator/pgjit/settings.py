@@ -108,6 +108,10 @@ class Settings:
         "PGJIT_NAMESPACED", _present, False,
         "Whether only some namespaces are watched, which turns off Kopf's cluster-wide namespace "
         "scanning; pgjit run -n sets it.")
+    tracemalloc_file: str | None = _setting(
+        "PGJIT_TRACEMALLOC_FILE", _text, None,
+        "Opt-in memory profiling (make bench-profile): tracemalloc runs from the start, and each "
+        "SIGUSR2 writes the top allocation sites to this file (unset: off; slows the operator).")
     pod_name: str = _setting(
         "POD_NAME", lambda text: text or "pgjit", "pgjit",
         "The operator's pod, named as the reporting instance of its Events (the chart sets it).")

@@ -286,6 +286,11 @@ class ControlPlane:
         self.token(identity)  # reject unknown identities with the list of known ones
         return self.workdir / "kubeconfigs" / f"{identity}.yaml"
 
+    def pids(self) -> dict[str, int]:
+        """The running servers' process ids by name (etcd, kube-apiserver), e.g. to read their
+        CPU time from /proc in a benchmark."""
+        return {server.name: server.process.pid for server in self._servers}
+
     def start(self) -> None:
         """Start etcd and kube-apiserver and return once /readyz answers ok."""
         if self._servers:
