@@ -40,6 +40,19 @@ async def create_objects(kit, user: str, password: str, db: str) -> None:
                            " CREATE SEQUENCE my_seq")
 
 
+async def session_that_creates(kit, engine, user: str, db: str, statements: str):
+    """Open a reassign-mode session for ``user``, run ``statements`` as that user in ``db``,
+    end the session; the teardown."""
+    try:
+        await engine.activate(kit.request("s1", user, database=db,
+                                          mode="best_effort_reassign_and_drop"))
+        async with await kit.login(user, kit.passwords["s1"], db) as conn:
+            await conn.execute(statements)
+        return await engine.end(user, "s1")
+    finally:
+        await engine.close()
+
+
 async def test_objects_in_two_databases_go_to_the_inheritor_and_the_user_is_dropped(kit):
     one, two, inheritor, engine = await setup(kit)
     alice = kit.name("alice")
@@ -136,34 +149,21 @@ async def test_objects_that_run_with_their_owners_rights_are_never_handed_over(k
     """A SECURITY DEFINER function owned by the inheritor would run as the inheritor for
     whoever may call it (teleport-behaviour.md §2.4's threat model): no reassignment."""
     one, _two, inheritor, engine = await setup(kit)
-    alice = kit.name("alice")
-    try:
-        await engine.activate(kit.request("s1", alice, database=one,
-                                          mode="best_effort_reassign_and_drop"))
-        async with await kit.login(alice, kit.passwords["s1"], one) as conn:
-            await conn.execute("CREATE TABLE mine(x int); CREATE FUNCTION grab() RETURNS int"
-                               " LANGUAGE sql SECURITY DEFINER AS 'SELECT 1'")
-        teardown = await engine.end(alice, "s1")
-    finally:
-        await engine.close()
+    teardown = await session_that_creates(
+        kit, engine, kit.name("alice"), one,
+        "CREATE TABLE mine(x int); CREATE FUNCTION grab() RETURNS int LANGUAGE sql SECURITY"
+        " DEFINER AS 'SELECT 1'")
     assert teardown.action == "Deactivated" and teardown.reassigned == ()
     assert "SECURITY DEFINER function public.grab()" in teardown.reason
     assert await owned(kit, one, inheritor) == set(), "something was handed over"
 
 
 async def test_what_the_user_shared_is_taken_back_before_it_changes_hands(kit):
-    one, _two, inheritor, engine = await setup(kit)
-    alice = kit.name("alice")
-    try:
-        await engine.activate(kit.request("s1", alice, database=one,
-                                          mode="best_effort_reassign_and_drop"))
-        async with await kit.login(alice, kit.passwords["s1"], one) as conn:
-            await conn.execute("CREATE TABLE mine(x int); CREATE VIEW shared AS SELECT * FROM"
-                               " mine; GRANT SELECT ON shared TO PUBLIC;"
-                               " CREATE FUNCTION f() RETURNS int LANGUAGE sql AS 'SELECT 1'")
-        teardown = await engine.end(alice, "s1")
-    finally:
-        await engine.close()
+    one, _two, _inheritor, engine = await setup(kit)
+    teardown = await session_that_creates(
+        kit, engine, kit.name("alice"), one,
+        "CREATE TABLE mine(x int); CREATE VIEW shared AS SELECT * FROM mine; GRANT SELECT ON"
+        " shared TO PUBLIC; CREATE FUNCTION f() RETURNS int LANGUAGE sql AS 'SELECT 1'")
     assert teardown.action == "Dropped", teardown
     rows = await kit.su("""
         SELECT c.relname::text, count(a.*) FILTER (WHERE a.grantee = 0)

@@ -12,7 +12,8 @@ from pgjit.core.boundaries import (PrivilegedPath, exact_names, pattern_within, 
                                    refusals, within)
 from pgjit.core.explain import render_explanation
 from pgjit.core.permissions import resolve_table_privileges
-from pgjit.core.policy import REASON_ACCESS_DENIED, AccessRequest, bound_violations, evaluate
+from pgjit.core.policy import AccessRequest, bound_violations, evaluate
+from pgjit.vocabulary import Reason
 
 
 def database(**spec: Any) -> Database:
@@ -41,7 +42,7 @@ def test_roles_outside_grantable_roles_refuse_the_session():
     inside = ask(db, role("r", databaseRoles=["app_reader", "reporting"]))
     assert inside.allowed and inside.database_roles == ("app_reader", "reporting")
     outside = ask(db, role("r", databaseRoles=["app_reader", "auditor"]))
-    assert not outside.allowed and outside.reason == REASON_ACCESS_DENIED
+    assert not outside.allowed and outside.reason == Reason.ACCESS_DENIED
     assert '"auditor"' in outside.message and "spec.grantableRoles" in outside.message
     assert outside.database_roles == ()
     # Asking only for what is inside works even when the Role allows more.

@@ -146,7 +146,7 @@ def reasons_in_code() -> set[str]:
     """Every reason the operator can put on a condition or an Event: the members of
     ``pgjit.vocabulary.Reason``, since no code spells a reason any other way
     (tests/unit/test_vocabulary.py). ``Allowed`` is a policy verdict, never a condition's."""
-    return {reason.value for reason in Reason} - {policy.REASON_ALLOWED}
+    return {reason.value for reason in Reason} - {Reason.ALLOWED}
 
 
 def test_reason_collector_sees_the_reasons_tests_rely_on():
@@ -279,7 +279,7 @@ def test_every_reason_the_operator_sets_is_in_the_reason_index():
     missing = sorted(reasons_in_code() - set(index))
     assert not missing, f"reasons missing from the index in troubleshooting.md: {missing}"
     # Allowed is the policy's verdict that pgjit explain prints; the operator reports Active.
-    unknown = sorted(set(index) - reasons_in_code() - {policy.REASON_ALLOWED})
+    unknown = sorted(set(index) - reasons_in_code() - {Reason.ALLOWED})
     assert not unknown, f"the index lists reasons the operator never sets: {unknown}"
 
 

@@ -14,17 +14,13 @@ from pgjit.core.explain import render_explanation
 from pgjit.core.permissions import PermissionRule, PermissionRules, resolve_table_privileges
 from pgjit.core.policy import (
     MUTUALLY_EXCLUSIVE_MESSAGE,
-    REASON_ACCESS_DENIED,
-    REASON_ALLOWED,
-    REASON_CONFLICTING_GRANTS,
-    REASON_INVALID_ROLE,
-    REASON_PROVISIONING_DISABLED,
     AccessRequest,
     Decision,
     evaluate,
     glob_matches,
     roles_granted_on,
 )
+from pgjit.vocabulary import Reason
 
 EVERYTHING = {"databaseSelector": {}, "databaseNames": ["*"]}
 
@@ -108,7 +104,7 @@ def test_subject_explanation_names_what_matched() -> None:
 def test_nobody_matching_is_access_denied_and_says_so() -> None:
     decision = decide(make_role(users=("bob",), roles=["reader"]))
     assert not decision.allowed
-    assert decision.reason == REASON_ACCESS_DENIED
+    assert decision.reason == Reason.ACCESS_DENIED
     assert "no Role allows user alice" in decision.message
     assert "names that user or one of its groups" in decision.message
 
@@ -207,7 +203,7 @@ def test_database_allow_list_is_enforced() -> None:
     database = make_database(databases=["orders", "reporting"])
     assert decide(make_role(roles=["reader"]), database=database).allowed
     refused = decide(make_role(roles=["reader"]), database=database, req=request(name="secrets"))
-    assert refused.reason == REASON_ACCESS_DENIED
+    assert refused.reason == Reason.ACCESS_DENIED
     assert "does not offer database \"secrets\"" in refused.message
     assert '"orders", "reporting"' in refused.message
 
@@ -261,7 +257,7 @@ def test_only_mode_off_roles_allowing_is_provisioning_disabled() -> None:
                       make_role("b", mode="off", roles=["reader"]),
                       make_role("c", users=("bob",), roles=["reader"]))
     assert not decision.allowed
-    assert decision.reason == REASON_PROVISIONING_DISABLED
+    assert decision.reason == Reason.PROVISIONING_DISABLED
     assert decision.mode is UserProvisioning.OFF
     assert "a, b" in decision.message and "keep or best_effort_drop" in decision.message
     assert decision.database_roles == ()
@@ -274,7 +270,7 @@ def test_nothing_allowing_is_access_denied_listing_the_roles_considered() -> Non
         make_role("wrong-name", allow={"databaseSelector": {}, "databaseNames": ["billing"]}),
         make_role("someone-else", users=("bob",), roles=["reader"]),
     )
-    assert decision.reason == REASON_ACCESS_DENIED
+    assert decision.reason == Reason.ACCESS_DENIED
     assert 'no Role allows user alice on database "orders" on Database orders' in decision.message
     assert "wrong-db:" in decision.message and "wrong-name:" in decision.message
     assert "someone-else" not in decision.message
@@ -282,7 +278,7 @@ def test_nothing_allowing_is_access_denied_listing_the_roles_considered() -> Non
 
 def test_no_roles_at_all_is_access_denied() -> None:
     decision = decide()
-    assert decision.reason == REASON_ACCESS_DENIED
+    assert decision.reason == Reason.ACCESS_DENIED
     assert decision.explanations == ()
 
 
@@ -319,7 +315,7 @@ def test_deny_listing_nothing_refuses_and_names_the_role() -> None:
     blocker = make_role("blocker", mode="off", deny={"databaseNames": ["orders"]})
     decision = decide(make_role("grant", roles=["reader"]), blocker)
     assert not decision.allowed
-    assert decision.reason == REASON_ACCESS_DENIED
+    assert decision.reason == Reason.ACCESS_DENIED
     assert "blocker" in decision.message and "neither databaseRoles nor permissions" in decision.message
     assert decision.database_roles == () and not decision.permissions
     assert decision.explanation("blocker").deny_refuses
@@ -327,7 +323,7 @@ def test_deny_listing_nothing_refuses_and_names_the_role() -> None:
 
 def test_deny_with_empty_lists_lists_nothing_and_refuses() -> None:
     blocker = make_role("blocker", deny={"databaseRoles": [], "permissions": []})
-    assert decide(make_role("grant", roles=["reader"]), blocker).reason == REASON_ACCESS_DENIED
+    assert decide(make_role("grant", roles=["reader"]), blocker).reason == Reason.ACCESS_DENIED
 
 
 def test_refusing_deny_out_of_scope_does_not_refuse() -> None:
@@ -416,7 +412,7 @@ def test_requested_role_outside_allowed_set_is_refused_with_exact_message(
     role = make_role(roles=["reader", "writer"], deny={"databaseRoles": ["writer"]})
     decision = decide(role, req=request(roles=requested))
     assert not decision.allowed
-    assert decision.reason == REASON_ACCESS_DENIED
+    assert decision.reason == Reason.ACCESS_DENIED
     assert decision.message == f'access to database role "{outside}" denied'
     assert decision.database_roles == ()
 
@@ -438,7 +434,7 @@ def test_roles_and_permissions_together_are_refused() -> None:
     decision = decide(make_role("roles", roles=["reader"]),
                       make_role("perms", allow={**EVERYTHING, "permissions": PERMISSIONS}))
     assert not decision.allowed
-    assert decision.reason == REASON_CONFLICTING_GRANTS
+    assert decision.reason == Reason.CONFLICTING_GRANTS
     assert decision.message.startswith(MUTUALLY_EXCLUSIVE_MESSAGE)
     assert "reader (from Role(s) roles)" in decision.message
     assert "permissions (from Role(s) perms)" in decision.message
@@ -474,7 +470,7 @@ def test_partly_cancelled_permission_still_counts() -> None:
     role = make_role(allow={**EVERYTHING, "databaseRoles": ["reader"], "permissions": [
         {"match": {"schema": "public"}, "privileges": ["SELECT", "INSERT"]}]},
         deny={"permissions": [{"match": {"schema": "public"}, "privileges": ["INSERT"]}]})
-    assert decide(role).reason == REASON_CONFLICTING_GRANTS
+    assert decide(role).reason == Reason.CONFLICTING_GRANTS
 
 
 def test_contract_example_role_grants_both_and_is_refused() -> None:
@@ -483,7 +479,7 @@ def test_contract_example_role_grants_both_and_is_refused() -> None:
     session = DatabaseSession.model_validate(manifest("DatabaseSession"))
     decision = evaluate(session.spec, Database.model_validate(manifest("Database")),
                         [Role.model_validate(manifest("Role"))])
-    assert decision.reason == REASON_CONFLICTING_GRANTS
+    assert decision.reason == Reason.CONFLICTING_GRANTS
     assert decision.matched_roles == ("analysts",)
     assert decision.allowed_database_roles == ("reader", "reporting")
 
@@ -494,7 +490,7 @@ def test_contract_example_without_permissions_is_allowed() -> None:
     session = DatabaseSession.model_validate(manifest("DatabaseSession"))
     decision = evaluate(session.spec, Database.model_validate(manifest("Database")),
                         [Role.model_validate(role)], internal_traits={"db_roles": ["ops"]})
-    assert decision.allowed and decision.reason == REASON_ALLOWED
+    assert decision.allowed and decision.reason == Reason.ALLOWED
     assert decision.mode is UserProvisioning.KEEP
     assert decision.allowed_database_roles == ("ops", "reader", "reporting")
     assert decision.database_roles == ("reader",)
@@ -509,7 +505,7 @@ def test_unknown_privilege_that_slipped_past_admission_refuses_with_role_name() 
     role = make_role("broken", allow={**EVERYTHING, "permissions": PERMISSIONS})
     role.spec.allow.permissions[0].privileges = ["SELEC"]  # as if admission had been bypassed
     decision = decide(role)
-    assert decision.reason == REASON_INVALID_ROLE
+    assert decision.reason == Reason.INVALID_ROLE
     assert "Role broken: allow.permissions:" in decision.message
     assert 'unrecognized "table" PostgreSQL privilege: "SELEC"' in decision.message
 
@@ -687,7 +683,7 @@ def test_duplicate_role_objects_count_once() -> None:
 
 def test_success_message_summarizes() -> None:
     decision = decide(make_role("r", roles=["reader"]))
-    assert decision.reason == REASON_ALLOWED
+    assert decision.reason == Reason.ALLOWED
     assert decision.message == ("allowed by Role(s) r; userProvisioning keep; database roles reader;"
                                 " duration 1h")
 

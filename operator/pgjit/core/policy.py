@@ -57,13 +57,6 @@ from .boundaries import pattern_within, within
 from .globs import glob_matches
 from .permissions import ALL, KIND_PRIVILEGES, PermissionError_, PermissionRule, PermissionRules
 
-REASON_ALLOWED = Reason.ALLOWED
-REASON_ACCESS_DENIED = Reason.ACCESS_DENIED
-REASON_PROVISIONING_DISABLED = Reason.PROVISIONING_DISABLED
-REASON_INVALID_ROLE = Reason.INVALID_ROLE
-REASON_CONFLICTING_GRANTS = Reason.CONFLICTING_GRANTS
-REASON_NO_INHERITOR = Reason.OBJECTS_INHERITOR_MISSING
-
 #: What a session lasts when it does not say (the DatabaseSession default).
 DEFAULT_SESSION_DURATION = timedelta(hours=1)
 #: PostgreSQL keeps at most this many bytes of an identifier and silently truncates the rest.
@@ -520,7 +513,7 @@ def _offered_by_database(database: Database, name: str) -> _Refusal | None:
     if offered is None or name in offered:
         return None
     return _Refusal(
-        REASON_ACCESS_DENIED,
+        Reason.ACCESS_DENIED,
         f'Database {database.metadata.name} does not offer database "{name}": its spec.databases'
         f" lists {_quoted_list(offered) or 'nothing'}",
     )
@@ -532,7 +525,7 @@ def _no_allowing_role(request: AccessRequest, database: str,
     off_only = [e.role for e in explanations if e.allow_applies]
     if off_only:
         return _Refusal(
-            REASON_PROVISIONING_DISABLED,
+            Reason.PROVISIONING_DISABLED,
             f"Role(s) {', '.join(off_only)} allow {_who(request)} on {_target(request, database)}"
             " but with userProvisioning: off; set userProvisioning to keep or best_effort_drop"
             " in one of them, or add a Role that does",
@@ -540,14 +533,14 @@ def _no_allowing_role(request: AccessRequest, database: str,
     considered = [e for e in explanations if e.subjects_match]
     if not considered:
         return _Refusal(
-            REASON_ACCESS_DENIED,
+            Reason.ACCESS_DENIED,
             f"no Role allows {_who(request)} on {_target(request, database)}: no Role in this"
             " namespace names that user or one of its groups in its subjects; ask for a Role"
             " that does",
         )
     why = "; ".join(f"{e.role}: {e.allow_why}" for e in considered)
     return _Refusal(
-        REASON_ACCESS_DENIED,
+        Reason.ACCESS_DENIED,
         f"no Role allows {_who(request)} on {_target(request, database)}. Roles naming the user"
         f" or its groups: {why}",
     )
@@ -559,7 +552,7 @@ def _deny_refusal(request: AccessRequest, database: str,
     if not refusing:
         return None
     return _Refusal(
-        REASON_ACCESS_DENIED,
+        Reason.ACCESS_DENIED,
         f"Role(s) {', '.join(refusing)} deny {_who(request)} access to"
         f" {_target(request, database)}: the deny section applies and lists neither databaseRoles"
         " nor permissions",
@@ -571,7 +564,7 @@ def _invalid_role(explanations: Sequence[RoleExplanation]) -> _Refusal | None:
     if not broken:
         return None
     return _Refusal(
-        REASON_INVALID_ROLE,
+        Reason.INVALID_ROLE,
         "; ".join(f"Role {e.role}: {e.error}" for e in broken) + " (fix the Role)",
     )
 
@@ -581,7 +574,7 @@ def _requested_outside(request: AccessRequest, allowed: Iterable[str]) -> _Refus
     outside = next((role for role in request.database_roles if role not in allowed_set), None)
     if outside is None:
         return None
-    return _Refusal(REASON_ACCESS_DENIED, denied_role_message(outside))
+    return _Refusal(Reason.ACCESS_DENIED, denied_role_message(outside))
 
 
 def _outside_bound(database: Database, roles: Sequence[str], rules: PermissionRules
@@ -591,7 +584,7 @@ def _outside_bound(database: Database, roles: Sequence[str], rules: PermissionRu
     outside = [role for role in roles if not within(spec.grantable_roles, role)]
     if outside:
         return _Refusal(
-            REASON_ACCESS_DENIED,
+            Reason.ACCESS_DENIED,
             f"database role(s) {_quoted_list(outside)} are outside what Database {name} allows:"
             f" its spec.grantableRoles lists {_quoted_list(spec.grantable_roles or ())};"
             " request only roles inside it (--db-roles), or ask the Database's owner",
@@ -600,7 +593,7 @@ def _outside_bound(database: Database, roles: Sequence[str], rules: PermissionRu
                       and not within(spec.grantable_schemas, r.match.schema)})
     if schemas:
         return _Refusal(
-            REASON_ACCESS_DENIED,
+            Reason.ACCESS_DENIED,
             f"permissions on schema(s) {_quoted_list(schemas)} are outside what Database {name}"
             f" allows: its spec.grantableSchemas lists"
             f" {_quoted_list(spec.grantable_schemas or ())}",
@@ -613,7 +606,7 @@ def _needs_inheritor(database: Database, mode: UserProvisioning) -> _Refusal | N
             database.spec.objects_inheritor is not None:
         return None
     return _Refusal(
-        REASON_NO_INHERITOR,
+        Reason.OBJECTS_INHERITOR_MISSING,
         f"userProvisioning best_effort_reassign_and_drop hands what the user created to the"
         f" Database's objectsInheritor, and Database {database.metadata.name} names none: set"
         " spec.objectsInheritor (a role the admin can act for), or use another mode",
@@ -624,7 +617,7 @@ def _conflict(roles: Sequence[str], explanations: Sequence[RoleExplanation]) -> 
     role_sources = [e.role for e in explanations if e.takes_part and set(e.granted_roles) & set(roles)]
     permission_sources = [e.role for e in explanations if e.takes_part and e.granted_permissions]
     return _Refusal(
-        REASON_CONFLICTING_GRANTS,
+        Reason.CONFLICTING_GRANTS,
         f"{MUTUALLY_EXCLUSIVE_MESSAGE}: database roles {', '.join(roles)} (from Role(s)"
         f" {', '.join(role_sources)}) and permissions (from Role(s)"
         f" {', '.join(permission_sources)}); change the Roles so that only one kind applies to"
@@ -755,7 +748,7 @@ def evaluate(
     mode = _effective_mode(participants)
     return Decision(
         allowed=refusal is None,
-        reason=refusal.reason if refusal else REASON_ALLOWED,
+        reason=refusal.reason if refusal else Reason.ALLOWED,
         message=(refusal.message if refusal
                  else _success_message(matched, mode, session_roles, rules, duration)),
         request=request,
