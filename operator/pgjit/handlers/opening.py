@@ -54,13 +54,14 @@ class Credentials:
     notes: tuple[str, ...]
 
 
-async def open_session(body, name, namespace, uid, memo, indexes, status: dict) -> None:
+async def open_session(body, name, namespace, uid, memo, indexes, status: dict, *,
+                       first_attempt: bool = False) -> None:
     """Open one session, step by step; every step raises an :class:`Outcome` to stop."""
     databases_by_name, roles_by_namespace, active_sessions_by_user, label_rules = indexes
     plan = await _plan(body, namespace, memo, databases_by_name, roles_by_namespace)
     activation, password = await _activate(body, plan, session_id(namespace, name, uid), memo,
                                            namespace, databases_by_name, active_sessions_by_user,
-                                           label_rules)
+                                           label_rules, first_attempt=first_attempt)
     credentials = await _credentials(plan, activation.username, password, memo, namespace)
     await _ensure_still_exists(memo, namespace, name, uid)
     await _publish(body, plan, credentials, memo, namespace, name, uid, activation.username)
@@ -95,7 +96,8 @@ async def _plan(body, namespace: str, memo, databases_by_name, roles_by_namespac
 
 
 async def _activate(body, plan: Plan, lease_id: str, memo, namespace: str, databases_by_name,
-                    active_sessions_by_user, label_rules) -> tuple[Activation, str | None]:
+                    active_sessions_by_user, label_rules, *, first_attempt: bool = False
+                    ) -> tuple[Activation, str | None]:
     """Activate the user; the password in effect (None for the passwordless types)."""
     session, database, decision = plan.session, plan.database, plan.decision
     # Certificates and IAM tokens are the client's own proof: the user gets no password at all.
@@ -107,7 +109,8 @@ async def _activate(body, plan: Plan, lease_id: str, memo, namespace: str, datab
     async with memo.shared_passwords.lock(user_key):
         # Serialized per user, so that a session sharing the user finds the password the one
         # activating it has just set (in memory: the index learns it is Active only later).
-        password = None if passwordless else await own_password(memo, namespace, session)
+        password = None if passwordless else await own_password(
+            memo, namespace, session, first_attempt=first_attempt)
         request = ActivationRequest(
             session_id=lease_id, identity=session.spec.user,
             database=session.spec.database_name, roles=tuple(decision.database_roles),

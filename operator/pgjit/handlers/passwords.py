@@ -46,9 +46,18 @@ def server_key(database: Database, username: str) -> tuple:
     return (database.spec.host, database.spec.port, username)
 
 
-async def own_password(memo, namespace: str, session: DatabaseSession) -> str:
+async def own_password(memo, namespace: str, session: DatabaseSession, *,
+                       first_attempt: bool = False) -> str:
     """The password this session sets when it is the one activating the user: the one it wrote
-    before (a retry, or a restart after the Secret was written), else a new one."""
+    before (a retry, or a restart after the Secret was written), else a new one.
+
+    On the first attempt of a session nothing has been written yet, so there is nothing to read
+    (a GET that answered 404 for every session). Should a crash have come between an earlier
+    Secret and any status, the session was never Active: a new password, set on the user and
+    written to the Secret in this attempt, leaves the two agreeing again.
+    """
+    if first_attempt:
+        return generate_password()
     existing = await memo.kube.read_secret(namespace, session.credentials_secret_name)
     return (existing or {}).get("password", b"").decode("utf-8") or generate_password()
 

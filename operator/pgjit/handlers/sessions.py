@@ -46,8 +46,9 @@ async def open_lease(body, name, namespace, uid, patch, memo, databases_by_name,
         status: dict = {}
         try:
             await open_session(body, name, namespace, uid, memo,
-                         (databases_by_name, roles_by_namespace, active_sessions_by_user,
-                          label_rules_by_namespace.get(namespace, ())), status)
+                               (databases_by_name, roles_by_namespace, active_sessions_by_user,
+                                label_rules_by_namespace.get(namespace, ())), status,
+                               first_attempt=not body.get("status") and not _.get("retry"))
         except Outcome as outcome:
             if outcome.terminal:
                 reconciliation.failed_terminally()

@@ -142,3 +142,29 @@ async def test_a_client_ca_that_cannot_issue_fails_the_session(world: World):
     assert (status["phase"], ready(status)["reason"]) == ("Failed", "InvalidClientCA")
     assert world.engine.ends and not any(k[1] == "alice-orders-credentials"
                                          for k in world.kube.secrets)
+
+
+async def test_a_first_attempt_reads_no_secret_and_a_retry_keeps_the_password_it_wrote(world):
+    """No GET on the hot path: a brand-new session has written nothing yet. A retry (or a
+    session with a status from an earlier attempt) hands out the password it already wrote."""
+    world.databases.append(database_body())
+    world.roles.append(role_body())
+    reads: list[str] = []
+    original = world.kube.read_secret
+
+    async def counting(namespace, name):
+        reads.append(name)
+        return await original(namespace, name)
+    world.kube.read_secret = counting  # type: ignore[method-assign]
+    await open_session(world, session_body())
+    assert "alice-orders-credentials" not in reads
+    written = world.kube.secrets[(NAMESPACE, "alice-orders-credentials")].data["password"]
+
+    patch = kopf.Patch()
+    body = session_body()
+    await sessions.open_lease(body=body, name=body["metadata"]["name"], namespace=NAMESPACE,
+                              uid=body["metadata"]["uid"], patch=patch, memo=world.memo,
+                              retry=1, **world.indexes())
+    assert "alice-orders-credentials" in reads
+    assert world.kube.secrets[(NAMESPACE, "alice-orders-credentials")].data["password"] \
+        == written
