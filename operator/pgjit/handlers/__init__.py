@@ -8,7 +8,8 @@ takes an index. Those decorators carry ``# type: ignore[arg-type]  # index kwarg
 """
 
 from ..settings import Settings
-from . import databases, indexes, object_labels, roles, sessions, settings  # noqa: F401 - registers them
+from . import (databases, indexes, leadership, object_labels, roles, sessions,  # noqa: F401 - registers them
+               settings, shard)
 
 
 def register(operator_settings: Settings) -> None:

@@ -32,7 +32,8 @@ def validation_problems(role: Role) -> list[str]:
 
 
 def _role_status(body, namespace: str, databases_by_name) -> tuple[dict, list[str]]:
-    """The Role's status (validation and selection) and its validation problems."""
+    """The Role's status (validation and selection) and its validation problems; without
+    ``databases_by_name`` (a sharded instance, which sees only its own) no selection."""
     previous = body.get("status", {}).get("conditions")
     generation = body.get("metadata", {}).get("generation")
     try:
@@ -46,6 +47,9 @@ def _role_status(body, namespace: str, databases_by_name) -> tuple[dict, list[st
         message = "; ".join(problems)[:2048]
         status["conditions"] = conditions.stalled(previous, generation, Reason.INVALID_ROLE,
                                                   message)
+        return status, problems
+    if databases_by_name is None:
+        status["conditions"] = conditions.ready(previous, generation, Reason.VALID, "valid")
         return status, problems
     selector = role.spec.allow.database_selector if role.spec.allow else None
     status["selectedDatabases"] = sorted(
@@ -61,9 +65,12 @@ def _role_status(body, namespace: str, databases_by_name) -> tuple[dict, list[st
 @kopf.on.resume(*RESOURCE, id="validate")
 @kopf.on.create(*RESOURCE, id="validate")
 @kopf.on.update(*RESOURCE, id="validate", field="spec")  # type: ignore[arg-type]  # index kwargs
-async def validate(body, namespace, patch, databases_by_name, **_):
+async def validate(body, namespace, patch, memo, databases_by_name, **_):
     with metrics.reconcile("role") as reconciliation:
-        status, problems = _role_status(body, namespace, databases_by_name)
+        # A shard sees only its own Databases; the coverage report writes the selection from
+        # all of them (kube/coverage.py), or the shards would overwrite each other's.
+        status, problems = _role_status(body, namespace,
+                                        None if memo.shard.sharded else databases_by_name)
         if problems:
             reconciliation.failed_terminally()
         previous = body.get("status", {}).get("conditions")
@@ -83,6 +90,8 @@ async def refresh_selections(namespace, memo, roles_by_namespace, databases_by_n
     object with a timer, and a finalizer on Roles would keep them (and their namespace) from
     being deleted whenever the operator is not running, for the sake of a status field.
     """
+    if memo.shard.sharded:
+        return  # see validate
     for body in list(roles_by_namespace.get(namespace, ())):
         current = body.get("status") or {}
         ready = conditions.find_condition(current.get("conditions"), "Ready") or {}

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass, field
 
 import kopf
@@ -12,6 +13,7 @@ from ..kube.engines import EngineRegistry
 from ..settings import Settings
 from . import metrics
 from .passwords import SharedPasswords
+from .shard import ShardState
 
 FINALIZER = f"{GROUP}/finalizer"
 
@@ -25,6 +27,10 @@ class OperatorMemo:
     kube: Kube = field(init=False)
     engines: EngineRegistry = field(init=False)
     shared_passwords: SharedPasswords = field(default_factory=SharedPasswords)
+    #: Which Databases this instance serves (handlers/shard.py); everything by default.
+    shard: ShardState = field(default_factory=ShardState)
+    #: Gives the leader-election Lease up (None without election; handlers/leadership.py).
+    release_leadership: Callable[[], None] | None = None
 
 
 @kopf.on.startup()
