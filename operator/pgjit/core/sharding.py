@@ -131,6 +131,14 @@ class ShardSelector:
                 selector = _parse_expression(stripped)
         except (ValueError, ValidationError) as error:
             raise ShardSelectorError(str(error)) from None
+        for requirement in selector.match_expressions or ():
+            # The CRDs' CEL checks this for Roles; a selector from the environment has no
+            # API server in front of it.
+            with_values = requirement.operator in (SelectorOperator.IN, SelectorOperator.NOT_IN)
+            if with_values != bool(requirement.values):
+                raise ShardSelectorError(
+                    f"{requirement.key}: values must be non-empty for In and NotIn, and empty "
+                    "for Exists and DoesNotExist")
         if not selector.match_labels and not selector.match_expressions:
             return cls()
         return cls(selector)

@@ -296,20 +296,27 @@ class LeaderElector:
             self.leader = False
             self._on_lost(message)
 
+    def renew_pass(self) -> bool:
+        """One renewal with its bookkeeping; False once leadership is lost (and reported)."""
+        started = self._clock()
+        try:
+            self.renew_once()
+            self.last_renewed = started
+        except LeaseLost as error:
+            self._lose(str(error))
+            return False
+        except Exception as error:  # noqa: BLE001 - retried until the deadline
+            log.warning("Leader election: renewing the Lease failed: %s", error)
+        if self.overdue():
+            self._lose(f"no successful renewal for {self.config.renew_deadline:g}s "
+                       "(renewDeadline)")
+            return False
+        return True
+
     def _renew_loop(self) -> None:
         while not self._stopping.is_set():
             started = self._clock()
-            try:
-                self.renew_once()
-                self.last_renewed = started
-            except LeaseLost as error:
-                self._lose(str(error))
-                return
-            except Exception as error:  # noqa: BLE001 - retried until the deadline
-                log.warning("Leader election: renewing the Lease failed: %s", error)
-            if self.overdue():
-                self._lose(f"no successful renewal for {self.config.renew_deadline:g}s "
-                           "(renewDeadline)")
+            if not self.renew_pass():
                 return
             self._stopping.wait(max(0.0, started + self.config.retry_period - self._clock()))
 
