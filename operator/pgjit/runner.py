@@ -185,7 +185,8 @@ async def _operate(settings: Settings, shard_selector, *, namespaces: list[str],
             elector.start_renewing()
             probe.role = "leader"
             metrics.LEADER.set(1)
-            side_tasks.append(asyncio.create_task(_coverage(settings, elector)))
+            side_tasks.append(asyncio.create_task(
+                _coverage(settings, None if clusterwide else namespaces)))
         elif readiness:
             side_tasks.append(asyncio.create_task(probe.check(started)))
         while True:
@@ -213,7 +214,7 @@ async def _operate(settings: Settings, shard_selector, *, namespaces: list[str],
             await asyncio.to_thread(elector.release)
 
 
-async def _coverage(settings: Settings, elector) -> None:
+async def _coverage(settings: Settings, watched: list[str] | None) -> None:
     """The leader's share of the coverage report (kube/coverage.py): every instance runs it,
     the one whose Lease sorts first writes it."""
     from .kube.client import load_client
@@ -221,5 +222,6 @@ async def _coverage(settings: Settings, elector) -> None:
 
     assert settings.namespace and settings.leader_election_lease
     report = CoverageReport(load_client(), lease=settings.leader_election_lease,
-                            namespace=settings.namespace, reporting_instance=settings.pod_name)
+                            namespace=settings.namespace, reporting_instance=settings.pod_name,
+                            watched=watched)
     await report.run(settings.health_seconds)

@@ -47,13 +47,15 @@ log = logging.getLogger("pgjit.coverage")
 
 class CoverageReport:
     def __init__(self, api_client: kubernetes.client.ApiClient, *, lease: str, namespace: str,
-                 reporting_instance: str):
+                 reporting_instance: str, watched: list[str] | None = None):
         self.custom = kubernetes.client.CustomObjectsApi(api_client)
         self.core = kubernetes.client.CoreV1Api(api_client)
         self.coordination = kubernetes.client.CoordinationV1Api(api_client)
         self.lease_id = f"{namespace}/{lease}"
         self.namespace = namespace
         self.reporting_instance = reporting_instance
+        #: The namespaces this instance watches (None: all), the only ones it may list.
+        self.watched = watched
         self._overlaps_logged: set[str] = set()
 
     # -- reading ---------------------------------------------------------------------------
@@ -74,9 +76,14 @@ class CoverageReport:
         return json.loads(response.data)["items"]
 
     def _list(self, plural: str, **options: Any) -> list[dict[str, Any]]:
-        response = self.custom.list_cluster_custom_object(
-            GROUP, VERSION, plural, _preload_content=False, _request_timeout=60, **options)
-        return json.loads(response.data)["items"]
+        if self.watched is None:
+            responses = [self.custom.list_cluster_custom_object(
+                GROUP, VERSION, plural, _preload_content=False, _request_timeout=60, **options)]
+        else:
+            responses = [self.custom.list_namespaced_custom_object(
+                GROUP, VERSION, namespace, plural, _preload_content=False, _request_timeout=60,
+                **options) for namespace in self.watched]
+        return [item for response in responses for item in json.loads(response.data)["items"]]
 
     # -- one pass --------------------------------------------------------------------------
 
