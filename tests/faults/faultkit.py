@@ -101,7 +101,8 @@ class OperatorPod:
         with self._lock:
             self.starts += 1
             with open(self.log_path, "a") as log:
-                log.write(f"--- {self.name} start {self.starts} at {time.strftime('%H:%M:%S')} ---\n")
+                log.write(f"--- {self.name} start {self.starts} at "
+                          f"{time.strftime('%H:%M:%S')} ---\n")
                 log.flush()
                 self.proc = subprocess.Popen(
                     [sys.executable, "-m", "pgjit.cli", "run", "-A",
@@ -398,8 +399,11 @@ def settle(env: Env, burst: Burst, *, timeout: float = SETTLE_TIMEOUT,
         wait_for("every remaining session settled and every deleted one gone",
                  lambda: _retrying(settled), timeout, interval=0.5)
     except AssertionError as error:
-        raise AssertionError(f"{error}\nphases: {phases(env)}\n{env.operator.log_tail(30)}") \
-            from None
+        odd = [(s["metadata"]["name"], (s.get("status") or {}).get("conditions"))
+               for s in env.list("DatabaseSession")
+               if (s.get("status") or {}).get("phase") not in ended][:5]
+        raise AssertionError(f"{error}\nphases: {phases(env)}\nunsettled: {odd}\n"
+                             f"{env.operator.log_tail(30)}") from None
     return time.monotonic() - began
 
 

@@ -287,18 +287,20 @@ class ControlPlane:
         self.token(identity)  # reject unknown identities with the list of known ones
         return self.workdir / "kubeconfigs" / f"{identity}.yaml"
 
-    def restart(self, name: str, *, down_seconds: float = 0.0,
+    def restart(self, name: str, *, down_seconds: float = 0.0, stop_timeout: float = STOP_TIMEOUT,
                 after_stop: Callable[[], None] | None = None) -> float:
         """Stop one server (``etcd`` or ``kube-apiserver``) gracefully and start it again with
         the same command, ports and data; return the seconds it took until it served again.
 
         For fault tests: clients see their connections drop and requests fail in between.
-        ``down_seconds`` keeps it stopped that long; ``after_stop`` runs while it is down.
+        ``down_seconds`` keeps it stopped that long; ``after_stop`` runs while it is down. A
+        server still shutting down after ``stop_timeout`` is killed (kube-apiserver with open
+        watches takes more than 10 s to stop gracefully).
         """
         index = next(i for i, server in enumerate(self._servers) if server.name == name)
         old = self._servers[index]
         began = time.monotonic()
-        old.stop(STOP_TIMEOUT)
+        old.stop(stop_timeout)
         if after_stop is not None:
             after_stop()
         if down_seconds:
