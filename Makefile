@@ -13,13 +13,14 @@ UV_VERSION := 0.13.9
 LOCK_FLAGS := --generate-hashes --python-version 3.11 --python-platform x86_64-manylinux_2_28 --quiet
 LOGS := .cache/test-logs
 
-.PHONY: test check test-unit test-postgres test-cluster test-node node-images node-packages lock venv system-packages kube-binaries crds \
+.PHONY: test check test-unit test-postgres test-cluster test-node test-faults node-images node-packages lock venv system-packages kube-binaries crds \
         dev bench bench-profile bench-engine clean lua-runner helm-lint
 
 test: venv
 	@mkdir -p $(LOGS)
 	@# Independent layers run in parallel; -Otarget keeps each layer's output together.
-	$(MAKE) --no-print-directory -j3 -Otarget check test-unit test-postgres test-cluster test-node
+	$(MAKE) --no-print-directory -j3 -Otarget check test-unit test-postgres test-cluster test-node \
+	    test-faults
 
 # Types (strict for api/ and core/, see pyproject.toml) and the layer contracts of the README's
 # Layout. Both run even when the first fails, so one run shows every problem.
@@ -80,6 +81,11 @@ test-postgres: venv system-packages
 
 test-cluster: venv system-packages kube-binaries lua-runner
 	$(PYTEST) tests/cluster -q -p no:cacheprovider
+
+# Several operators against a control plane and PostgreSQL of each test's own, which the tests
+# restart, stop and cut off mid-burst: leader election, sharding, the fault suite.
+test-faults: venv system-packages kube-binaries
+	$(PYTEST) tests/faults -q -p no:cacheprovider
 
 # The chart's Deployment on a real kubelet (containerd + runc), the image built from the
 # Dockerfile. The images (mostly downloads: mmdebstrap, pip) build while Go compiles; the node

@@ -314,9 +314,10 @@ class Burst:
     the test to inject its fault."""
 
     def __init__(self, env: Env, count: int = BURST, *, pace: float = 0.08,
-                 duration: str | None = None, group: str = "analysts") -> None:
+                 duration: str | None = None, group: str = "analysts",
+                 database: str = "db") -> None:
         self.env, self.count, self.pace = env, count, pace
-        self.duration, self.group = duration, group
+        self.duration, self.group, self.database = duration, group, database
         self.suffix = token()
         self.created: dict[str, str] = {}  # name -> user
         self.deleted: set[str] = set()
@@ -344,7 +345,8 @@ class Burst:
             for index in range(self.count):
                 name, user = self.name(index), self.user(index)
                 extra = {"duration": self.duration} if self.duration else {}
-                spec = self.env.session_spec(user, groups=[self.group], **extra)
+                spec = self.env.session_spec(user, groups=[self.group], database=self.database,
+                                             **extra)
                 _retrying(lambda: self.env.create("DatabaseSession", name, spec),
                           ok_statuses=(409,))
                 self.created[name], self.created_at[name] = user, time.monotonic()
