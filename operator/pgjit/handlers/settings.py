@@ -47,6 +47,10 @@ async def configure(settings: kopf.OperatorSettings, memo: OperatorMemo, **_) ->
     settings.watching.client_timeout = 330
     settings.watching.connect_timeout = 30
     settings.execution.max_workers = memo.settings.threads
+    # A handler's unexpected errors are almost always the API server or the network being away
+    # for a moment (a restart, a failover); Kopf's default 60 s left a session opened during
+    # an API server restart waiting a minute after the server was back (tests/faults).
+    settings.execution.default_backoff = 10
     if memo.settings.namespaced:
         settings.scanning.disabled = True
     memo.kube = Kube(load_client())
