@@ -14,7 +14,7 @@ LOCK_FLAGS := --generate-hashes --python-version 3.11 --python-platform x86_64-m
 LOGS := .cache/test-logs
 
 .PHONY: test check test-unit test-postgres test-cluster test-node test-faults node-images node-packages lock venv system-packages kube-binaries crds \
-        dev bench bench-profile bench-engine clean lua-runner helm-lint
+        dev bench bench-failover bench-soak bench-profile bench-engine clean lua-runner helm-lint
 
 test: venv
 	@mkdir -p $(LOGS)
@@ -100,6 +100,11 @@ dev: venv system-packages kube-binaries
 # BENCH_ARGS passes options through, e.g. make bench BENCH_ARGS="--sizes 100,500,10000".
 bench: venv system-packages kube-binaries
 	$(PY) tests/bench/bench_operator.py $(BENCH_ARGS)
+	$(PY) tests/bench/bench_failover.py
+
+# Failover time from a leader killed to the first session the new leader opens (10 kills).
+bench-failover: venv system-packages kube-binaries
+	$(PY) tests/bench/bench_failover.py $(BENCH_ARGS)
 
 # A py-spy profile of one 500-session burst and a tracemalloc diff at 500 live sessions.
 bench-profile: venv system-packages kube-binaries
