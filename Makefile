@@ -14,7 +14,7 @@ LOCK_FLAGS := --generate-hashes --python-version 3.11 --python-platform x86_64-m
 LOGS := .cache/test-logs
 
 .PHONY: test check test-unit test-postgres test-cluster test-node test-faults node-images node-packages lock venv system-packages kube-binaries crds \
-        dev bench bench-failover bench-soak bench-profile bench-engine clean lua-runner helm-lint
+        dev bench bench-failover bench-shards bench-soak bench-profile bench-engine clean lua-runner helm-lint
 
 test: venv
 	@mkdir -p $(LOGS)
@@ -101,6 +101,10 @@ dev: venv system-packages kube-binaries
 bench: venv system-packages kube-binaries
 	$(PY) tests/bench/bench_operator.py $(BENCH_ARGS)
 	$(PY) tests/bench/bench_failover.py
+
+# One instance against two sharded ones splitting the Databases: is throughput additive?
+bench-shards: venv system-packages kube-binaries
+	$(PY) tests/bench/bench_shards.py $(BENCH_ARGS)
 
 # Failover time from a leader killed to the first session the new leader opens (10 kills).
 bench-failover: venv system-packages kube-binaries

@@ -220,9 +220,10 @@ def not_served_message(namespace: str, database: str, labels: Mapping[str, str] 
     """Why no instance serves this Database (the NotServed condition's message)."""
     if database_label_value(namespace, database) is None:
         return (f'namespace "{namespace}" and Database "{database}" are '
-                f"{len(namespace) + 1 + len(database)} characters together: sharded pgjit "
-                f"instances select sessions by the label {SESSION_DATABASE_LABEL}="
-                f"<namespace>.<Database>, at most {LABEL_VALUE_LIMIT}; use a shorter name")
+                f"{len(namespace) + 1 + len(database)} characters together: "
+                "sharded pgjit instances select sessions by the label "
+                f"pgjit.dev/database=<namespace>.<Database>, at most {LABEL_VALUE_LIMIT}; use a "
+                "shorter name")
     if not exists:
         return (f'Database "{database}" does not exist in namespace "{namespace}", so no '
                 "sharded pgjit instance watches this session")
