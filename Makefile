@@ -106,6 +106,11 @@ bench: venv system-packages kube-binaries
 bench-shards: venv system-packages kube-binaries
 	$(PY) tests/bench/bench_shards.py $(BENCH_ARGS)
 
+# 10,000 sessions in waves for 20 minutes: RSS and admin connections over time, plotted into
+# docs/soak.png (not part of make test: it takes the machine for 20 minutes).
+bench-soak: venv system-packages kube-binaries
+	$(PY) tests/bench/bench_soak.py $(BENCH_ARGS)
+
 # Failover time from a leader killed to the first session the new leader opens (10 kills).
 bench-failover: venv system-packages kube-binaries
 	$(PY) tests/bench/bench_failover.py $(BENCH_ARGS)
