@@ -349,3 +349,32 @@ async def test_wrong_admin_password_is_a_permanent_authentication_error(pg_serve
         assert caught.value.reason == "AuthenticationFailed" and not caught.value.transient
     finally:
         await engine.close()
+
+
+async def test_a_refused_admin_login_fails_calls_fast_and_retriably(kit, pg_server):
+    """The admin's password rotated in PostgreSQL before the Secret: every call used to wait
+    out the pool's timeout eight times over (over a minute each); now they fail within
+    seconds, transiently (the session waits, it does not fail), and the engine says so, for the
+    registry to re-read the Secret."""
+    import time
+
+    from pgjit.engine import Engine, RetryPolicy
+    config = ServerConfig(host=pg_server.host, port=pg_server.port,
+                          admin_user=pg_server.admin_user, admin_password="rotated-away",
+                          managed_role=kit.managed_role, connect_timeout=5)
+    engine = Engine(config, retry=RetryPolicy(attempts=8))
+    try:
+        began = time.monotonic()
+        with pytest.raises(EngineError) as caught:
+            await engine.activate(kit.request("s1", kit.name("alice")))
+        assert caught.value.reason == "AuthenticationFailed" and caught.value.transient
+        assert time.monotonic() - began < 5  # a single pool timeout would be 5 s
+        assert engine.admin_refused
+        # The same for the next call, without trying the server again meanwhile.
+        with pytest.raises(EngineError) as again:
+            await engine.end(kit.name("alice"), "s1")
+        assert again.value.reason == "AuthenticationFailed"
+    finally:
+        await engine.close()
+    await kit.engine.activate(kit.request("s2", kit.name("bob")))
+    assert not kit.engine.admin_refused  # an engine that logs in is not refused

@@ -66,6 +66,11 @@ class Engine:
     async def close(self) -> None:
         await self._conns.close()
 
+    @property
+    def admin_refused(self) -> bool:
+        """Whether the server refused the admin's last login attempt (a rotated password)."""
+        return self._conns.refused is not None
+
     async def __aenter__(self) -> "Engine":
         return self
 

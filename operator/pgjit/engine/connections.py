@@ -21,6 +21,7 @@ from __future__ import annotations
 import asyncio
 import os
 import tempfile
+import time
 from contextlib import asynccontextmanager
 from pathlib import Path
 from typing import AsyncIterator
@@ -30,9 +31,13 @@ from psycopg.conninfo import make_conninfo
 from psycopg_pool import AsyncConnectionPool, PoolTimeout
 
 from .config import ServerConfig
-from .errors import DATABASE_NOT_FOUND, INSUFFICIENT_PRIVILEGE, UNREACHABLE, EngineError
+from .errors import (AUTHENTICATION_FAILED, DATABASE_NOT_FOUND, INSUFFICIENT_PRIVILEGE,
+                     UNREACHABLE, EngineError, classify)
 from .iam import IamTokens
 from .transactions import application_name
+
+#: How long a refused admin login makes calls fail at once, before a login is tried again.
+REFUSAL_SECONDS = 5.0
 
 _SESSION_OPTIONS = ("-c search_path=pg_catalog,pg_temp -c lock_timeout=10s "
                     "-c statement_timeout=60s -c idle_in_transaction_session_timeout=60s")
@@ -72,6 +77,9 @@ class AdminConnections:
         self._tls = self._tls_params()
         self._iam = IamTokens(*config.aws_iam) if config.aws_iam is not None else None
         self._closed = False
+        #: The server's refusal of the admin's login, while it holds (see ``_raise_refusal``).
+        self.refused: EngineError | None = None
+        self._refused_until = 0.0
 
     def _tls_params(self) -> dict[str, str]:
         params: dict[str, str] = {"sslmode": self.config.sslmode}
@@ -124,6 +132,8 @@ class AdminConnections:
     async def connection(self, dbname: str | None = None) -> AsyncIterator[psycopg.AsyncConnection]:
         dbname = dbname or self.config.admin_database
         self._check_open()
+        if self.refused is not None and time.monotonic() < self._refused_until:
+            raise EngineError(self.refused.reason, self.refused.message, transient=True)
         pool = self._pool(dbname)
         async with self._slots:
             self._check_open()  # closed while this call waited for a slot
@@ -138,6 +148,7 @@ class AdminConnections:
             except PoolTimeout:
                 await self._raise_refusal(dbname)
                 raise
+            self.refused = None
             self._reachable.add(dbname)
             try:
                 yield conn
@@ -165,11 +176,23 @@ class AdminConnections:
             conn = await self.connect(dbname)
         except psycopg.Error as exc:
             if dbname == self.config.admin_database:
-                return  # preflight explains the admin database's refusals
+                refusal = classify(exc, doing="connecting as the admin")
+                if refusal.reason == AUTHENTICATION_FAILED:
+                    # The admin's password changed (rotated in PostgreSQL first, in the Secret
+                    # a moment later). Every call would otherwise wait out the pool's timeout,
+                    # retried eight times: more than a minute per call. Fail fast instead, for a
+                    # few seconds at a time, retriably: the registry then re-reads the Secret
+                    # (kube/engines.py) and preflight says what is wrong.
+                    self.refused = EngineError(AUTHENTICATION_FAILED, refusal.message,
+                                               transient=True)
+                    self._refused_until = time.monotonic() + REFUSAL_SECONDS
+                    raise self.refused from exc
+                return  # preflight explains the admin database's other refusals
             cause = await self._refusal_cause(dbname)
             if cause is not None:
                 raise cause from exc
             return
+        self.refused = None
         await conn.close()
 
     async def _refusal_cause(self, dbname: str) -> EngineError | None:

@@ -76,7 +76,9 @@ class EngineRegistry:
         """The engine for a Database; secrets are re-read only on ``refresh`` or first use."""
         key = f"{namespace}/{database.metadata.name}"
         current = self._engines.get(key)
-        if current is not None and not refresh:
+        # An engine whose admin login the server refuses is rebuilt as soon as its Secret
+        # says something else (a rotated password), not at the next health check only.
+        if current is not None and not refresh and not current[1].admin_refused:
             return current[1]
         config = await server_config(self.kube, database, namespace)
         async with self._lock:
