@@ -47,8 +47,10 @@ def test_one_leader_acts_and_hands_over_on_a_clean_stop(stack):
     leader = pods.wait_leader()
     standby = next(pod for pod in pods.pods if pod is not leader)
     # Both Ready: a rolling update waits for the new pod to be Ready before stopping the old.
-    assert leader.readiness() == {"ready": True, "role": "leader"}
-    assert standby.readiness() == {"ready": True, "role": "standby"}
+    wait_for("both pods Ready, each in its role", lambda: (
+        leader.readiness(), standby.readiness()) == ({"ready": True, "role": "leader"},
+                                                     {"ready": True, "role": "standby"}), 30,
+        interval=0.1)
     env = stack.env()
     env.role("analysts", "best_effort_drop")
     offset = standby.mark("sessions opened")
