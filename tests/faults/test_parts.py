@@ -67,8 +67,8 @@ def test_control_plane_server_restarted_mid_burst(stack, server):
             # It started its watches afresh once its renewals came back: streams resumed
             # across the outage can miss events for good. (etcd's restart is over before a
             # renewal notices: the API server keeps its watches open through it.)
-            assert "Restarting the watches: the API server was unreachable" in \
-                leader.log_path.read_text()
+            wait_for("the leader to restart its watches", lambda: "Restarting the watches: "
+                     "the API server was unreachable" in leader.log_path.read_text(), 15)
     else:  # longer: the leader gave up (and restarted), and one pod leads again
         pods.wait_leader()
     check_no_leaks(env, burst)
