@@ -28,7 +28,8 @@ from . import statements as S
 from .connections import AdminConnections
 from .transactions import Transaction, locked_transaction, rollback_unless_idle
 from .errors import (DATABASE_NOT_FOUND, INSUFFICIENT_PRIVILEGE, MISSING_DATABASE_ROLE,
-                     PRIVILEGED_ROLE, ROLES_CHANGED, USER_CONFLICT, EngineError, classify)
+                     PRIVILEGED_ROLE, ROLES_CHANGED, USER_CONFLICT, USER_SHARED, EngineError,
+                     classify)
 from .results import (ABSENT, DEACTIVATED, DROPPED, LOCKED, NOT_MANAGED, RELEASED, Activation,
                       ActivationRequest, DriftCorrection, Teardown)
 
@@ -182,6 +183,10 @@ class UserLifecycle:
                                              database=request.database)
             result, batch, verify = self._plan_activation(name, wanted, request, verifier,
                                                           state)
+            if isinstance(result, EngineError):
+                if batch.statements:  # the session's own stale lease steps back
+                    await self._run(tx, batch, commit=True)
+                raise result
             await self._run(tx, batch, commit=not verify)
             if verify:
                 await self._verify_memberships(conn, name, wanted)
@@ -191,7 +196,7 @@ class UserLifecycle:
 
     def _plan_activation(self, name: str, wanted: tuple[str, ...], request: ActivationRequest,
                          verifier: str | None, state: UserState
-                         ) -> tuple[Activation, Batch, bool]:
+                         ) -> tuple[Activation | EngineError, Batch, bool]:
         managed = self.config.managed_role
         now = datetime.now(timezone.utc)
         server = f"{self.config.host}:{self.config.port}"
@@ -258,6 +263,8 @@ class UserLifecycle:
                     f'"{name}" is in use by {len(others)} other live session(s) with database '
                     f"roles [{', '.join(changed[0].roles)}], not [{', '.join(wanted)}]; end "
                     "those sessions or request the same roles, then retry"))
+            if not request.shared_password_known:
+                return self._plan_step_back(name, request, state)
             # Sharing: roles already match; the password stays, so live credentials keep working.
             if not state.can_login:
                 batch.add(S.enable_login(name, None, valid_until))
@@ -276,6 +283,20 @@ class UserLifecycle:
         batch.add(S.comment_on_role(name, ledger.render()))
         return (Activation(name, wanted, created, shared, password_set, valid_until,
                            drift=tuple(drift)), batch, verify)
+
+    @staticmethod
+    def _plan_step_back(name: str, request: ActivationRequest, state: UserState
+                        ) -> tuple[EngineError, Batch, bool]:
+        """Refuse to share a user whose password the caller cannot hand out; nothing changes
+        but the removal of the session's own lease from an earlier attempt, should it hold one
+        (two such sessions would otherwise each wait for the other to hand out a password)."""
+        batch = Batch()
+        if request.session_id in state.ledger.leases:
+            batch.add(S.comment_on_role(
+                name, state.ledger.without({request.session_id}).render()))
+        return EngineError(USER_SHARED, (
+            f'PostgreSQL user "{name}" is being activated by another session of the same '
+            "user; retrying"), transient=True), batch, False
 
     @staticmethod
     def _replace_memberships(batch: Batch, name: str, state: UserState,

@@ -109,8 +109,13 @@ async def _activate(body, plan: Plan, lease_id: str, memo, namespace: str, datab
     async with memo.shared_passwords.lock(user_key):
         # Serialized per user, so that a session sharing the user finds the password the one
         # activating it has just set (in memory: the index learns it is Active only later).
-        password = None if passwordless else await own_password(
-            memo, namespace, session, first_attempt=first_attempt)
+        password = shared = None
+        if not passwordless:
+            password = await own_password(memo, namespace, session, first_attempt=first_attempt)
+            # What this session would hand out should the engine find the user shared, known
+            # before it acts: the engine refuses to share a user whose password is unknown.
+            shared = await shared_password(memo, namespace, session, database, username,
+                                           databases_by_name, active_sessions_by_user)
         request = ActivationRequest(
             session_id=lease_id, identity=session.spec.user,
             database=session.spec.database_name, roles=tuple(decision.database_roles),
@@ -118,13 +123,16 @@ async def _activate(body, plan: Plan, lease_id: str, memo, namespace: str, datab
             permissions=_with_object_labels(decision.permissions, database, label_rules),
             password=password,
             grantable_by_name=exact_names(database.spec.grantable_roles),
-            database_object=database.metadata.name)
+            database_object=database.metadata.name,
+            shared_password_known=passwordless or shared is not None)
         try:
             activation = await engine.activate(request)
         except EngineError as error:
             metrics.POSTGRES_OPERATIONS.labels("activate", "error").inc()
             if error.transient:
-                raise Outcome(SessionPhase.PENDING, error.reason, error.message, retry=10)
+                # Another session of the user is being opened: it hands out the password soon.
+                retry = 2 if error.reason == Reason.USER_SHARED else 10
+                raise Outcome(SessionPhase.PENDING, error.reason, error.message, retry=retry)
             raise Outcome(SessionPhase.FAILED, error.reason, error.message, terminal=True)
         metrics.POSTGRES_OPERATIONS.labels("activate", "success").inc()
         if activation.drift:
@@ -133,17 +141,8 @@ async def _activate(body, plan: Plan, lease_id: str, memo, namespace: str, datab
         if password is not None:
             if activation.shared:
                 # The user kept the password it had (live credentials must keep working).
-                password = await shared_password(memo, namespace, session, database, username,
-                                                 databases_by_name, active_sessions_by_user)
-            if password is None:
-                # Other sessions hold the user and none has handed out its password yet (they
-                # are being opened, or were when the operator stopped). Step back so that one of
-                # them (or this one, on retry) activates it and sets the password.
-                await engine.end(session.spec.user, request.session_id, mode=str(decision.mode),
-                                 terminate_connections=False)
-                raise Outcome(SessionPhase.PENDING, Reason.USER_SHARED,
-                              f'PostgreSQL user "{username}" is being '
-                              "activated by another session of the same user; retrying", retry=2)
+                password = shared
+            assert password is not None  # the engine shares only a user whose password is known
             memo.shared_passwords.remember(user_key, password)
     return activation, password
 

@@ -23,8 +23,10 @@ from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import NameOID
 
+from pgjit.engine.errors import EngineError
 from pgjit.engine.results import Activation, Teardown
 from pgjit.kube.client import NotOwned
+from pgjit.vocabulary import Reason
 
 NAMESPACE = "team-a"
 
@@ -183,6 +185,9 @@ class StubEngine:
 
     async def activate(self, request: Any) -> Activation:
         self.activations.append(request)
+        if self.shared and not request.shared_password_known:
+            raise EngineError(Reason.USER_SHARED, "the password in effect is unknown",
+                              transient=True)
         return Activation(username=request.identity, roles=request.roles, created=True,
                           shared=self.shared, password_set=request.password is not None,
                           valid_until=request.expires_at)
