@@ -18,6 +18,7 @@ from ..vocabulary import Reason, SessionPhase
 from .decisions import (Outcome, database_for, decide, load_traits_data, parse_ts,
                         set_session_conditions, ts, utc_now)
 from .ending import end_lease
+from .indexes import database_in
 
 log = logging.getLogger(__name__)
 
@@ -83,11 +84,11 @@ class _SessionCount:
 
     async def follow(self, memo, databases_by_name, live_sessions_by_database) -> None:
         key = (self.namespace, self.database_name)
-        body = next(iter(databases_by_name.get(key, ())), None)
-        if body is None:
+        database = database_in(databases_by_name, *key)
+        if not isinstance(database, Database):
             return
         live = len(set(live_sessions_by_database.get(key, ())))
-        shown = (body.get("status") or {}).get("activeSessions")
+        shown = database.status.active_sessions
         if shown == self._written:
             self._written = None  # caught up
         if live == (shown if self._written is None else self._written):

@@ -27,7 +27,6 @@ from . import metrics
 from .indexes import session_id
 from .decisions import (Outcome, all_of, database_for, decide, parse_ts,
                         set_session_conditions, traits_of, ts, utc_now)
-from .object_labels import valid_rules as valid_label_rules
 from .passwords import own_password, server_key, shared_password
 
 log = logging.getLogger(__name__)
@@ -220,13 +219,13 @@ async def _publish(body, plan: Plan, credentials: Credentials, memo, namespace: 
                       "(the default is <session name>-credentials)", terminal=True, release=True)
 
 
-def _with_object_labels(permissions, database: Database, label_rule_bodies):
+def _with_object_labels(permissions, database: Database, label_rules):
     """The permission rules with the labels the Database's ObjectLabelRules give, when some
     rule selects objects by label (computed against the catalog at activation)."""
     if not permissions.match_labels:
         return permissions
     return replace(permissions, object_labels=assignments_for(
-        database, valid_label_rules(label_rule_bodies)))
+        database, list(label_rules)))
 
 
 def report_drift(session_body, username: str, removed) -> None:

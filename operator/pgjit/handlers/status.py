@@ -6,6 +6,7 @@ from typing import MutableMapping
 
 import kopf
 
+from ..api.common import KindModel
 from ..core import conditions
 from ..vocabulary import Reason
 
@@ -37,3 +38,11 @@ def set_conditions(body, status: MutableMapping, ready: bool, reason: str, messa
                    reason=reason, message=message)
     status["conditions"] = new
     status["observedGeneration"] = generation
+
+
+def conditions_of(model: KindModel) -> list[dict]:
+    """An indexed object's conditions as the API server holds them, for ``core.conditions``
+    (which keeps a condition's lastTransitionTime when its status does not change)."""
+    status = getattr(model, "status", None)
+    return [c.model_dump(mode="json", by_alias=True, exclude_none=True)
+            for c in getattr(status, "conditions", None) or ()]

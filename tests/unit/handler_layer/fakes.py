@@ -24,6 +24,7 @@ from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import NameOID
 
 from pgjit.engine.errors import EngineError
+from pgjit.handlers import indexes
 from pgjit.engine.results import Activation, Teardown
 from pgjit.kube.client import NotOwned
 from pgjit.vocabulary import Reason
@@ -230,6 +231,16 @@ class Stopped:
         return self._event.is_set()
 
 
+def _indexed(index_function: Any, bodies: list[dict]) -> dict:
+    """What Kopf's index holds for ``bodies``: the production index function's entries."""
+    index: dict = {}
+    for body in bodies:
+        entries = index_function(namespace=NAMESPACE, name=body["metadata"]["name"], body=body)
+        for key, value in entries.items():
+            index.setdefault(key, []).append(value)
+    return index
+
+
 @dataclass
 class World:
     """One namespace's objects as Kopf's indexes would hold them, and the fakes behind memo."""
@@ -245,11 +256,11 @@ class World:
 
     @property
     def databases_by_name(self) -> dict:
-        return {(NAMESPACE, b["metadata"]["name"]): [b] for b in self.databases}
+        return _indexed(indexes.databases_by_name, self.databases)
 
     @property
     def roles_by_namespace(self) -> dict:
-        return {NAMESPACE: list(self.roles)} if self.roles else {}
+        return _indexed(indexes.roles_by_namespace, self.roles)
 
     def active_sessions_by_database(self) -> dict:
         index: dict = {}

@@ -185,3 +185,24 @@ async def test_a_shared_user_hands_out_the_password_this_process_set(world: Worl
     passwords = {name: world.kube.secrets[(NAMESPACE, f"{name}-credentials")].data["password"]
                  for name in ("alice-orders", "alice-reports")}
     assert passwords["alice-orders"] == passwords["alice-reports"]
+
+
+async def test_a_session_on_a_database_that_does_not_parse_waits_and_says_why(world: World):
+    """The index holds parsed models; a Database that does not parse is there as such, so the
+    session names the problem instead of saying the Database does not exist."""
+    broken = database_body()
+    broken["spec"]["port"] = "not a port"
+    world.databases.append(broken)
+    world.roles.append(role_body())
+    with pytest.raises(kopf.TemporaryError, match=r'Database "orders" is invalid \(spec\.port'):
+        await open_session(world, session_body())
+    assert world.engine.activations == []
+
+
+async def test_an_invalid_role_next_to_a_valid_one_grants_nothing_and_stops_nothing(world):
+    world.databases.append(database_body())
+    world.roles.append(role_body())
+    world.roles.append(role_body(name="broken", spec={"allow": {"databaseRoles": "not-a-list"}}))
+    assert len(world.roles_by_namespace[NAMESPACE]) == 1  # left out of the index
+    status = await open_session(world, session_body())
+    assert status["phase"] == "Active" and status["matchedRoles"] == ["analysts"]
