@@ -15,12 +15,12 @@ from datetime import datetime, timezone
 import kopf
 
 from ..api.database import Database
-from ..api.session import DatabaseSession
+from ..api.session import DatabaseSession, DatabaseSessionStatus
 from ..core import policy
 from ..core.conditions import rfc3339
 from ..core.traits import user_traits
 from ..vocabulary import TERMINAL_PHASES, Reason, SessionPhase
-from .status import set_conditions
+from .status import set_conditions, written
 from .indexes import Unparsed, database_in, valid_roles
 
 log = logging.getLogger(__name__)
@@ -34,6 +34,11 @@ def utc_now() -> datetime:
 
 #: A status timestamp, as the API server writes metav1.Time (the rule lives in core.conditions).
 ts = rfc3339
+
+
+def to_second(value: datetime) -> datetime:
+    """A time as status shows it: metav1.Time keeps whole seconds."""
+    return value.replace(microsecond=0)
 
 
 def parse_ts(value: str) -> datetime:
@@ -68,9 +73,9 @@ def set_session_conditions(body, status: dict, ready: bool, reason: str, message
 
 def apply_outcome(body, status: dict, outcome: Outcome) -> None:
     if outcome.phase:
-        status["phase"] = outcome.phase
-    if outcome.phase in TERMINAL_PHASES:
-        status.setdefault("endedAt", ts(utc_now()))
+        status.update(written(DatabaseSessionStatus, phase=outcome.phase))
+    if outcome.phase in TERMINAL_PHASES and "endedAt" not in status:
+        status.update(written(DatabaseSessionStatus, ended_at=to_second(utc_now())))
     set_session_conditions(body, status, False, outcome.reason, outcome.message,
                     terminal=outcome.terminal or outcome.phase in (SessionPhase.EXPIRED,
                                                                       SessionPhase.ENDED))

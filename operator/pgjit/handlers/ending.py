@@ -8,13 +8,14 @@ from typing import Any
 import kopf
 
 from ..api.database import Database
-from ..api.session import DatabaseSession
+from ..api.session import DatabaseSession, DatabaseSessionStatus
 from ..engine import EngineError
 from ..engine.results import Untouched
 from ..vocabulary import SessionPhase, TeardownAction
 from . import metrics
 from .indexes import database_in, session_id
-from .decisions import all_of, ts, utc_now
+from .decisions import all_of, to_second, utc_now
+from .status import written
 
 log = logging.getLogger(__name__)
 
@@ -60,4 +61,4 @@ async def end_lease(body, namespace: str, name: str, uid: str, memo, databases_b
     await all_of(removals)
     if status.get("phase") == SessionPhase.ACTIVE:
         metrics.ACTIVE_SESSIONS.dec()
-    return {"teardown": teardown, "endedAt": ts(utc_now())}
+    return written(DatabaseSessionStatus, teardown=teardown, ended_at=to_second(utc_now()))

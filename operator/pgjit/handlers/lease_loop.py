@@ -11,14 +11,15 @@ import kopf
 from pydantic import ValidationError
 
 from .. import GROUP, VERSION
-from ..api.database import Database
-from ..api.session import DatabaseSession
+from ..api.database import Database, DatabaseStatus
+from ..api.session import DatabaseSession, DatabaseSessionStatus
 from ..core.traits import user_traits
 from ..vocabulary import Reason, SessionPhase
 from .decisions import (Outcome, database_for, decide, load_traits_data, parse_ts,
                         set_session_conditions, ts, utc_now)
 from .ending import end_lease
 from .indexes import database_in
+from .status import written
 
 log = logging.getLogger(__name__)
 
@@ -94,7 +95,8 @@ class _SessionCount:
         if live == (shown if self._written is None else self._written):
             return
         await memo.kube.patch_status(GROUP, VERSION, Database.plural, self.namespace,
-                                     self.database_name, {"activeSessions": live})
+                                     self.database_name,
+                                     written(DatabaseStatus, active_sessions=live))
         self._written = live
 
 
@@ -139,7 +141,7 @@ async def _finish(body, name, namespace, uid, memo, stopped, databases_by_name, 
             attempt += 1
             if stopped:
                 return  # the operator is stopping; the daemon starts again with it
-    status["phase"] = phase
+    status.update(written(DatabaseSessionStatus, phase=phase))
     # Stalled, not merely not-ready: the lease will not progress again until a person deletes
     # (and re-creates) the session. kstatus then reports Failed, so a Flux `wait` on a session
     # in Git fails at once instead of timing out on an InProgress that can never change.

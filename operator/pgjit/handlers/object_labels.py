@@ -11,12 +11,12 @@ import kopf
 from pydantic import ValidationError
 
 from .. import GROUP, VERSION
-from ..api.labels import ObjectLabelRule
+from ..api.labels import ObjectLabelRule, ObjectLabelRuleStatus
 from ..core import conditions
 from ..core.object_labels import Conflict, conflicts, describe
 from ..vocabulary import Reason
 from . import metrics
-from .status import conditions_of
+from .status import conditions_of, written
 
 RESOURCE = (GROUP, VERSION, ObjectLabelRule.plural)
 
@@ -25,9 +25,9 @@ def rule_status(rule: ObjectLabelRule, found: list[Conflict]) -> dict:
     previous = conditions_of(rule)
     generation = rule.metadata.generation
     mine = [c for c in found if c.rule == rule.metadata.name]
-    status: dict = {"observedGeneration": generation, "conflicts": [
+    status = written(ObjectLabelRuleStatus, observed_generation=generation, conflicts=[
         {"rule": c.other, "label": c.label, "values": list(c.values), "objects": c.objects[:128]}
-        for c in mine[:256]] or None}
+        for c in mine[:256]] or None)
     if mine:
         # Stalled: nothing changes until one of the rules does.
         status["conditions"] = conditions.stalled(

@@ -10,7 +10,7 @@ import kopf
 
 from .. import GROUP, VERSION
 from ..api.database import Database
-from ..api.session import DatabaseSession
+from ..api.session import DatabaseSession, DatabaseSessionStatus
 from ..core import policy
 from ..core.boundaries import exact_names
 from ..core.object_labels import assignments_for
@@ -26,8 +26,9 @@ from ..vocabulary import CredentialsType, Reason, SessionPhase, SSLMode
 from . import metrics
 from .indexes import session_id
 from .decisions import (Outcome, all_of, database_for, decide, parse_ts,
-                        set_session_conditions, traits_of, ts, utc_now)
+                        set_session_conditions, to_second, traits_of, ts, utc_now)
 from .passwords import own_password, server_key, shared_password
+from .status import written
 
 log = logging.getLogger(__name__)
 
@@ -68,13 +69,12 @@ async def open_session(body, name, namespace, uid, memo, indexes, status: dict, 
               f"{ts(credentials.expires_at)}"
     if credentials.notes:
         message += f" ({'; '.join(credentials.notes)})"
-    status.update({
-        "phase": SessionPhase.ACTIVE, "username": activation.username,
-        "databaseRoles": list(activation.roles), "permissions": activation.permissions_summary,
-        "userProvisioning": str(plan.decision.mode),
-        "matchedRoles": list(plan.decision.matched_roles),
-        "expiresAt": ts(credentials.expires_at),
-        "secretName": plan.session.credentials_secret_name})
+    status.update(written(
+        DatabaseSessionStatus, phase=SessionPhase.ACTIVE, username=activation.username,
+        database_roles=list(activation.roles), permissions=activation.permissions_summary,
+        user_provisioning=plan.decision.mode, matched_roles=list(plan.decision.matched_roles),
+        expires_at=to_second(credentials.expires_at),
+        secret_name=plan.session.credentials_secret_name))
     set_session_conditions(body, status, True, Reason.ACTIVE, message)
     metrics.PROVISIONING_LATENCY.observe(max(0.0, (utc_now() - plan.created).total_seconds()))
 

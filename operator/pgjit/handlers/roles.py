@@ -7,12 +7,12 @@ from pydantic import ValidationError
 
 from .. import GROUP, VERSION
 from ..api.database import Database
-from ..api.role import Role
+from ..api.role import Role, RoleStatus
 from ..core import conditions
 from ..core.permissions import PermissionError_, PermissionRule
 from ..vocabulary import Reason
 from . import metrics
-from .status import conditions_of
+from .status import conditions_of, written
 
 RESOURCE = (GROUP, VERSION, Role.plural)
 
@@ -44,8 +44,10 @@ def _role_status(body, namespace: str, databases_by_name) -> tuple[dict, list[st
         role = None
     if problems or role is None:
         message = "; ".join(problems)[:2048]
-        return {"observedGeneration": generation, "conditions": conditions.stalled(
-            previous, generation, Reason.INVALID_ROLE, message)}, problems
+        status = written(RoleStatus, observed_generation=generation)
+        status["conditions"] = conditions.stalled(previous, generation, Reason.INVALID_ROLE,
+                                                  message)
+        return status, problems
     return _selection_status(role, previous, namespace, databases_by_name), problems
 
 
@@ -58,9 +60,10 @@ def _selection_status(role: Role, previous, namespace: str, databases_by_name) -
         and selector is not None
         and any(isinstance(d, Database) and selector.matches(d.metadata.labels)
                 for d in databases))
-    return {"observedGeneration": generation, "selectedDatabases": selected,
-            "conditions": conditions.ready(previous, generation, Reason.VALID,
-                                           f"selects {len(selected)} Database(s)")}
+    status = written(RoleStatus, observed_generation=generation, selected_databases=selected)
+    status["conditions"] = conditions.ready(previous, generation, Reason.VALID,
+                                            f"selects {len(selected)} Database(s)")
+    return status
 
 
 @kopf.on.resume(*RESOURCE, id="validate")
