@@ -10,7 +10,7 @@ import psycopg
 import pytest
 from psycopg import sql
 
-from enginekit import ID, kit, new_engine, soon  # noqa: F401 - kit is a fixture
+from enginekit import ID, new_engine, soon
 from pgjit.core.leases import Ledger
 from pgjit.engine import EngineError, ServerConfig
 from pgjit.engine.errors import (INSUFFICIENT_PRIVILEGE, INVALID_REQUEST, MISSING_DATABASE_ROLE,

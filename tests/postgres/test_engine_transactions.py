@@ -7,7 +7,7 @@ import asyncio
 import psycopg
 import pytest
 
-from enginekit import kit, new_engine, soon  # noqa: F401 - kit is a fixture
+from enginekit import new_engine, soon
 from pgjit.core.naming import postgres_username
 from pgjit.engine.transactions import application_name, locked_transaction
 from pgjit.engine.users import lock_key
