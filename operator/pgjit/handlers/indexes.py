@@ -114,10 +114,14 @@ def active_sessions_by_user(namespace, name, spec, status, **_):
 
 @kopf.index(GROUP, VERSION, DatabaseSession.plural)
 def active_sessions_by_database(namespace, spec, status, body, **_):
-    """Active sessions per (namespace, Database): what each Database's lease loop watches."""
+    """Active sessions per (namespace, Database), parsed: what each Database's lease loop
+    watches. One that does not parse is left out (it cannot have been opened as such)."""
     if status.get("phase") != SessionPhase.ACTIVE:
         return {}
-    return {(namespace, spec.get("databaseRef", {}).get("name")): _slim(body)}
+    session = _parse(DatabaseSession, _slim(body))
+    if session is None:
+        return {}
+    return {(namespace, spec.get("databaseRef", {}).get("name")): session}
 
 
 def _slim(body) -> dict:
@@ -125,6 +129,12 @@ def _slim(body) -> dict:
     annotations: a full body costs several times more memory, per Active session."""
     metadata = body.get("metadata", {})
     return {"apiVersion": body.get("apiVersion"), "kind": body.get("kind"),
-            "metadata": {key: metadata.get(key) for key in
-                         ("name", "namespace", "uid", "generation", "creationTimestamp")},
-            "spec": dict(body.get("spec", {})), "status": dict(body.get("status", {}))}
+            "metadata": {key: metadata[key] for key in
+                         ("name", "namespace", "uid", "generation", "creationTimestamp")
+                         if key in metadata},
+            "spec": body.get("spec", {}), "status": body.get("status", {})}
+
+
+def body_of(session: DatabaseSession) -> dict:
+    """An indexed session as a body again, for the handlers' helpers and Kopf's events."""
+    return session.model_dump(mode="json", by_alias=True, exclude_none=True)

@@ -265,7 +265,10 @@ class World:
     def active_sessions_by_database(self) -> dict:
         index: dict = {}
         for body in self.active_sessions:
-            index.setdefault((NAMESPACE, body["spec"]["databaseRef"]["name"]), []).append(body)
+            entries = indexes.active_sessions_by_database(
+                namespace=NAMESPACE, spec=body["spec"], status=body.get("status", {}), body=body)
+            for key, value in entries.items():
+                index.setdefault(key, []).append(value)
         return index
 
     def live_sessions_by_database(self) -> dict:
