@@ -95,6 +95,11 @@ class Settings:
     namespace: str | None = _setting(
         "PGJIT_NAMESPACE", _text, None,
         "Namespace of the traits ConfigMap (the chart sets the operator's own namespace).")
+    prepared_statements: bool = _setting(
+        "PGJIT_PREPARED_STATEMENTS", _flag, True,
+        "Whether the catalog reads every activation starts with are prepared once per admin "
+        "connection (planned once instead of every time); turn off behind a pooler in "
+        "transaction mode that does not track prepared statements (PgBouncer before 1.21).")
     secret_access: bool = _setting(
         "PGJIT_SECRET_ACCESS", _flag, True,
         "Whether each session's user gets get on exactly its credentials Secret (a Role and "

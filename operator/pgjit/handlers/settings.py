@@ -44,7 +44,8 @@ async def configure(settings: kopf.OperatorSettings, memo: OperatorMemo, **_) ->
     if memo.settings.namespaced:
         settings.scanning.disabled = True
     memo.kube = Kube(load_client())
-    memo.engines = EngineRegistry(memo.kube)
+    memo.engines = EngineRegistry(memo.kube,
+                                  prepared_statements=memo.settings.prepared_statements)
     if memo.settings.metrics_port:
         metrics.serve(memo.settings.metrics_port)
 
@@ -54,3 +55,6 @@ async def close_engines(memo: OperatorMemo, **_) -> None:
     engines = getattr(memo, "engines", None)
     if engines is not None:
         await engines.close()
+    kube = getattr(memo, "kube", None)
+    if kube is not None:
+        await kube.close()
