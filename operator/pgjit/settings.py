@@ -105,7 +105,9 @@ class Settings:
         "Whether each session's user gets get on exactly its credentials Secret (a Role and "
         "RoleBinding named like the Secret).")
     threads: int = _setting(
-        "PGJIT_THREADS", _positive_int, 16, "Worker threads for Kubernetes API calls.")
+        "PGJIT_THREADS", _positive_int, 16,
+        "Worker threads for blocking work off the event loop (password hashing, the readiness "
+        "check); Kubernetes API calls run on the event loop.")
     metrics_port: int | None = _setting(
         "PGJIT_METRICS_PORT", _port, None,
         "Port of the Prometheus metrics endpoint (unset: none); pgjit run --metrics-port sets it.")
