@@ -494,6 +494,20 @@ Conditions = Annotated[
 ]
 
 
+#: Where Kopf keeps its bookkeeping on pgjit's objects: ``status.pgjit`` (handlers.settings).
+KOPF_STATUS_FIELD = "pgjit"
+
+KopfBookkeeping = Annotated[
+    dict[str, Any],
+    WithJsonSchema({
+        "type": "object",
+        "description": "The operator's own bookkeeping (Kopf's handler progress and the last"
+        " configuration it handled). Not for users; never edit it.",
+        "x-kubernetes-preserve-unknown-fields": True,
+    }),
+]
+
+
 class KindStatus(ApiModel):
     """Status fields every pgjit kind has (kstatus reads these)."""
 
@@ -504,6 +518,7 @@ class KindStatus(ApiModel):
         default_factory=list,
         description="Current state: Ready, Reconciling (work in progress), Stalled (terminal error).",
     )
+    pgjit: KopfBookkeeping | None = Field(default=None)
 
     def condition(self, type_: str) -> Condition | None:
         """The condition of the given type, if present."""

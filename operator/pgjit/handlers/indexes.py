@@ -19,7 +19,7 @@ import kopf
 from pydantic import ValidationError
 
 from .. import GROUP, VERSION
-from ..api.common import KindModel
+from ..api.common import KOPF_STATUS_FIELD, KindModel
 from ..api.database import Database
 from ..api.labels import ObjectLabelRule
 from ..api.role import Role
@@ -125,14 +125,16 @@ def active_sessions_by_database(namespace, spec, status, body, **_):
 
 
 def _slim(body) -> dict:
-    """What the lease loop and the end of a session read, without managedFields and Kopf's
-    annotations: a full body costs several times more memory, per Active session."""
+    """What the lease loop and the end of a session read, without managedFields, annotations
+    and Kopf's bookkeeping: a full body costs several times more memory, per Active session."""
     metadata = body.get("metadata", {})
     return {"apiVersion": body.get("apiVersion"), "kind": body.get("kind"),
             "metadata": {key: metadata[key] for key in
                          ("name", "namespace", "uid", "generation", "creationTimestamp")
                          if key in metadata},
-            "spec": body.get("spec", {}), "status": body.get("status", {})}
+            "spec": body.get("spec", {}),
+            "status": {key: value for key, value in body.get("status", {}).items()
+                       if key != KOPF_STATUS_FIELD}}
 
 
 def body_of(session: DatabaseSession) -> dict:
