@@ -8,7 +8,6 @@ from datetime import datetime
 
 import kopf
 
-from .. import GROUP, VERSION
 from ..api.database import Database
 from ..api.session import DatabaseSession, DatabaseSessionStatus
 from ..core import policy
@@ -57,13 +56,14 @@ class Credentials:
 async def open_session(body, name, namespace, uid, memo, indexes, status: dict, *,
                        first_attempt: bool = False) -> None:
     """Open one session, step by step; every step raises an :class:`Outcome` to stop."""
-    databases_by_name, roles_by_namespace, active_sessions_by_user, label_rules = indexes
+    (databases_by_name, roles_by_namespace, active_sessions_by_user, label_rules,
+     live_sessions_by_database) = indexes
     plan = await _plan(body, namespace, memo, databases_by_name, roles_by_namespace)
     activation, password = await _activate(body, plan, session_id(namespace, name, uid), memo,
                                            namespace, databases_by_name, active_sessions_by_user,
                                            label_rules, first_attempt=first_attempt)
     credentials = await _credentials(plan, activation.username, password, memo, namespace)
-    await _ensure_still_exists(memo, namespace, name, uid)
+    _ensure_still_exists(live_sessions_by_database, plan, namespace, name, uid)
     await _publish(body, plan, credentials, memo, namespace, name, uid, activation.username)
     message = f"PostgreSQL user {activation.username} is active until " \
               f"{ts(credentials.expires_at)}"
@@ -185,11 +185,19 @@ async def _credentials(plan: Plan, username: str, password: str | None, memo,
     return Credentials(data, expires_at, tuple(notes))
 
 
-async def _ensure_still_exists(memo, namespace: str, name: str, uid: str) -> None:
-    if not await memo.kube.exists(GROUP, VERSION, DatabaseSession.plural, namespace, name, uid):
-        # Deleted meanwhile, possibly without this operator ever running its delete handler: a
-        # DELETE that races with the finalizer being added removes the object anyway. Nothing
-        # may outlive it: release the lease now, and write no credentials.
+def _ensure_still_exists(live_sessions_by_database, plan: Plan, namespace: str, name: str,
+                         uid: str) -> None:
+    """Refuse to write credentials for a session the watch has seen go.
+
+    Kopf runs this handler only once its finalizer is on the session, so a session can vanish
+    meanwhile only if someone strips the finalizer by hand. The index, which drops a session
+    on its DELETED event, says so without a request to the API server; should the event come
+    only after the Secret is written, the Secret goes with its owner (garbage collection) and
+    the health check's sweep ends the lease.
+    """
+    live = live_sessions_by_database.get((namespace, plan.session.spec.database_ref.name), ())
+    if session_id(namespace, name, uid) not in live:
+        # Nothing may outlive it: release the lease now, and write no credentials.
         log.info("[%s/%s] deleted while being opened; releasing its lease", namespace, name)
         raise Outcome(SessionPhase.ENDED, Reason.DELETED,
                       "the session was deleted while it was being opened",

@@ -31,7 +31,8 @@ RESOURCE = (GROUP, VERSION, DatabaseSession.plural)
 @kopf.on.resume(*RESOURCE, id="lease")
 @kopf.on.create(*RESOURCE, id="lease")  # type: ignore[arg-type]  # index kwargs
 async def open_lease(body, name, namespace, uid, patch, memo, databases_by_name,
-                     roles_by_namespace, active_sessions_by_user, label_rules_by_namespace, **_):
+                     roles_by_namespace, active_sessions_by_user, label_rules_by_namespace,
+                     live_sessions_by_database, **_):
     phase = body.get("status", {}).get("phase")
     if phase in TERMINAL_PHASES:
         return
@@ -47,7 +48,8 @@ async def open_lease(body, name, namespace, uid, patch, memo, databases_by_name,
         try:
             await open_session(body, name, namespace, uid, memo,
                                (databases_by_name, roles_by_namespace, active_sessions_by_user,
-                                label_rules_by_namespace.get(namespace, ())), status,
+                                label_rules_by_namespace.get(namespace, ()),
+                                live_sessions_by_database), status,
                                first_attempt=not body.get("status") and not _.get("retry"))
         except Outcome as outcome:
             if outcome.terminal:

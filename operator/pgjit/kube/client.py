@@ -243,15 +243,6 @@ class Kube:
         except (NotFound, Conflict):
             pass  # gone already, or replaced by someone else's (the uid precondition)
 
-    async def exists(self, group: str, version: str, plural: str, namespace: str, name: str,
-                     uid: str) -> bool:
-        """Whether this very object (same uid, not a same-named successor) still exists."""
-        try:
-            obj = await self._request("GET", _custom(group, version, namespace, plural, name))
-        except NotFound:
-            return False
-        return obj.get("metadata", {}).get("uid") == uid
-
     async def delete_owned_secrets(self, namespace: str, label_selector: str,
                                    owner_uid: str) -> list[str]:
         """Delete the Secrets matching ``label_selector`` that ``owner_uid`` owns; their names."""

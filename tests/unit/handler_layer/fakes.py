@@ -124,6 +124,7 @@ class FakeKube:
     access: dict[tuple[str, str], str] = field(default_factory=dict)
     #: (plural, namespace, name, status) of every status patch, in order.
     status_patches: list[tuple[str, str, str, dict]] = field(default_factory=list)
+    #: uids of sessions whose DELETED event the watch has delivered (gone from the index).
     deleted_objects: set[str] = field(default_factory=set)
     configmaps: dict[tuple[str, str], dict[str, str]] = field(default_factory=dict)
 
@@ -156,10 +157,6 @@ class FakeKube:
     async def revoke_secret_access(self, namespace: str, name: str, owner_uid: str) -> None:
         if self.access.get((namespace, name)) == owner_uid:
             del self.access[(namespace, name)]
-
-    async def exists(self, group: str, version: str, plural: str, namespace: str, name: str,
-                     uid: str) -> bool:
-        return uid not in self.deleted_objects
 
     async def patch_status(self, group: str, version: str, plural: str, namespace: str,
                            name: str, status: dict) -> None:

@@ -151,8 +151,6 @@ async def test_absent_objects_read_as_none(server):
     fake, kube = server
     assert await kube.read_secret("team-a", "missing") is None
     assert await kube.read_configmap("team-a", "missing") is None
-    assert not await kube.exists("pgjit.dev", "v1alpha1", "databasesessions", "team-a", "s",
-                                 "uid-s")
 
 
 async def test_an_unreadable_traits_configmap_reads_as_none(server):

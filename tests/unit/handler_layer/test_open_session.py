@@ -15,9 +15,16 @@ from .fakes import (NAMESPACE, World, client_ca, database_body, invalid_role_bod
 
 
 async def open_session(world: World, body: dict) -> dict:
+    """Run the create handler on ``body``, which Kopf's live index holds, as it would, unless
+    the test has its DELETED event delivered (``world.kube.deleted_objects``)."""
     patch = kopf.Patch()
-    await sessions.open_lease(body=body, name=body["metadata"]["name"], namespace=NAMESPACE,
-                              uid=body["metadata"]["uid"], patch=patch, memo=world.memo,
+    meta = body["metadata"]
+    if meta["uid"] not in world.kube.deleted_objects:
+        world.live_sessions.setdefault(body["spec"]["databaseRef"]["name"], []).append(
+            f"{NAMESPACE}/{meta['name']}/{meta['uid']}")
+    await sessions.open_lease(body=body, name=meta["name"], namespace=NAMESPACE,
+                              uid=meta["uid"], patch=patch, memo=world.memo,
+                              live_sessions_by_database=world.live_sessions_by_database(),
                               **world.indexes())
     return dict(patch.status)
 
@@ -154,7 +161,8 @@ async def test_a_first_attempt_reads_no_secret_and_a_retry_keeps_the_password_it
     body = session_body()
     await sessions.open_lease(body=body, name=body["metadata"]["name"], namespace=NAMESPACE,
                               uid=body["metadata"]["uid"], patch=patch, memo=world.memo,
-                              retry=1, **world.indexes())
+                              retry=1, live_sessions_by_database=world.live_sessions_by_database(),
+                              **world.indexes())
     assert "alice-orders-credentials" in reads
     assert world.kube.secrets[(NAMESPACE, "alice-orders-credentials")].data["password"] \
         == written
