@@ -29,6 +29,7 @@ import psycopg
 from psycopg.conninfo import make_conninfo
 from psycopg_pool import AsyncConnectionPool, PoolTimeout
 
+from . import statements as S
 from .config import ServerConfig
 from .errors import DATABASE_NOT_FOUND, INSUFFICIENT_PRIVILEGE, EngineError
 from .iam import IamTokens
@@ -107,6 +108,12 @@ class AdminConnections:
         return await psycopg.AsyncConnection.connect(
             self.conninfo(dbname or self.config.admin_database), **await self._connect_kwargs())
 
+    @staticmethod
+    async def _prepare(conn: psycopg.AsyncConnection) -> None:
+        """Prepare the state reads on a new connection, outside any transaction."""
+        for statement in S.PREPARED:
+            await conn.execute(statement.prepare)
+
     def _pool(self, dbname: str) -> AsyncConnectionPool:
         pool = self._pools.get(dbname)
         if pool is None:
@@ -115,7 +122,8 @@ class AdminConnections:
                 self.conninfo(dbname), open=False, name=f"pgjit-{dbname}",
                 min_size=1 if is_admin_db else 0, max_size=self.config.max_connections,
                 max_idle=300 if is_admin_db else 60, timeout=self.config.connect_timeout,
-                kwargs=self._connect_kwargs)
+                kwargs=self._connect_kwargs,
+                configure=self._prepare if self.config.prepared_statements else None)
             self._pools[dbname] = pool
         return pool
 

@@ -152,25 +152,21 @@ class UserLifecycle:
         conn = tx.conn
         async with conn.pipeline():
             await tx.begin(lock_key(name))
-            cur = await self._read(conn, S.USER_STATE, params)
-            privileged = (await self._read(conn, S.PRIVILEGED_MEMBERSHIPS, params)) if wanted \
-                else None
+            cur = await self._read(conn, S.PREPARED_USER_STATE, params)
+            privileged = (await self._read(conn, S.PREPARED_PRIVILEGED_MEMBERSHIPS, params)) \
+                if wanted else None
             row = await cur.fetchone()
             privileged_rows = await privileged.fetchall() if privileged is not None else ()
         self.stats.round_trips += 1
         return UserState.from_row(row, privileged_rows)
 
-    async def _read(self, conn: psycopg.AsyncConnection, statement: Any, params: Any
+    async def _read(self, conn: psycopg.AsyncConnection, statement: S.Prepared, params: Any
                     ) -> psycopg.AsyncCursor:
-        """A catalog read every activation makes. Prepared (bound server-side, planned once per
-        connection) unless the configuration says no: planning these joins cost more server
-        CPU than running them (README, Performance). The admin connections otherwise bind on
-        the client, which the DDL statements need."""
-        if not self.config.prepared_statements:
-            return await conn.execute(statement, params)
-        cursor = psycopg.AsyncCursor(conn)
-        await cursor.execute(statement, params, prepare=True)
-        return cursor
+        """A catalog read every activation makes: EXECUTE of the statement each admin
+        connection prepared when it opened (planning these joins cost more server CPU than
+        running them, README Performance), or the plain query when that is turned off."""
+        return await conn.execute(
+            statement.execute if self.config.prepared_statements else statement.query, params)
 
     async def _run(self, tx: Transaction, batch: Batch, *, commit: bool) -> None:
         async with tx.conn.pipeline():
@@ -326,7 +322,7 @@ class UserLifecycle:
 
     async def _verify_memberships(self, conn, name: str, wanted: tuple[str, ...]) -> None:
         """A REVOKE of a membership granted by someone else only warns; check it took effect."""
-        cur = await self._read(conn, S.USER_STATE, self._state_params(name))
+        cur = await self._read(conn, S.PREPARED_USER_STATE, self._state_params(name))
         state = UserState.from_row(await cur.fetchone())
         self.stats.round_trips += 1
         left = sorted(state.memberships - set(wanted))
