@@ -10,7 +10,8 @@ from ..core import conditions
 from ..vocabulary import Reason
 
 # Reasons that end an object's work normally: reported as Normal Events, not Warnings.
-NORMAL_REASONS = frozenset({Reason.EXPIRED, Reason.SUSPENDED, Reason.SESSIONS_ACTIVE})
+NORMAL_REASONS = frozenset({Reason.EXPIRED, Reason.SUSPENDED, Reason.SESSIONS_ACTIVE,
+                            Reason.AWAITING_APPROVAL})
 
 
 def set_conditions(body, status: MutableMapping, ready: bool, reason: str, message: str, *,

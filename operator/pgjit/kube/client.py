@@ -77,6 +77,15 @@ class Kube:
         except NotFound:
             pass  # deleted meanwhile: nothing left to report on
 
+    async def annotate(self, group: str, version: str, plural: str, namespace: str,
+                       name: str, annotations: Mapping[str, str]) -> None:
+        """Merge-patch annotations onto an object (outside a handler of its own)."""
+        try:
+            await _call(self.custom.patch_namespaced_custom_object, group, version, namespace,
+                        plural, name, {"metadata": {"annotations": dict(annotations)}})
+        except NotFound:
+            pass  # deleted meanwhile: nothing left to annotate
+
     async def read_secret(self, namespace: str, name: str) -> dict[str, bytes] | None:
         try:
             secret = await _call(self.core.read_namespaced_secret, name, namespace)

@@ -237,6 +237,8 @@ class World:
     roles: list[dict] = field(default_factory=list)
     active_sessions: list[dict] = field(default_factory=list)
     live_sessions: dict[str, list[str]] = field(default_factory=dict)
+    #: DatabaseSessionReview bodies, indexed by the session they name.
+    reviews: list[dict] = field(default_factory=list)
 
     @property
     def databases_by_name(self) -> dict:
@@ -255,10 +257,23 @@ class World:
     def live_sessions_by_database(self) -> dict:
         return {(NAMESPACE, db): list(ids) for db, ids in self.live_sessions.items() if ids}
 
+    def reviews_by_session(self) -> dict:
+        from pgjit.handlers.approvals import reviews_by_session
+
+        index: dict = {}
+        for body in self.reviews:
+            for key, value in reviews_by_session(
+                    namespace=NAMESPACE, name=body["metadata"]["name"],
+                    uid=body["metadata"]["uid"], spec=body["spec"],
+                    meta=body["metadata"]).items():
+                index.setdefault(key, []).append(value)
+        return index
+
     def indexes(self) -> dict[str, Any]:
         return {"databases_by_name": self.databases_by_name,
                 "roles_by_namespace": self.roles_by_namespace,
-                "active_sessions_by_user": {}, "label_rules_by_namespace": {}}
+                "active_sessions_by_user": {}, "label_rules_by_namespace": {},
+                "reviews_by_session": self.reviews_by_session()}
 
 
 async def eventually(condition: Any, *, timeout: float = 5.0, what: str = "condition") -> None:
