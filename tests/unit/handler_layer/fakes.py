@@ -82,6 +82,29 @@ def session_body(name: str = "alice-orders", *, user: str = "alice", database: s
             "status": status or {}}
 
 
+def review_body(session: str = "alice-orders", *, reviewer: str = "bob",
+                decision: str = "Approve", created: datetime | None = None,
+                name: str | None = None, groups: list[str] | None = None,
+                reason: str | None = None, owner_uid: str | None = None) -> dict[str, Any]:
+    """A DatabaseSessionReview as the API server stores it (spec.reviewer bound to its
+    creator by the admission policy, which the handlers take as given)."""
+    name = name or f"{session}-{reviewer}"
+    spec: dict[str, Any] = {"sessionRef": {"name": session}, "decision": decision,
+                            "reviewer": reviewer}
+    if groups:
+        spec["reviewerGroups"] = groups
+    if reason:
+        spec["reason"] = reason
+    metadata: dict[str, Any] = {"name": name, "namespace": NAMESPACE, "uid": f"uid-{name}",
+                                "creationTimestamp": ts(created or now())}
+    if owner_uid:
+        metadata["ownerReferences"] = [{"apiVersion": "pgjit.dev/v1alpha1",
+                                        "kind": "DatabaseSession", "name": session,
+                                        "uid": owner_uid}]
+    return {"apiVersion": "pgjit.dev/v1alpha1", "kind": "DatabaseSessionReview",
+            "metadata": metadata, "spec": spec}
+
+
 def client_ca(not_after: datetime) -> dict[str, bytes]:
     """A client CA Secret's data (tls.crt, tls.key) for a CA valid until ``not_after``."""
     key = ec.generate_private_key(ec.SECP256R1())
@@ -123,6 +146,8 @@ class FakeKube:
     status_patches: list[tuple[str, str, str, dict]] = field(default_factory=list)
     deleted_objects: set[str] = field(default_factory=set)
     configmaps: dict[tuple[str, str], dict[str, str]] = field(default_factory=dict)
+    #: (plural, namespace, name, annotations) of every annotation patch, in order.
+    annotations: list[tuple[str, str, str, dict]] = field(default_factory=list)
 
     async def read_secret(self, namespace: str, name: str) -> dict[str, bytes] | None:
         stored = self.secrets.get((namespace, name))
@@ -161,6 +186,10 @@ class FakeKube:
     async def patch_status(self, group: str, version: str, plural: str, namespace: str,
                            name: str, status: dict) -> None:
         self.status_patches.append((plural, namespace, name, dict(status)))
+
+    async def annotate(self, group: str, version: str, plural: str, namespace: str,
+                       name: str, annotations: dict[str, str]) -> None:
+        self.annotations.append((plural, namespace, name, dict(annotations)))
 
     async def delete_owned_secrets(self, namespace: str, label_selector: str,
                                    owner_uid: str) -> list[str]:
