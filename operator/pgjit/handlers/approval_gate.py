@@ -29,6 +29,8 @@ from . import metrics
 from .decisions import Outcome, parse_ts, ts, utc_now
 
 log = logging.getLogger(__name__)
+#: status.approval's lists hold at most this many (the CRD's maxItems).
+MAX_LISTED_REVIEWERS, MAX_LISTED_ROLES = 1024, 256
 
 
 def review_entry(namespace: str, name: str, uid: str, spec: Mapping, meta: Mapping) -> dict:
@@ -66,6 +68,7 @@ def approval_start(body, session: DatabaseSession, decision: Decision,
     requirement = decision.approval
     if requirement is None:
         return None
+    entries = list(reviews)
     name, namespace = body["metadata"]["name"], body["metadata"]["namespace"]
     if requirement.require_reason and not approval.has_reason(session.spec.reason):
         raise Outcome(SessionPhase.FAILED, Reason.ACCESS_DENIED,
@@ -75,15 +78,17 @@ def approval_start(body, session: DatabaseSession, decision: Decision,
     tally = approval.tally(
         requirement, requester=session.spec.user, session_uid=body["metadata"]["uid"],
         created=parse_ts(body["metadata"]["creationTimestamp"]),
-        reviews=filter(None, map(_review, reviews)), now=now or utc_now(),
+        reviews=filter(None, map(_review, entries)), now=now or utc_now(),
         max_records=MAX_RECORDED_REVIEWS)
     previous = body.get("status") or {}
+    # Bounded as the CRD bounds them: many Roles may each list many reviewers.
     status["approval"] = {
         "required": requirement.required, "approvals": len(tally.approvers),
-        "reviewers": [{"kind": str(r.kind), "name": r.name} for r in requirement.reviewers],
-        "roles": list(requirement.roles), "deadline": ts(tally.deadline)}
+        "reviewers": [{"kind": str(r.kind), "name": r.name}
+                      for r in requirement.reviewers][:MAX_LISTED_REVIEWERS],
+        "roles": list(requirement.roles)[:MAX_LISTED_ROLES], "deadline": ts(tally.deadline)}
     status["reviews"] = [_record(r) for r in tally.records] or None
-    _report_new_reviews(body, tally.records, previous.get("reviews") or (), reviews)
+    _report_new_reviews(body, tally.records, previous.get("reviews") or (), entries)
     match tally.verdict:
         case approval.Verdict.DENIED:
             raise Outcome(SessionPhase.FAILED, Reason.DENIED, tally.message, terminal=True)

@@ -40,6 +40,8 @@ REVIEWS = (GROUP, VERSION, DatabaseSessionReview.plural)
 CHECK_ANNOTATION = "approval.pgjit.dev/check"
 #: Past the deadline by this much before poking: creation timestamps have whole seconds.
 DEADLINE_MARGIN = 0.05
+#: Longest sleep before the deadline is read again (a Role changed meanwhile may move it).
+DEADLINE_RECHECK = 60.0
 
 
 @kopf.index(*REVIEWS)
@@ -103,7 +105,7 @@ async def approval_deadline(namespace, name, status, memo, stopped, **_):
         remaining = (parse_ts(deadline) - utc_now()).total_seconds() + DEADLINE_MARGIN
         if remaining > 0:
             # ``status`` is Kopf's live view: a changed deadline is read on the next round.
-            await stopped.wait(min(remaining, 300.0))
+            await stopped.wait(min(remaining, DEADLINE_RECHECK))
             continue
         await memo.kube.annotate(*SESSIONS, namespace, name,
                                  {CHECK_ANNOTATION: f"deadline:{deadline}"})

@@ -352,3 +352,16 @@ async def test_the_gauge_is_the_number_of_waiting_sessions():
     del index[(NAMESPACE, "a")]
     assert REGISTRY.get_sample_value("pgjit_sessions_awaiting_approval") == 1
     metrics.AWAITING_APPROVAL.set_function(lambda: 0)
+
+
+async def test_the_status_lists_stay_within_the_crds_bounds(world: World):
+    world.roles[:] = []
+    for index in range(5):
+        role = role_body(f"asks-{index}")
+        role["spec"]["approval"] = {"reviewers": [{"kind": "User", "name": f"r{index}-{n}"}
+                                                  for n in range(256)]}
+        world.roles.append(role)
+    status = await open_session(world, session())
+    assert condition(status)["reason"] == "AwaitingApproval"
+    assert len(status["approval"]["reviewers"]) == 1024
+    assert status["approval"]["roles"] == [f"asks-{i}" for i in range(5)]
