@@ -46,7 +46,7 @@ class Readiness:
         if lister is None:
             from .kube.client import load_client
 
-            api = kubernetes.client.CustomObjectsApi(load_client())
+            api = kubernetes.client.CustomObjectsApi(kubernetes.client.ApiClient(load_client()))
 
             def lister(plural: str, namespace: str | None) -> None:
                 self._list(api, plural, namespace)

@@ -19,7 +19,6 @@ from typing import Any, Callable, Iterator
 
 import kubernetes
 import psycopg
-import pytest
 from kubernetes.client.rest import ApiException
 
 from pgjit.devstack.kube_binaries import find_repo_root
@@ -35,10 +34,9 @@ HEALTH_SECONDS = "3"
 #: How often a session daemon re-checks that Roles still allow it (production default: 30 s).
 REVALIDATE_SECONDS = "1"
 
-# Session-scoped fixtures below are imported into several test modules; pytest then holds one
-# fixture definition per module. These share one instance (one PostgreSQL, one operator process:
-# two operators watching the same objects would fight), started by the first module that asks
-# and stopped when the last definition is torn down.
+# The shared parts of a layer (one PostgreSQL, one operator process: two operators watching the
+# same objects would fight), started by the first fixture that asks and stopped when the last
+# user is done; the fixtures themselves are in the layers' conftest.py.
 _SHARED: dict[str, list] = {}
 
 
@@ -74,10 +72,9 @@ def wait_for(what: str, check: Callable[[], Any], timeout: float = 30.0, interva
     raise AssertionError(f"timed out after {timeout}s waiting for {what}; last seen: {last!r}")
 
 
-@pytest.fixture(scope="session")
-def installed_crds(control_plane):
-    with _shared("crds", lambda: _install_crds(control_plane), lambda _: None):
-        yield
+def shared_crds(control_plane):
+    """The CRDs installed once for every test process sharing ``control_plane``."""
+    return _shared("crds", lambda: _install_crds(control_plane), lambda _: None)
 
 
 def _install_crds(control_plane) -> bool:
@@ -91,10 +88,9 @@ def _install_crds(control_plane) -> bool:
     return True
 
 
-@pytest.fixture(scope="session")
-def postgres16():
-    with _shared("postgres16", _start_postgres16, lambda server: server.stop()) as server:
-        yield server
+def shared_postgres16():
+    """One PostgreSQL 16 for every test process of the layer (see _shared)."""
+    return _shared("postgres16", _start_postgres16, lambda server: server.stop())
 
 
 def _start_postgres16():
@@ -146,15 +142,14 @@ class OperatorProcess:
         return "\n".join(self.log_path.read_text(errors="replace").splitlines()[-lines:])
 
 
-@pytest.fixture(scope="session")
-def operator(control_plane, installed_crds, tmp_path_factory):
+def shared_operator(control_plane, tmp_path_factory):
+    """One operator process for every test process sharing ``control_plane``."""
     def start() -> OperatorProcess:
         proc = OperatorProcess(control_plane.kubeconfig("admin"),
                                tmp_path_factory.mktemp("operator") / "operator.log")
         proc.start()
         return proc
-    with _shared("operator", start, lambda proc: proc.stop()) as proc:
-        yield proc
+    return _shared("operator", start, lambda proc: proc.stop())
 
 
 @dataclass

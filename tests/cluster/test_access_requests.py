@@ -25,9 +25,9 @@ import kubernetes
 import pytest
 from kubernetes.client.rest import ApiException
 
-from chartkit import ChartOperator, Plane, set_args, CHART
+from chartkit import CHART, ChartOperator, Plane, set_args
 from clikit import PROMPT, TIMEOUT, finish, run_cli, spawn_connect
-from operatorkit import GROUP, PLURALS, VERSION, Env, make_env, postgres16, wait_for  # noqa: F401
+from operatorkit import GROUP, PLURALS, VERSION, Env, make_env, wait_for
 
 RELEASE, RELEASE_NS, SA = "pgjit", "pgjit-system", "pgjit"
 REVIEWS = "databasesessionreviews"

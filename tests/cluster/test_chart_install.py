@@ -20,7 +20,7 @@ import pytest
 from kubernetes.client.rest import ApiException
 
 from chartkit import CHART, ChartOperator, Plane, set_args
-from operatorkit import GROUP, PLURALS, VERSION, make_env, postgres16, token, wait_for  # noqa: F401
+from operatorkit import GROUP, PLURALS, VERSION, make_env, token, wait_for
 
 RELEASE, RELEASE_NS, SA = "pgjit", "pgjit-system", "pgjit"
 FINALIZER = "pgjit.dev/finalizer"

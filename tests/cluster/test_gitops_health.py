@@ -17,8 +17,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from operatorkit import (Env, installed_crds, make_env, operator, postgres16,  # noqa: F401
-                         token, wait_for)
+from operatorkit import Env, make_env, token, wait_for
 from pgjit.core import conditions
 from pgjit.devstack.kube_binaries import find_repo_root
 from pgjit.devstack.lua_runner import Verdict, argocd_health, ensure_lua_runner, kstatus

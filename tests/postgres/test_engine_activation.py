@@ -3,18 +3,19 @@
 from __future__ import annotations
 
 import asyncio
+from dataclasses import replace
 from datetime import timedelta
 
 import psycopg
 import pytest
 from psycopg import sql
 
-from enginekit import ID, kit, new_engine, soon  # noqa: F401 - kit is a fixture
+from enginekit import ID, new_engine, soon
 from pgjit.core.leases import Ledger
 from pgjit.engine import EngineError, ServerConfig
 from pgjit.engine.errors import (INSUFFICIENT_PRIVILEGE, INVALID_REQUEST, MISSING_DATABASE_ROLE,
                                  PRIVILEGED_ROLE, READ_ONLY, ROLES_CHANGED, UNREACHABLE,
-                                 USER_CONFLICT)
+                                 USER_CONFLICT, USER_SHARED)
 
 
 async def test_01_new_user_has_login_ownership_marker_and_exactly_the_requested_roles(kit):
@@ -349,3 +350,31 @@ async def test_wrong_admin_password_is_a_permanent_authentication_error(pg_serve
         assert caught.value.reason == "AuthenticationFailed" and not caught.value.transient
     finally:
         await engine.close()
+
+
+async def test_a_session_that_does_not_know_the_shared_password_is_refused_before_any_change(kit):
+    """Whether a shared user's password is known is decided before activation: a session that
+    cannot hand out the password in effect changes nothing, and steps its own stale lease back
+    so that the sessions of the user cannot wait on each other for ever."""
+    reader, = await kit.make_roles("reader")
+    alice = kit.name("alice")
+    await kit.engine.activate(kit.request("s1", alice, [reader]))
+    before = await kit.role(alice)
+    blind = replace(kit.request("s2", alice, [reader], expires_at=soon(2)),
+                    shared_password_known=False)
+    with pytest.raises(EngineError) as caught:
+        await kit.engine.activate(blind)
+    assert caught.value.reason == USER_SHARED and caught.value.transient
+    assert await kit.role(alice) == before  # VALID UNTIL, memberships, ledger: unchanged
+    assert await kit.can_login(alice, kit.passwords["s1"])
+
+    # s2 held a lease from an earlier attempt (the operator stopped before its Secret): it
+    # steps back, and s1's lease is untouched.
+    await kit.engine.activate(kit.request("s2", alice, [reader], expires_at=soon(2)))
+    with pytest.raises(EngineError):
+        await kit.engine.activate(blind)
+    assert set(Ledger.parse((await kit.role(alice)).comment).leases) == {"s1"}
+    # Alone on the user, the same session activates it with its own password.
+    alone = await kit.engine.activate(replace(kit.request("s3", kit.name("bob"), [reader]),
+                                              shared_password_known=False))
+    assert alone.password_set and not alone.shared

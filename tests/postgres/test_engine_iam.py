@@ -21,7 +21,7 @@ import psycopg
 import pytest
 from psycopg import sql
 
-from enginekit import ID, kit  # noqa: F401 - kit is a fixture
+from enginekit import ID
 from pgjit.core.credentials import scram_sha256_verifier
 from pgjit.core.naming import postgres_username
 from pgjit.engine import Engine, EngineError, ServerConfig

@@ -6,7 +6,7 @@ import psycopg
 import pytest
 from psycopg import sql
 
-from enginekit import ID, kit  # noqa: F401 - kit is a fixture
+from enginekit import ID
 from pgjit.core.permissions import PermissionRule, PermissionRules
 from pgjit.engine import EngineError
 from pgjit.engine.errors import INVALID_REQUEST, ROLES_CHANGED

@@ -25,7 +25,7 @@ from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import NameOID
 from psycopg import sql
 
-from enginekit import kit, new_engine  # noqa: F401 - kit is a fixture
+from enginekit import new_engine
 from pgjit.core.credentials import scram_sha256_verifier
 from pgjit.core.naming import postgres_username
 from pgjit.engine import Engine, EngineError, RetryPolicy, ServerConfig

@@ -7,7 +7,7 @@ import asyncio
 import psycopg
 import pytest
 
-from enginekit import kit, new_engine, soon  # noqa: F401 - kit is a fixture
+from enginekit import engine_kit, new_engine, soon
 from pgjit.core.naming import postgres_username
 from pgjit.engine.transactions import application_name, locked_transaction
 from pgjit.engine.users import lock_key
@@ -96,3 +96,28 @@ def test_application_names_fit_postgres_and_keep_whole_characters():
     assert application_name("", "team-a/orders") == "pgjit team-a/orders"
     long = application_name("sweep", "ns/" + "ü" * 80)
     assert len(long.encode("utf-8")) <= 63 and long.startswith("pgjit/sweep ns/ü")
+
+
+@pytest.mark.parametrize("prepared", [True, False], ids=["prepared", "not-prepared"])
+async def test_the_state_reads_are_prepared_once_per_connection_unless_turned_off(
+        pg_server, prepared):
+    """Planning the state reads cost more server CPU than running them: they are prepared on
+    each admin connection and reused; behind a transaction-mode pooler they can be turned off."""
+    async with engine_kit(pg_server) as kit:
+        engine = new_engine(pg_server, kit.managed_role, max_connections=1,
+                            prepared_statements=prepared)
+        try:
+            reader, = await kit.make_roles("reader")
+            for session in ("s1", "s2", "s3"):
+                await engine.activate(kit.request(session, kit.name("alice"), [reader]))
+            async with engine._conns.connection() as conn:  # the pool the engine used
+                rows = await (await conn.execute(
+                    "SELECT statement FROM pg_prepared_statements")).fetchall()
+        finally:
+            await engine.close()
+    state_reads = [r for (r,) in rows if "rolcanlogin" in r or "pg_auth_members" in r]
+    if prepared:
+        # One per query on the one connection, however many activations ran.
+        assert len(state_reads) == 2, rows
+    else:
+        assert state_reads == [], rows

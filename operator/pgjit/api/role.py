@@ -15,6 +15,7 @@ from pydantic import AfterValidator, Field, model_validator
 
 from ..vocabulary import UserProvisioning as UserProvisioning
 from .common import (
+    optional_set,
     AGE_COLUMN,
     K8S_IDENTITY_MAX_LENGTH,
     PG_IDENTIFIER_MAX_BYTES,
@@ -346,18 +347,14 @@ class RoleAllow(ApiModel):
         description="Label selector over Database objects. {} matches every Database; absent"
         " matches none.",
     )
-    database_names: list[NameGlob] | None = Field(
-        default=None,
-        max_length=256,
-        description="Globs over PostgreSQL database names; * matches any. Absent matches none.",
-        json_schema_extra={"x-kubernetes-list-type": "set"},
+    database_names: list[NameGlob] | None = optional_set(
+        256,
+        "Globs over PostgreSQL database names; * matches any. Absent matches none.",
     )
-    database_roles: list[RoleEntry] | None = Field(
-        default=None,
-        max_length=256,
-        description="PostgreSQL roles to grant (they must exist on the server), or trait"
+    database_roles: list[RoleEntry] | None = optional_set(
+        256,
+        "PostgreSQL roles to grant (they must exist on the server), or trait"
         " templates {{internal.KEY}} / {{external.KEY}} that expand to role names.",
-        json_schema_extra={"x-kubernetes-list-type": "set"},
     )
     permissions: list[AllowPermission] | None = Field(
         default=None,
@@ -377,17 +374,13 @@ class RoleDeny(ApiModel):
         default=None,
         description="Label selector over Database objects. Absent or {} matches every Database.",
     )
-    database_names: list[NameGlob] | None = Field(
-        default=None,
-        max_length=256,
-        description="Globs over PostgreSQL database names; * matches any. Absent matches every name.",
-        json_schema_extra={"x-kubernetes-list-type": "set"},
+    database_names: list[NameGlob] | None = optional_set(
+        256,
+        "Globs over PostgreSQL database names; * matches any. Absent matches every name.",
     )
-    database_roles: list[RoleEntry] | None = Field(
-        default=None,
-        max_length=256,
-        description="PostgreSQL roles never to grant, or trait templates that expand to them.",
-        json_schema_extra={"x-kubernetes-list-type": "set"},
+    database_roles: list[RoleEntry] | None = optional_set(
+        256,
+        "PostgreSQL roles never to grant, or trait templates that expand to them.",
     )
     permissions: list[DenyPermission] | None = Field(
         default=None,

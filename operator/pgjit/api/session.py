@@ -7,6 +7,7 @@ from typing import Annotated, Literal
 from pydantic import Field
 
 from .common import (
+    optional_set,
     AGE_COLUMN,
     K8S_IDENTITY_MAX_LENGTH,
     K8S_NAME_MAX_LENGTH,
@@ -75,12 +76,10 @@ class DatabaseSessionSpec(ApiModel):
         " over 63 bytes map to a shortened name plus hash, see status.username). Must equal the"
         " requesting identity unless the requester is a session admin."
     )
-    groups: list[IdentityName] | None = Field(
-        default=None,
-        max_length=256,
-        description="The requester's groups that Roles may match; a subset of the requesting"
+    groups: list[IdentityName] | None = optional_set(
+        256,
+        "The requester's groups that Roles may match; a subset of the requesting"
         " identity's groups.",
-        json_schema_extra={"x-kubernetes-list-type": "set"},
     )
     extra: dict[str, ExtraValue] | None = Field(
         default=None,
@@ -92,12 +91,10 @@ class DatabaseSessionSpec(ApiModel):
     database_name: PgIdentifier = Field(
         description="PostgreSQL database to open (tsh --db-name)."
     )
-    database_roles: list[PgIdentifier] | None = Field(
-        default=None,
-        max_length=64,
-        description="Database roles wanted: a subset of those the Roles allow (tsh --db-roles)."
+    database_roles: list[PgIdentifier] | None = optional_set(
+        64,
+        "Database roles wanted: a subset of those the Roles allow (tsh --db-roles)."
         " Absent: all allowed roles.",
-        json_schema_extra={"x-kubernetes-list-type": "set"},
     )
     duration: Duration = Field(
         default="1h",

@@ -35,6 +35,10 @@ class ServerConfig:
     #: Which Database object this is (namespace/name), in the admin connections'
     #: application_name, so pg_stat_activity tells one Database's work from another's.
     label: str = ""
+    #: Prepare the catalog reads each activation starts with once per connection (server-side
+    #: binding): planned once, not on every run. Off for poolers in transaction mode that do
+    #: not track prepared statements.
+    prepared_statements: bool = True
 
     def validate(self) -> None:
         """Configuration errors are reported before any database work (edge case 16)."""

@@ -15,6 +15,7 @@ from ..vocabulary import Reason
 # The status reasons the engine's errors carry, by their engine names (see pgjit.vocabulary).
 USER_CONFLICT = Reason.USER_CONFLICT
 ROLES_CHANGED = Reason.ROLES_CHANGED
+USER_SHARED = Reason.USER_SHARED
 INSUFFICIENT_PRIVILEGE = Reason.INSUFFICIENT_PRIVILEGE
 MISSING_DATABASE_ROLE = Reason.MISSING_DATABASE_ROLE
 READ_ONLY = Reason.READ_ONLY

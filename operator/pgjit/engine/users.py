@@ -12,6 +12,7 @@ import asyncio
 import hashlib
 import time
 from collections.abc import Awaitable, Callable, Container
+from typing import Any
 from dataclasses import dataclass, field, replace
 from datetime import datetime, timezone
 
@@ -28,7 +29,8 @@ from . import statements as S
 from .connections import AdminConnections
 from .transactions import Transaction, locked_transaction, rollback_unless_idle
 from .errors import (DATABASE_NOT_FOUND, INSUFFICIENT_PRIVILEGE, MISSING_DATABASE_ROLE,
-                     PRIVILEGED_ROLE, ROLES_CHANGED, USER_CONFLICT, EngineError, classify)
+                     PRIVILEGED_ROLE, ROLES_CHANGED, USER_CONFLICT, USER_SHARED, EngineError,
+                     classify)
 from .results import (ABSENT, DEACTIVATED, DROPPED, LOCKED, NOT_MANAGED, RELEASED, Activation,
                       ActivationRequest, DriftCorrection, Teardown)
 
@@ -150,13 +152,25 @@ class UserLifecycle:
         conn = tx.conn
         async with conn.pipeline():
             await tx.begin(lock_key(name))
-            cur = await conn.execute(S.USER_STATE, params)
-            privileged = (await conn.execute(S.PRIVILEGED_MEMBERSHIPS, params)) if wanted \
+            cur = await self._read(conn, S.USER_STATE, params)
+            privileged = (await self._read(conn, S.PRIVILEGED_MEMBERSHIPS, params)) if wanted \
                 else None
             row = await cur.fetchone()
             privileged_rows = await privileged.fetchall() if privileged is not None else ()
         self.stats.round_trips += 1
         return UserState.from_row(row, privileged_rows)
+
+    async def _read(self, conn: psycopg.AsyncConnection, statement: Any, params: Any
+                    ) -> psycopg.AsyncCursor:
+        """A catalog read every activation makes. Prepared (bound server-side, planned once per
+        connection) unless the configuration says no: planning these joins cost more server
+        CPU than running them (README, Performance). The admin connections otherwise bind on
+        the client, which the DDL statements need."""
+        if not self.config.prepared_statements:
+            return await conn.execute(statement, params)
+        cursor = psycopg.AsyncCursor(conn)
+        await cursor.execute(statement, params, prepare=True)
+        return cursor
 
     async def _run(self, tx: Transaction, batch: Batch, *, commit: bool) -> None:
         async with tx.conn.pipeline():
@@ -182,6 +196,10 @@ class UserLifecycle:
                                              database=request.database)
             result, batch, verify = self._plan_activation(name, wanted, request, verifier,
                                                           state)
+            if isinstance(result, EngineError):
+                if batch.statements:  # the session's own stale lease steps back
+                    await self._run(tx, batch, commit=True)
+                raise result
             await self._run(tx, batch, commit=not verify)
             if verify:
                 await self._verify_memberships(conn, name, wanted)
@@ -191,7 +209,7 @@ class UserLifecycle:
 
     def _plan_activation(self, name: str, wanted: tuple[str, ...], request: ActivationRequest,
                          verifier: str | None, state: UserState
-                         ) -> tuple[Activation, Batch, bool]:
+                         ) -> tuple[Activation | EngineError, Batch, bool]:
         managed = self.config.managed_role
         now = datetime.now(timezone.utc)
         server = f"{self.config.host}:{self.config.port}"
@@ -258,6 +276,8 @@ class UserLifecycle:
                     f'"{name}" is in use by {len(others)} other live session(s) with database '
                     f"roles [{', '.join(changed[0].roles)}], not [{', '.join(wanted)}]; end "
                     "those sessions or request the same roles, then retry"))
+            if not request.shared_password_known:
+                return self._plan_step_back(name, request, state)
             # Sharing: roles already match; the password stays, so live credentials keep working.
             if not state.can_login:
                 batch.add(S.enable_login(name, None, valid_until))
@@ -278,6 +298,20 @@ class UserLifecycle:
                            drift=tuple(drift)), batch, verify)
 
     @staticmethod
+    def _plan_step_back(name: str, request: ActivationRequest, state: UserState
+                        ) -> tuple[EngineError, Batch, bool]:
+        """Refuse to share a user whose password the caller cannot hand out; nothing changes
+        but the removal of the session's own lease from an earlier attempt, should it hold one
+        (two such sessions would otherwise each wait for the other to hand out a password)."""
+        batch = Batch()
+        if request.session_id in state.ledger.leases:
+            batch.add(S.comment_on_role(
+                name, state.ledger.without({request.session_id}).render()))
+        return EngineError(USER_SHARED, (
+            f'PostgreSQL user "{name}" is being activated by another session of the same '
+            "user; retrying"), transient=True), batch, False
+
+    @staticmethod
     def _replace_memberships(batch: Batch, name: str, state: UserState,
                              wanted: tuple[str, ...], drift: list[str]) -> bool:
         """Make the memberships exactly ``wanted`` (the managed role aside); True when a REVOKE
@@ -292,7 +326,7 @@ class UserLifecycle:
 
     async def _verify_memberships(self, conn, name: str, wanted: tuple[str, ...]) -> None:
         """A REVOKE of a membership granted by someone else only warns; check it took effect."""
-        cur = await conn.execute(S.USER_STATE, self._state_params(name))
+        cur = await self._read(conn, S.USER_STATE, self._state_params(name))
         state = UserState.from_row(await cur.fetchone())
         self.stats.round_trips += 1
         left = sorted(state.memberships - set(wanted))

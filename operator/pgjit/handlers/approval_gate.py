@@ -21,12 +21,13 @@ from typing import Any, Iterable, Mapping
 import kopf
 
 from .. import GROUP, VERSION
-from ..api.session import MAX_RECORDED_REVIEWS, DatabaseSession
+from ..api.session import MAX_RECORDED_REVIEWS, DatabaseSession, DatabaseSessionStatus
 from ..core import approval
 from ..core.policy import Decision
 from ..vocabulary import Reason, ReviewDecision, SessionPhase
 from . import metrics
-from .decisions import Outcome, parse_ts, ts, utc_now
+from .decisions import Outcome, parse_ts, utc_now
+from .status import written
 
 log = logging.getLogger(__name__)
 #: status.approval's lists hold at most this many (the CRD's maxItems).
@@ -82,12 +83,14 @@ def approval_start(body, session: DatabaseSession, decision: Decision,
         max_records=MAX_RECORDED_REVIEWS)
     previous = body.get("status") or {}
     # Bounded as the CRD bounds them: many Roles may each list many reviewers.
-    status["approval"] = {
-        "required": requirement.required, "approvals": len(tally.approvers),
-        "reviewers": [{"kind": str(r.kind), "name": r.name}
-                      for r in requirement.reviewers][:MAX_LISTED_REVIEWERS],
-        "roles": list(requirement.roles)[:MAX_LISTED_ROLES], "deadline": ts(tally.deadline)}
-    status["reviews"] = [_record(r) for r in tally.records] or None
+    status.update(written(
+        DatabaseSessionStatus,
+        approval={"required": requirement.required, "approvals": len(tally.approvers),
+                  "reviewers": [{"kind": r.kind, "name": r.name}
+                                for r in requirement.reviewers][:MAX_LISTED_REVIEWERS],
+                  "roles": list(requirement.roles)[:MAX_LISTED_ROLES],
+                  "deadline": tally.deadline},
+        reviews=[_record(r) for r in tally.records] or None))
     _report_new_reviews(body, tally.records, previous.get("reviews") or (), entries)
     match tally.verdict:
         case approval.Verdict.DENIED:
@@ -101,7 +104,7 @@ def approval_start(body, session: DatabaseSession, decision: Decision,
                           f"{tally.message}; review with: pgjit review {name} -n {namespace}"
                           " --approve (or --deny --reason TEXT)")
     assert tally.approved_at is not None
-    status["approvedAt"] = ts(tally.approved_at)
+    status.update(written(DatabaseSessionStatus, approved_at=tally.approved_at))
     if not previous.get("approvedAt"):
         kopf.event(body, type="Normal", reason=Reason.APPROVED, message=tally.message)
         metrics.APPROVAL_LATENCY.observe(
@@ -111,10 +114,11 @@ def approval_start(body, session: DatabaseSession, decision: Decision,
 
 
 def _record(record: approval.Record) -> dict[str, Any]:
-    out = {"name": record.name, "reviewer": record.reviewer, "decision": str(record.decision),
-           "time": ts(record.time), "counted": record.counted, "message": record.message[:1024]}
+    out: dict[str, Any] = {"name": record.name, "reviewer": record.reviewer,
+                           "decision": record.decision, "time": record.time,
+                           "counted": record.counted, "message": record.message[:1024]}
     if record.reason:
-        out["reason"] = record.reason
+        out["reason"] = record.reason  # absent, not null: the CRD has no nullable fields
     return out
 
 

@@ -13,8 +13,8 @@ of the session's status (Kopf serializes one object's handlers), and no state in
 operator only reads reviews (list, watch): Kopf writes nothing onto an object that has only
 index and event handlers.
 
-The annotation's prefix is not ``pgjit.dev/``: Kopf leaves annotations of its own storage
-prefix out of the diff that update handlers see.
+The annotation is not under ``pgjit.dev/``: should Kopf's bookkeeping move back to annotations
+with that prefix, Kopf would leave it out of the diff that update handlers see.
 """
 
 from __future__ import annotations

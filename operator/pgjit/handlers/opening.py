@@ -10,7 +10,7 @@ import kopf
 
 from .. import GROUP, VERSION
 from ..api.database import Database
-from ..api.session import DatabaseSession
+from ..api.session import DatabaseSession, DatabaseSessionStatus
 from ..core import policy
 from ..core.boundaries import exact_names
 from ..core.object_labels import assignments_for
@@ -27,9 +27,9 @@ from . import metrics
 from .indexes import session_id
 from .approval_gate import approval_start
 from .decisions import (Outcome, all_of, database_for, decide, parse_ts,
-                        set_session_conditions, traits_of, ts, utc_now)
-from .object_labels import valid_rules as valid_label_rules
+                        set_session_conditions, to_second, traits_of, ts, utc_now)
 from .passwords import own_password, server_key, shared_password
+from .status import written
 
 log = logging.getLogger(__name__)
 
@@ -72,13 +72,12 @@ async def open_session(body, name, namespace, uid, memo, indexes, status: dict, 
               f"{ts(credentials.expires_at)}"
     if credentials.notes:
         message += f" ({'; '.join(credentials.notes)})"
-    status.update({
-        "phase": SessionPhase.ACTIVE, "username": activation.username,
-        "databaseRoles": list(activation.roles), "permissions": activation.permissions_summary,
-        "userProvisioning": str(plan.decision.mode),
-        "matchedRoles": list(plan.decision.matched_roles),
-        "expiresAt": ts(credentials.expires_at),
-        "secretName": plan.session.credentials_secret_name})
+    status.update(written(
+        DatabaseSessionStatus, phase=SessionPhase.ACTIVE, username=activation.username,
+        database_roles=list(activation.roles), permissions=activation.permissions_summary,
+        user_provisioning=plan.decision.mode, matched_roles=list(plan.decision.matched_roles),
+        expires_at=to_second(credentials.expires_at),
+        secret_name=plan.session.credentials_secret_name))
     set_session_conditions(body, status, True, Reason.ACTIVE, message)
     metrics.PROVISIONING_LATENCY.observe(max(0.0, (utc_now() - plan.created).total_seconds()))
 
@@ -115,8 +114,13 @@ async def _activate(body, plan: Plan, lease_id: str, memo, namespace: str, datab
     async with memo.shared_passwords.lock(user_key):
         # Serialized per user, so that a session sharing the user finds the password the one
         # activating it has just set (in memory: the index learns it is Active only later).
-        password = None if passwordless else await own_password(
-            memo, namespace, session, first_attempt=first_attempt)
+        password = shared = None
+        if not passwordless:
+            password = await own_password(memo, namespace, session, first_attempt=first_attempt)
+            # What this session would hand out should the engine find the user shared, known
+            # before it acts: the engine refuses to share a user whose password is unknown.
+            shared = await shared_password(memo, namespace, session, database, username,
+                                           databases_by_name, active_sessions_by_user)
         request = ActivationRequest(
             session_id=lease_id, identity=session.spec.user,
             database=session.spec.database_name, roles=tuple(decision.database_roles),
@@ -124,13 +128,16 @@ async def _activate(body, plan: Plan, lease_id: str, memo, namespace: str, datab
             permissions=_with_object_labels(decision.permissions, database, label_rules),
             password=password,
             grantable_by_name=exact_names(database.spec.grantable_roles),
-            database_object=database.metadata.name)
+            database_object=database.metadata.name,
+            shared_password_known=passwordless or shared is not None)
         try:
             activation = await engine.activate(request)
         except EngineError as error:
             metrics.POSTGRES_OPERATIONS.labels("activate", "error").inc()
             if error.transient:
-                raise Outcome(SessionPhase.PENDING, error.reason, error.message, retry=10)
+                # Another session of the user is being opened: it hands out the password soon.
+                retry = 2 if error.reason == Reason.USER_SHARED else 10
+                raise Outcome(SessionPhase.PENDING, error.reason, error.message, retry=retry)
             raise Outcome(SessionPhase.FAILED, error.reason, error.message, terminal=True)
         metrics.POSTGRES_OPERATIONS.labels("activate", "success").inc()
         if activation.drift:
@@ -139,17 +146,8 @@ async def _activate(body, plan: Plan, lease_id: str, memo, namespace: str, datab
         if password is not None:
             if activation.shared:
                 # The user kept the password it had (live credentials must keep working).
-                password = await shared_password(memo, namespace, session, database, username,
-                                                 databases_by_name, active_sessions_by_user)
-            if password is None:
-                # Other sessions hold the user and none has handed out its password yet (they
-                # are being opened, or were when the operator stopped). Step back so that one of
-                # them (or this one, on retry) activates it and sets the password.
-                await engine.end(session.spec.user, request.session_id, mode=str(decision.mode),
-                                 terminate_connections=False)
-                raise Outcome(SessionPhase.PENDING, Reason.USER_SHARED,
-                              f'PostgreSQL user "{username}" is being '
-                              "activated by another session of the same user; retrying", retry=2)
+                password = shared
+            assert password is not None  # the engine shares only a user whose password is known
             memo.shared_passwords.remember(user_key, password)
     return activation, password
 
@@ -227,13 +225,13 @@ async def _publish(body, plan: Plan, credentials: Credentials, memo, namespace: 
                       "(the default is <session name>-credentials)", terminal=True, release=True)
 
 
-def _with_object_labels(permissions, database: Database, label_rule_bodies):
+def _with_object_labels(permissions, database: Database, label_rules):
     """The permission rules with the labels the Database's ObjectLabelRules give, when some
     rule selects objects by label (computed against the catalog at activation)."""
     if not permissions.match_labels:
         return permissions
     return replace(permissions, object_labels=assignments_for(
-        database, valid_label_rules(label_rule_bodies)))
+        database, list(label_rules)))
 
 
 def report_drift(session_body, username: str, removed) -> None:

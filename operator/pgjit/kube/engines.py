@@ -7,6 +7,7 @@ what they connect with changes (spec or the referenced Secrets' content).
 from __future__ import annotations
 
 import asyncio
+from dataclasses import replace
 
 from ..api.database import Database
 from ..engine import Engine, ServerConfig
@@ -66,8 +67,9 @@ async def server_config(kube: Kube, database: Database, namespace: str) -> Serve
 
 
 class EngineRegistry:
-    def __init__(self, kube: Kube):
+    def __init__(self, kube: Kube, *, prepared_statements: bool = True):
         self.kube = kube
+        self.prepared_statements = prepared_statements
         self._engines: dict[str, tuple[ServerConfig, Engine]] = {}
         self._lock = asyncio.Lock()
 
@@ -78,7 +80,8 @@ class EngineRegistry:
         current = self._engines.get(key)
         if current is not None and not refresh:
             return current[1]
-        config = await server_config(self.kube, database, namespace)
+        config = replace(await server_config(self.kube, database, namespace),
+                         prepared_statements=self.prepared_statements)
         async with self._lock:
             current = self._engines.get(key)
             if current is not None and current[0] == config:

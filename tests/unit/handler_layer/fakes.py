@@ -23,8 +23,11 @@ from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import NameOID
 
+from pgjit.engine.errors import EngineError
+from pgjit.handlers import indexes
 from pgjit.engine.results import Activation, Teardown
 from pgjit.kube.client import NotOwned
+from pgjit.vocabulary import Reason
 
 NAMESPACE = "team-a"
 
@@ -212,6 +215,9 @@ class StubEngine:
 
     async def activate(self, request: Any) -> Activation:
         self.activations.append(request)
+        if self.shared and not request.shared_password_known:
+            raise EngineError(Reason.USER_SHARED, "the password in effect is unknown",
+                              transient=True)
         return Activation(username=request.identity, roles=request.roles, created=True,
                           shared=self.shared, password_set=request.password is not None,
                           valid_until=request.expires_at)
@@ -254,6 +260,16 @@ class Stopped:
         return self._event.is_set()
 
 
+def _indexed(index_function: Any, bodies: list[dict]) -> dict:
+    """What Kopf's index holds for ``bodies``: the production index function's entries."""
+    index: dict = {}
+    for body in bodies:
+        entries = index_function(namespace=NAMESPACE, name=body["metadata"]["name"], body=body)
+        for key, value in entries.items():
+            index.setdefault(key, []).append(value)
+    return index
+
+
 @dataclass
 class World:
     """One namespace's objects as Kopf's indexes would hold them, and the fakes behind memo."""
@@ -271,16 +287,19 @@ class World:
 
     @property
     def databases_by_name(self) -> dict:
-        return {(NAMESPACE, b["metadata"]["name"]): [b] for b in self.databases}
+        return _indexed(indexes.databases_by_name, self.databases)
 
     @property
     def roles_by_namespace(self) -> dict:
-        return {NAMESPACE: list(self.roles)} if self.roles else {}
+        return _indexed(indexes.roles_by_namespace, self.roles)
 
     def active_sessions_by_database(self) -> dict:
         index: dict = {}
         for body in self.active_sessions:
-            index.setdefault((NAMESPACE, body["spec"]["databaseRef"]["name"]), []).append(body)
+            entries = indexes.active_sessions_by_database(
+                namespace=NAMESPACE, spec=body["spec"], status=body.get("status", {}), body=body)
+            for key, value in entries.items():
+                index.setdefault(key, []).append(value)
         return index
 
     def live_sessions_by_database(self) -> dict:
