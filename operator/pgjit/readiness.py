@@ -4,7 +4,8 @@ Kopf's ``/healthz`` (``--liveness``) proves that the event loop answers; it answ
 the process is up, also while the operator cannot watch anything (startup handlers still
 running, or RBAC that lets it start but not list its kinds). Readiness here means: Kopf's
 startup handlers have finished, which is when Kopf starts its watch streams, and the operator,
-with its own credentials, has listed each kind it watches (Databases, Roles, DatabaseSessions)
+with its own credentials, has listed each kind it watches (Databases, Roles, DatabaseSessions,
+DatabaseSessionReviews)
 in every namespace it watches: the request each watch stream begins with. From then on the
 endpoint stays ready; a failing watch later on is Kopf's to retry, and restarting the process
 is liveness's job. Until then it answers 503 with what it is waiting for.
@@ -22,7 +23,7 @@ import kubernetes
 
 from . import GROUP, VERSION
 
-KINDS = ("databases", "roles", "databasesessions")
+KINDS = ("databases", "roles", "databasesessions", "databasesessionreviews")
 RETRY_SECONDS = 2.0
 
 logger = logging.getLogger(__name__)

@@ -27,7 +27,7 @@ from pgjit.devstack.stack import prepare_demo_postgres
 
 GROUP, VERSION = "pgjit.dev", "v1alpha1"
 PLURALS = {"Database": "databases", "Role": "roles", "DatabaseSession": "databasesessions",
-           "ObjectLabelRule": "objectlabelrules"}
+           "ObjectLabelRule": "objectlabelrules", "DatabaseSessionReview": "databasesessionreviews"}
 SESSION_LABEL = "pgjit.dev/session"
 #: The operator's Database health/sweep interval in tests (production default: 60 s).
 HEALTH_SECONDS = "3"

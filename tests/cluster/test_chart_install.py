@@ -489,4 +489,4 @@ def test_crds_managed_outside_the_chart(plane, story):
                   f"meta.helm.sh/release-namespace={RELEASE_NS}")
     story.helm_install({})
     manifest = plane.helm("get", "manifest", RELEASE, "-n", RELEASE_NS, check=True).stdout
-    assert manifest.count("kind: CustomResourceDefinition") == 4
+    assert manifest.count("kind: CustomResourceDefinition") == len(PLURALS)

@@ -567,7 +567,8 @@ AGE_COLUMN = PrinterColumn(
 
 
 class KindModel(ApiModel):
-    """Base of the three top-level kinds. Subclasses declare spec, status and CRD metadata."""
+    """Base of the top-level kinds. Subclasses declare spec, status (unless ``has_status`` is
+    false) and CRD metadata."""
 
     plural: ClassVar[str]
     singular: ClassVar[str]
@@ -576,6 +577,8 @@ class KindModel(ApiModel):
     printer_columns: ClassVar[tuple[PrinterColumn, ...]]
     selectable_fields: ClassVar[tuple[str, ...]] = ()
     root_validations: ClassVar[tuple[dict[str, str], ...]] = ()
+    #: Whether the operator writes a status (the status subresource); reviews have none.
+    has_status: ClassVar[bool] = True
 
     api_version: str = Field(default=API_VERSION, description="pgjit.dev/v1alpha1")
     metadata: ObjectMeta = Field(default_factory=ObjectMeta, description="Standard object metadata.")

@@ -401,6 +401,35 @@ class Subject(ApiModel):
     )
 
 
+class RoleApproval(ApiModel):
+    """Sessions this Role allows wait for reviewers' approval before anything is created in
+    PostgreSQL (docs/access-requests.md)."""
+
+    reviewers: list[Subject] = Field(
+        min_length=1,
+        max_length=256,
+        description="Who may approve or deny: Kubernetes users and groups, as in subjects. The"
+        " session's own user never counts, whatever group it is in.",
+    )
+    required: int = Field(
+        default=1,
+        ge=1,
+        le=16,
+        description="How many distinct reviewers must approve (default 1). One denial by a"
+        " reviewer ends the session.",
+    )
+    require_reason: bool = Field(
+        default=False,
+        description="Sessions must say why in spec.reason; one without is refused.",
+    )
+    pending_timeout: Duration = Field(
+        default="1h",
+        validate_default=True,
+        description="How long a session may wait for approval, from its creation (default 1h);"
+        " then it fails with ApprovalExpired.",
+    )
+
+
 class RoleSpec(ApiModel):
     """Policy: subjects, provisioning mode, and what is allowed and denied."""
 
@@ -429,6 +458,12 @@ class RoleSpec(ApiModel):
         validate_default=True,
         description="Longest session this Role allows, as a duration like 8h or 30m (default 8h);"
         " longer requests are shortened.",
+    )
+    approval: RoleApproval | None = Field(
+        default=None,
+        description="Sessions this Role allows need reviewers' approval first. When several"
+        " allowing Roles ask for it, the strictest applies: the largest required, the shortest"
+        " pendingTimeout, a reason if any asks for one, and the reviewers of all of them.",
     )
     allow: RoleAllow | None = Field(default=None, description="What sessions may get.")
     deny: RoleDeny | None = Field(default=None, description="What sessions never get; deny wins.")
@@ -459,6 +494,13 @@ class Role(KindModel):
             type="string",
             json_path=".spec.userProvisioning",
             description="User provisioning mode.",
+        ),
+        PrinterColumn(
+            name="Approvals",
+            type="integer",
+            json_path=".spec.approval.required",
+            description="Approvals a session needs (empty: none).",
+            priority=1,
         ),
         PrinterColumn(
             name="Max Duration",

@@ -6,6 +6,9 @@ The order of events, and what happens to the session at each point:
    a session is never created without pgjit knowing its name).
 2. Wait until Active, printing each change. Ctrl-C here: delete the session, exit 130. SIGTERM
    or SIGHUP: delete it, exit 128+N. A final phase: print the operator's message, delete, exit 1.
+   A session that needs approval waits for its reviewers here (they are named, and the command
+   they run); Ctrl-C withdraws the request. That wait is bounded by the Role's pendingTimeout,
+   not by ``--wait-timeout``.
 3. Read the credentials Secret, write the private files, run psql (see ``psql``). psql's exit
    code becomes pgjit's.
 4. End the session: delete it and wait until it is gone, so that when pgjit returns, access is
@@ -46,6 +49,7 @@ class ConnectOptions:
     namespace: str
     database_roles: tuple[str, ...] = ()
     duration: timedelta | None = None
+    reason: str | None = None
     psql_args: tuple[str, ...] = ()
     psql_path: str | None = None
     keep_session: bool = False
@@ -111,7 +115,8 @@ def connect(api: kubernetes.client.ApiClient, options: ConnectOptions) -> int:
         except (KeyboardInterrupt, Stopped) as exc:
             return _interrupted_code(exc)
         body = session_manifest(identity, options.database, options.database_name,
-                                database_roles=options.database_roles, duration=options.duration)
+                                database_roles=options.database_roles, duration=options.duration,
+                                reason=options.reason)
         report(f"opening a session for {identity.user} on Database {options.database}"
                f' (database "{options.database_name}") in namespace {options.namespace}')
         name: str | None = None

@@ -14,6 +14,7 @@ admin      ``system:masters``
 alice      ``analysts``
 bob        (none)
 robot      ``pgjit-session-admins``
+carol      ``dba``
 =========  ==========================================
 """
 
@@ -52,6 +53,7 @@ IDENTITY_GROUPS: dict[str, tuple[str, ...]] = {
     "alice": ("analysts",),
     "bob": (),
     "robot": ("pgjit-session-admins",),
+    "carol": ("dba",),
 }
 
 SERVICE_CLUSTER_IP_RANGE = "10.0.0.0/24"

@@ -24,6 +24,7 @@ from ..kube.client import NotOwned
 from ..vocabulary import CredentialsType, Reason, SessionPhase, SSLMode
 from . import metrics
 from .indexes import session_id
+from .approval_gate import approval_start
 from .decisions import (Outcome, all_of, database_for, decide, parse_ts,
                         set_session_conditions, to_second, traits_of, ts, utc_now)
 from .passwords import own_password, server_key, shared_password
@@ -39,6 +40,7 @@ class Plan:
     session: DatabaseSession
     database: Database
     decision: policy.Decision
+    #: When the session's time started: its creation, or its approval.
     created: datetime
     expires_at: datetime
 
@@ -54,11 +56,12 @@ class Credentials:
 
 
 async def open_session(body, name, namespace, uid, memo, indexes, status: dict, *,
-                       first_attempt: bool = False) -> None:
+                       first_attempt: bool = False, reviews=()) -> None:
     """Open one session, step by step; every step raises an :class:`Outcome` to stop."""
     (databases_by_name, roles_by_namespace, active_sessions_by_user, label_rules,
      live_sessions_by_database) = indexes
-    plan = await _plan(body, namespace, memo, databases_by_name, roles_by_namespace)
+    plan = await _plan(body, namespace, memo, databases_by_name, roles_by_namespace, reviews,
+                       status)
     activation, password = await _activate(body, plan, session_id(namespace, name, uid), memo,
                                            namespace, databases_by_name, active_sessions_by_user,
                                            label_rules, first_attempt=first_attempt)
@@ -79,12 +82,24 @@ async def open_session(body, name, namespace, uid, memo, indexes, status: dict, 
     metrics.PROVISIONING_LATENCY.observe(max(0.0, (utc_now() - plan.created).total_seconds()))
 
 
-async def _plan(body, namespace: str, memo, databases_by_name, roles_by_namespace) -> Plan:
+async def _plan(body, namespace: str, memo, databases_by_name, roles_by_namespace, reviews,
+                status: dict) -> Plan:
     session = DatabaseSession.model_validate(body)
     database = database_for(databases_by_name, namespace, session.spec.database_ref.name)
     traits = await traits_of(memo, session.spec.user)
-    decision = decide(session, database, roles_by_namespace, namespace, traits)
-    created = parse_ts(body["metadata"]["creationTimestamp"])
+    try:
+        decision = decide(session, database, roles_by_namespace, namespace, traits)
+    except Outcome as refusal:
+        if refusal.reason != Reason.ACCESS_DENIED:
+            raise
+        # Refusing is for good, and the index may not have seen yet a Role applied together
+        # with the session (one `kubectl apply` or GitOps sync): decide once more on the
+        # namespace's Roles as the API server has them now. A request on refusals only.
+        current = {namespace: await memo.kube.list_roles(namespace)}
+        decision = decide(session, database, current, namespace, traits)
+    # A session that needs approval waits in the gate, and its time starts at the approval.
+    created = approval_start(body, session, decision, reviews, status) or \
+        parse_ts(body["metadata"]["creationTimestamp"])
     expires_at = created + decision.duration
     if expires_at <= utc_now():
         # Possibly after holding a lease (the operator stopped mid-activation): end it too.

@@ -11,7 +11,8 @@ from ..core import conditions
 from ..vocabulary import Reason
 
 # Reasons that end an object's work normally: reported as Normal Events, not Warnings.
-NORMAL_REASONS = frozenset({Reason.EXPIRED, Reason.SUSPENDED, Reason.SESSIONS_ACTIVE})
+NORMAL_REASONS = frozenset({Reason.EXPIRED, Reason.SUSPENDED, Reason.SESSIONS_ACTIVE,
+                            Reason.AWAITING_APPROVAL})
 
 
 def written(status_model: type[KindStatus], **fields: object) -> dict:

@@ -21,6 +21,10 @@ from urllib.parse import quote
 
 import aiohttp
 import kubernetes
+from pydantic import ValidationError
+
+from .. import GROUP, VERSION
+from ..api.role import Role
 
 #: Connections to the API server this client keeps open at most: enough for the handlers'
 #: parallel writes, and a bound on the TLS buffers each one holds (about 128 KiB).
@@ -151,6 +155,28 @@ class Kube:
                                 content_type="application/merge-patch+json")
         except NotFound:
             pass  # deleted meanwhile: nothing left to report on
+
+    async def list_roles(self, namespace: str) -> list[Role]:
+        """The namespace's Roles as the API server has them now, those that parse."""
+        listed = await self._request("GET", _path(f"/apis/{GROUP}/{VERSION}", namespace,
+                                                  Role.plural))
+        roles = []
+        for item in listed.get("items") or ():
+            try:
+                roles.append(Role.model_validate(item))
+            except ValidationError:
+                continue  # its own status says why; it grants nothing
+        return roles
+
+    async def annotate(self, group: str, version: str, plural: str, namespace: str,
+                       name: str, annotations: Mapping[str, str]) -> None:
+        """Merge-patch annotations onto an object (outside a handler of its own)."""
+        try:
+            await self._request("PATCH", _custom(group, version, namespace, plural, name),
+                                {"metadata": {"annotations": dict(annotations)}},
+                                content_type="application/merge-patch+json")
+        except NotFound:
+            pass  # deleted meanwhile: nothing left to annotate
 
     async def read_secret(self, namespace: str, name: str) -> dict[str, bytes] | None:
         try:

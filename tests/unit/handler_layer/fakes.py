@@ -85,6 +85,29 @@ def session_body(name: str = "alice-orders", *, user: str = "alice", database: s
             "status": status or {}}
 
 
+def review_body(session: str = "alice-orders", *, reviewer: str = "bob",
+                decision: str = "Approve", created: datetime | None = None,
+                name: str | None = None, groups: list[str] | None = None,
+                reason: str | None = None, owner_uid: str | None = None) -> dict[str, Any]:
+    """A DatabaseSessionReview as the API server stores it (spec.reviewer bound to its
+    creator by the admission policy, which the handlers take as given)."""
+    name = name or f"{session}-{reviewer}"
+    spec: dict[str, Any] = {"sessionRef": {"name": session}, "decision": decision,
+                            "reviewer": reviewer}
+    if groups:
+        spec["reviewerGroups"] = groups
+    if reason:
+        spec["reason"] = reason
+    metadata: dict[str, Any] = {"name": name, "namespace": NAMESPACE, "uid": f"uid-{name}",
+                                "creationTimestamp": ts(created or now())}
+    if owner_uid:
+        metadata["ownerReferences"] = [{"apiVersion": "pgjit.dev/v1alpha1",
+                                        "kind": "DatabaseSession", "name": session,
+                                        "uid": owner_uid}]
+    return {"apiVersion": "pgjit.dev/v1alpha1", "kind": "DatabaseSessionReview",
+            "metadata": metadata, "spec": spec}
+
+
 def client_ca(not_after: datetime) -> dict[str, bytes]:
     """A client CA Secret's data (tls.crt, tls.key) for a CA valid until ``not_after``."""
     key = ec.generate_private_key(ec.SECP256R1())
@@ -127,6 +150,19 @@ class FakeKube:
     #: uids of sessions whose DELETED event the watch has delivered (gone from the index).
     deleted_objects: set[str] = field(default_factory=set)
     configmaps: dict[tuple[str, str], dict[str, str]] = field(default_factory=dict)
+    #: (plural, namespace, name, annotations) of every annotation patch, in order.
+    annotations: list[tuple[str, str, str, dict]] = field(default_factory=list)
+
+    #: The Role bodies the API server holds, when they differ from the index (a watch that
+    #: has not delivered a new Role yet); None: the same as the index.
+    roles_in_api: list[dict] | None = None
+    #: Set by the World: the index's Role bodies.
+    indexed_roles: list[dict] = field(default_factory=list)
+
+    async def list_roles(self, namespace: str) -> list[Any]:
+        bodies = self.indexed_roles if self.roles_in_api is None else self.roles_in_api
+        return [r for b in bodies for r in indexes.roles_by_namespace(
+            namespace=namespace, body=b).values()]
 
     async def read_secret(self, namespace: str, name: str) -> dict[str, bytes] | None:
         stored = self.secrets.get((namespace, name))
@@ -161,6 +197,10 @@ class FakeKube:
     async def patch_status(self, group: str, version: str, plural: str, namespace: str,
                            name: str, status: dict) -> None:
         self.status_patches.append((plural, namespace, name, dict(status)))
+
+    async def annotate(self, group: str, version: str, plural: str, namespace: str,
+                       name: str, annotations: dict[str, str]) -> None:
+        self.annotations.append((plural, namespace, name, dict(annotations)))
 
     async def delete_owned_secrets(self, namespace: str, label_selector: str,
                                    owner_uid: str) -> list[str]:
@@ -250,6 +290,11 @@ class World:
     roles: list[dict] = field(default_factory=list)
     active_sessions: list[dict] = field(default_factory=list)
     live_sessions: dict[str, list[str]] = field(default_factory=dict)
+    #: DatabaseSessionReview bodies, indexed by the session they name.
+    reviews: list[dict] = field(default_factory=list)
+
+    def __post_init__(self) -> None:
+        self.kube.indexed_roles = self.roles  # the API server agrees with the index
 
     @property
     def databases_by_name(self) -> dict:
@@ -271,10 +316,33 @@ class World:
     def live_sessions_by_database(self) -> dict:
         return {(NAMESPACE, db): list(ids) for db, ids in self.live_sessions.items() if ids}
 
+    def reviews_by_session(self) -> dict:
+        from pgjit.handlers.approvals import reviews_by_session
+
+        index: dict = {}
+        for body in self.reviews:
+            for key, value in reviews_by_session(
+                    namespace=NAMESPACE, name=body["metadata"]["name"],
+                    uid=body["metadata"]["uid"], spec=body["spec"],
+                    meta=body["metadata"]).items():
+                index.setdefault(key, []).append(value)
+        return index
+
+    def open_lease_kwargs(self, body: dict) -> dict[str, Any]:
+        """The indexes the create handler gets for ``body``, which Kopf's live index holds as
+        it would, unless its DELETED event has been delivered (``kube.deleted_objects``)."""
+        meta = body["metadata"]
+        live = self.live_sessions.setdefault(body["spec"]["databaseRef"]["name"], [])
+        session = f"{NAMESPACE}/{meta['name']}/{meta['uid']}"
+        if meta["uid"] not in self.kube.deleted_objects and session not in live:
+            live.append(session)
+        return {**self.indexes(), "live_sessions_by_database": self.live_sessions_by_database()}
+
     def indexes(self) -> dict[str, Any]:
         return {"databases_by_name": self.databases_by_name,
                 "roles_by_namespace": self.roles_by_namespace,
-                "active_sessions_by_user": {}, "label_rules_by_namespace": {}}
+                "active_sessions_by_user": {}, "label_rules_by_namespace": {},
+                "reviews_by_session": self.reviews_by_session()}
 
 
 async def eventually(condition: Any, *, timeout: float = 5.0, what: str = "condition") -> None:

@@ -175,3 +175,19 @@ async def test_names_are_quoted_into_paths(server):
     fake, kube = server
     await kube.read_secret("team-a", "odd/name")
     assert fake.raw_paths[-1] == "/api/v1/namespaces/team-a/secrets/odd%2Fname"
+
+
+async def test_annotate_merge_patches_the_annotations_and_ignores_a_vanished_object(server):
+    fake, kube = server
+    path = "/apis/pgjit.dev/v1alpha1/namespaces/team-a/databasesessions/s"
+    fake.objects[path] = {"metadata": {"name": "s"}}
+    await kube.annotate("pgjit.dev", "v1alpha1", "databasesessions", "team-a", "s",
+                        {"approval.pgjit.dev/check": "reviews:1"})
+    method, seen, headers, body = fake.requests[-1]
+    assert (method, seen) == ("PATCH", path)
+    assert headers["Content-Type"] == "application/merge-patch+json"
+    assert body == {"metadata": {"annotations": {"approval.pgjit.dev/check": "reviews:1"}}}
+    # Deleted meanwhile: nothing left to poke, and no error for the caller.
+    await kube.annotate("pgjit.dev", "v1alpha1", "databasesessions", "team-a", "gone",
+                        {"approval.pgjit.dev/check": "reviews:1"})
+    assert fake.requests[-1][1].endswith("/gone")

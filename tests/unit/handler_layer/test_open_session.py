@@ -15,17 +15,10 @@ from .fakes import (NAMESPACE, World, client_ca, database_body, invalid_role_bod
 
 
 async def open_session(world: World, body: dict) -> dict:
-    """Run the create handler on ``body``, which Kopf's live index holds, as it would, unless
-    the test has its DELETED event delivered (``world.kube.deleted_objects``)."""
     patch = kopf.Patch()
-    meta = body["metadata"]
-    if meta["uid"] not in world.kube.deleted_objects:
-        world.live_sessions.setdefault(body["spec"]["databaseRef"]["name"], []).append(
-            f"{NAMESPACE}/{meta['name']}/{meta['uid']}")
-    await sessions.open_lease(body=body, name=meta["name"], namespace=NAMESPACE,
-                              uid=meta["uid"], patch=patch, memo=world.memo,
-                              live_sessions_by_database=world.live_sessions_by_database(),
-                              **world.indexes())
+    await sessions.open_lease(body=body, name=body["metadata"]["name"], namespace=NAMESPACE,
+                              uid=body["metadata"]["uid"], patch=patch, memo=world.memo,
+                              **world.open_lease_kwargs(body))
     return dict(patch.status)
 
 
@@ -161,8 +154,7 @@ async def test_a_first_attempt_reads_no_secret_and_a_retry_keeps_the_password_it
     body = session_body()
     await sessions.open_lease(body=body, name=body["metadata"]["name"], namespace=NAMESPACE,
                               uid=body["metadata"]["uid"], patch=patch, memo=world.memo,
-                              retry=1, live_sessions_by_database=world.live_sessions_by_database(),
-                              **world.indexes())
+                              retry=1, **world.open_lease_kwargs(body))
     assert "alice-orders-credentials" in reads
     assert world.kube.secrets[(NAMESPACE, "alice-orders-credentials")].data["password"] \
         == written
@@ -214,3 +206,20 @@ async def test_an_invalid_role_next_to_a_valid_one_grants_nothing_and_stops_noth
     assert len(world.roles_by_namespace[NAMESPACE]) == 1  # left out of the index
     status = await open_session(world, session_body())
     assert status["phase"] == "Active" and status["matchedRoles"] == ["analysts"]
+
+
+async def test_a_role_applied_with_the_session_and_not_yet_indexed_still_allows_it(world):
+    """One `kubectl apply` of a Role and a session: the operator may see the session first.
+    Before refusing for good it decides again on the Roles the API server has."""
+    world.databases.append(database_body())
+    world.kube.roles_in_api = [role_body()]  # the index has no Role yet
+    status = await open_session(world, session_body())
+    assert status["phase"] == "Active" and status["matchedRoles"] == ["analysts"]
+
+
+async def test_a_session_no_role_allows_is_refused_after_asking_the_api_server(world: World):
+    world.databases.append(database_body())
+    world.kube.roles_in_api = []
+    status = await open_session(world, session_body())
+    assert (status["phase"], ready(status)["reason"]) == ("Failed", "AccessDenied")
+    assert world.engine.activations == []
