@@ -120,49 +120,46 @@ def cmd_disconnect(args: argparse.Namespace) -> int:
 
 def cmd_sessions(args: argparse.Namespace) -> int:
     """List DatabaseSessions: a table, or JSON/YAML records for scripts."""
-    from kubernetes.client.rest import ApiException
-
     from pgjit.client import output
     from pgjit.client.identity import whoami
-    from pgjit.client.kubeconfig import api_client
     from pgjit.client.sessions import Sessions
 
-    namespace = None if args.all_namespaces else _namespace(args)
-    with api_client() as api:
-        try:
-            user = whoami(api).user if args.mine else None
-            items = Sessions(api, namespace).list(user=user)
-        except ApiException as exc:
-            where = "all namespaces" if namespace is None else f"namespace {namespace}"
-            print(f"pgjit sessions: cannot list DatabaseSessions in {where}: {exc.status}"
-                  f" {exc.reason}", file=sys.stderr)
-            return 1
-    render = {"json": output.to_json, "yaml": output.to_yaml}.get(args.output)
-    sys.stdout.write(render(items) if render else
-                     output.to_table(items, all_namespaces=namespace is None))
-    return 0
+    def fetch(api, namespace):
+        user = whoami(api).user if args.mine else None
+        return Sessions(api, namespace).list(user=user)
+    return _list_sessions(args, "sessions", fetch, output.to_json, output.to_yaml,
+                          output.to_table)
 
 
 def cmd_requests(args: argparse.Namespace) -> int:
     """List the sessions that wait for your review."""
+    from pgjit.client import reviews
+    from pgjit.client.reviewing import requests
+
+    return _list_sessions(args, "requests", requests, reviews.requests_json,
+                          reviews.requests_yaml, reviews.requests_table)
+
+
+def _list_sessions(args: argparse.Namespace, command: str, fetch, to_json, to_yaml,
+                   to_table) -> int:
+    """What `pgjit sessions` and `pgjit requests` share: the scope (-n / -A), the API error
+    said in one line, and the output format (-o)."""
     from kubernetes.client.rest import ApiException
 
-    from pgjit.client import reviews
     from pgjit.client.kubeconfig import api_client
-    from pgjit.client.reviewing import requests
 
     namespace = None if args.all_namespaces else _namespace(args)
     with api_client() as api:
         try:
-            items = requests(api, namespace)
+            items = fetch(api, namespace)
         except ApiException as exc:
             where = "all namespaces" if namespace is None else f"namespace {namespace}"
-            print(f"pgjit requests: cannot list DatabaseSessions in {where}: {exc.status}"
+            print(f"pgjit {command}: cannot list DatabaseSessions in {where}: {exc.status}"
                   f" {exc.reason}", file=sys.stderr)
             return 1
-    render = {"json": reviews.requests_json, "yaml": reviews.requests_yaml}.get(args.output)
+    render = {"json": to_json, "yaml": to_yaml}.get(args.output)
     sys.stdout.write(render(items) if render else
-                     reviews.requests_table(items, all_namespaces=namespace is None))
+                     to_table(items, all_namespaces=namespace is None))
     return 0
 
 

@@ -96,7 +96,10 @@ def shared_postgres16():
 def _start_postgres16():
     workdir = Path(tempfile.mkdtemp(prefix="pgjit-cluster-pg-"))
     os.chmod(workdir, 0o755)
-    server = start_postgres("16", workdir / "pg16")
+    # Every test's Database keeps its own admin connections (the namespaces are never
+    # deleted: the test bed runs no namespace controller), and two operators share this
+    # server; 100, the default, ran out once a layer held some 150 Databases.
+    server = start_postgres("16", workdir / "pg16", settings={"max_connections": "400"})
     prepare_demo_postgres(server, dbname="app", table="items")
     return server
 

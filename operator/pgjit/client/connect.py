@@ -21,7 +21,6 @@ until its expiry, which the operator (and VALID UNTIL / the certificate's notAft
 from __future__ import annotations
 
 import contextlib
-import json
 import os
 import signal
 import sys
@@ -34,6 +33,7 @@ from kubernetes.client.rest import ApiException
 
 from . import psql
 from .identity import whoami
+from .kubeconfig import api_error
 from .progress import active_line
 from .sessions import Sessions, SessionError, session_manifest
 
@@ -110,7 +110,7 @@ def connect(api: kubernetes.client.ApiClient, options: ConnectOptions) -> int:
         try:
             identity = whoami(api)
         except ApiException as exc:
-            report(f"cannot tell who you are (SelfSubjectReview): {_api_error(exc)}")
+            report(f"cannot tell who you are (SelfSubjectReview): {api_error(exc)}")
             return EXIT_ERROR
         except (KeyboardInterrupt, Stopped) as exc:
             return _interrupted_code(exc)
@@ -130,7 +130,7 @@ def connect(api: kubernetes.client.ApiClient, options: ConnectOptions) -> int:
             report("interrupted")
             return _end(sessions, name, options, _interrupted_code(exc))
         except ApiException as exc:
-            report(f"cannot create the session: {_api_error(exc)}")
+            report(f"cannot create the session: {api_error(exc)}")
             return EXIT_ERROR
         return _use_and_end(sessions, name, psql_path, options)
 
@@ -169,7 +169,7 @@ def _use_and_end(sessions: Sessions, name: str, psql_path: str, options: Connect
         report(str(exc))
         code = EXIT_ERROR
     except (ApiException, ValueError, OSError) as exc:
-        report(f"error: {_api_error(exc) if isinstance(exc, ApiException) else exc}")
+        report(f"error: {api_error(exc) if isinstance(exc, ApiException) else exc}")
         code = EXIT_ERROR
     if psql_ran and options.keep_session:
         report(f"session {name} kept (--keep-session); end it with:"
@@ -196,15 +196,7 @@ def _end(sessions: Sessions, name: str, options: ConnectOptions, code: int) -> i
         except SessionError as exc:
             report(str(exc))
         except ApiException as exc:
-            report(f"cannot end session {name}: {_api_error(exc)}; it lasts until its expiry"
+            report(f"cannot end session {name}: {api_error(exc)}; it lasts until its expiry"
                    f" unless you run: pgjit disconnect -n {options.namespace} {name}")
     return code or EXIT_ERROR
 
-
-def _api_error(exc: ApiException) -> str:
-    """The API server's own message (the Status body) when there is one, else the HTTP reason."""
-    try:
-        message = json.loads(exc.body or "{}").get("message")
-    except (ValueError, AttributeError):
-        message = None
-    return f"{exc.status} {message or exc.reason}"

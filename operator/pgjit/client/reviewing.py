@@ -8,7 +8,6 @@ it, so the reviewer learns at once whether it counted and what it did to the ses
 
 from __future__ import annotations
 
-import json
 import time
 from collections.abc import Callable, Mapping
 from typing import Any
@@ -20,19 +19,13 @@ from .. import GROUP, VERSION
 from ..api.review import DatabaseSessionReview
 from ..vocabulary import ReviewDecision
 from .identity import whoami
+from .kubeconfig import api_error
 from .progress import state_line
 from .reviews import pending_for, recorded, review_manifest, why_not_reviewer
 from .sessions import POLL_SECONDS, Sessions
 
 EXIT_OK, EXIT_ERROR = 0, 1
 
-
-def _api_error(exc: ApiException) -> str:
-    try:
-        message = json.loads(exc.body or "{}").get("message")
-    except (ValueError, AttributeError):
-        message = None
-    return f"{exc.status} {message or exc.reason}"
 
 
 def review(api: kubernetes.client.ApiClient, namespace: str, name: str, *,
@@ -45,7 +38,7 @@ def review(api: kubernetes.client.ApiClient, namespace: str, name: str, *,
         me = whoami(api)
         session = sessions.get(name)
     except ApiException as exc:
-        report(f"cannot read session {name}: {_api_error(exc)}")
+        report(f"cannot read session {name}: {api_error(exc)}")
         return EXIT_ERROR
     if session is None:
         report(f"session {name} not found in namespace {namespace}")
@@ -59,7 +52,7 @@ def review(api: kubernetes.client.ApiClient, namespace: str, name: str, *,
         created = kubernetes.client.CustomObjectsApi(api).create_namespaced_custom_object(
             GROUP, VERSION, namespace, DatabaseSessionReview.plural, body)
     except ApiException as exc:
-        report(f"cannot create the review: {_api_error(exc)}")
+        report(f"cannot create the review: {api_error(exc)}")
         return EXIT_ERROR
     review_name = created["metadata"]["name"]
     report(f"review {review_name} created: {decision} session {name} of"

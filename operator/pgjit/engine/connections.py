@@ -31,7 +31,8 @@ from psycopg_pool import AsyncConnectionPool, PoolTimeout
 
 from . import statements as S
 from .config import ServerConfig
-from .errors import DATABASE_NOT_FOUND, INSUFFICIENT_PRIVILEGE, EngineError
+from .errors import EngineError
+from ..vocabulary import Reason
 from .iam import IamTokens
 from .transactions import application_name
 
@@ -183,15 +184,15 @@ class AdminConnections:
             await conn.close()
         database = dbname.replace('"', '""')
         if row is None:
-            return EngineError(DATABASE_NOT_FOUND, f'database "{database}" does not exist on '
+            return EngineError(Reason.DATABASE_NOT_FOUND, f'database "{database}" does not exist on '
                                f"server {self.config.host}:{self.config.port}")
         allows_connections, may_connect = row
         if not allows_connections:
-            return EngineError(INSUFFICIENT_PRIVILEGE, f'database "{database}" does not allow '
+            return EngineError(Reason.INSUFFICIENT_PRIVILEGE, f'database "{database}" does not allow '
                                "connections (pg_database.datallowconn is false)")
         if not may_connect:
             admin = self.config.admin_user.replace('"', '""')
-            return EngineError(INSUFFICIENT_PRIVILEGE,
+            return EngineError(Reason.INSUFFICIENT_PRIVILEGE,
                                f'the admin lacks CONNECT on database "{database}"; run as a '
                                f'superuser: GRANT CONNECT ON DATABASE "{database}" TO "{admin}";')
         return None

@@ -28,9 +28,8 @@ from ..core.permissions import DbObject
 from . import statements as S
 from .connections import AdminConnections
 from .transactions import Transaction, locked_transaction, rollback_unless_idle
-from .errors import (DATABASE_NOT_FOUND, INSUFFICIENT_PRIVILEGE, MISSING_DATABASE_ROLE,
-                     PRIVILEGED_ROLE, ROLES_CHANGED, USER_CONFLICT, USER_SHARED, EngineError,
-                     classify)
+from .errors import EngineError, classify
+from ..vocabulary import Reason
 from .results import (ABSENT, DEACTIVATED, DROPPED, LOCKED, NOT_MANAGED, RELEASED, Activation,
                       ActivationRequest, DriftCorrection, Teardown)
 
@@ -211,36 +210,36 @@ class UserLifecycle:
         server = f"{self.config.host}:{self.config.port}"
         if state.database_allows is None:
             database = request.database.replace('"', '""')
-            raise EngineError(DATABASE_NOT_FOUND, (
+            raise EngineError(Reason.DATABASE_NOT_FOUND, (
                 f'database "{database}" does not exist on server {server}; correct the '
                 "session's spec.databaseName (or create the database)"))
         if not state.database_allows:
             database = request.database.replace('"', '""')
-            raise EngineError(INSUFFICIENT_PRIVILEGE, (
+            raise EngineError(Reason.INSUFFICIENT_PRIVILEGE, (
                 f'database "{database}" on server {server} does not allow connections '
                 "(pg_database.datallowconn is false)"))
         if state.exists and not state.is_managed:
-            raise EngineError(USER_CONFLICT, (
+            raise EngineError(Reason.USER_CONFLICT, (
                 f'a PostgreSQL role named "{name}" already exists and is not managed by pgjit '
                 f'(not a member of "{managed}"); pgjit will not modify it. Rename or drop that '
                 f'role, or GRANT "{managed}" TO it if pgjit should take it over'))
         if state.ledger.identity not in (None, request.identity):
-            raise EngineError(USER_CONFLICT, (
+            raise EngineError(Reason.USER_CONFLICT, (
                 f'the PostgreSQL user "{name}" belongs to the identity '
                 f'"{state.ledger.identity}", not "{request.identity}"'))
         if state.missing_roles:
-            raise EngineError(MISSING_DATABASE_ROLE, (
+            raise EngineError(Reason.MISSING_DATABASE_ROLE, (
                 "database role(s) " + ", ".join(f'"{r}"' for r in state.missing_roles) +
                 " do not exist on the server; create them or remove them from the Role"))
         refused = refusals(state.privileged, request.grantable_by_name)
         if refused:
-            raise EngineError(PRIVILEGED_ROLE, refusal_message(
+            raise EngineError(Reason.PRIVILEGED_ROLE, refusal_message(
                 refused, request.database_object or f"server {server}"))
         ungrantable = [r for r in state.ungrantable_roles
                        if r in wanted or (r == managed and state.managed_role_exists)]
         if ungrantable:
             roles, admin = _admin_name_sql(self.config.admin_user, *ungrantable)
-            raise EngineError(INSUFFICIENT_PRIVILEGE, (
+            raise EngineError(Reason.INSUFFICIENT_PRIVILEGE, (
                 f"the admin {admin} cannot grant {roles}; run as a superuser: "
                 f"GRANT {roles} TO {admin} WITH ADMIN OPTION;"))
 
@@ -268,7 +267,7 @@ class UserLifecycle:
         elif others:
             changed = [o for o in others if set(o.roles) != set(wanted)]
             if changed:
-                raise EngineError(ROLES_CHANGED, (
+                raise EngineError(Reason.ROLES_CHANGED, (
                     f'"{name}" is in use by {len(others)} other live session(s) with database '
                     f"roles [{', '.join(changed[0].roles)}], not [{', '.join(wanted)}]; end "
                     "those sessions or request the same roles, then retry"))
@@ -303,7 +302,7 @@ class UserLifecycle:
         if request.session_id in state.ledger.leases:
             batch.add(S.comment_on_role(
                 name, state.ledger.without({request.session_id}).render()))
-        return EngineError(USER_SHARED, (
+        return EngineError(Reason.USER_SHARED, (
             f'PostgreSQL user "{name}" is being activated by another session of the same '
             "user; retrying"), transient=True), batch, False
 
@@ -329,7 +328,7 @@ class UserLifecycle:
         if left:
             quoted = lambda n: '"' + n.replace('"', '""') + '"'  # noqa: E731 - advice text only
             revokes = " ".join(f"REVOKE {quoted(r)} FROM {quoted(name)};" for r in left)
-            raise EngineError(INSUFFICIENT_PRIVILEGE, (
+            raise EngineError(Reason.INSUFFICIENT_PRIVILEGE, (
                 f'memberships of "{name}" in ' + ", ".join(f'"{r}"' for r in left) +
                 " were granted by another role and the admin cannot revoke them; no session "
                 f"can use this user until a superuser runs: {revokes}"))

@@ -14,6 +14,7 @@ from ..engine import EngineError, SweepIncomplete
 from ..settings import Settings
 from ..vocabulary import Reason
 from . import metrics
+from .triggers import on_spec
 from .indexes import valid_roles
 from .lease_loop import supervise_leases
 from .opening import report_drift
@@ -171,9 +172,7 @@ async def _remove_secrets_of(memo: kopf.Memo, session_id: str) -> None:
         log.info("[%s/%s] deleted Secret %s of the swept session", namespace, name, secret)
 
 
-@kopf.on.resume(*RESOURCE, id="connect")
-@kopf.on.create(*RESOURCE, id="connect")
-@kopf.on.update(*RESOURCE, id="connect", field="spec")  # type: ignore[arg-type]  # index kwargs
+@on_spec(*RESOURCE, id="connect")
 async def connect(body, namespace, name, patch, memo, live_sessions_by_database,
                   roles_by_namespace, **_):
     with metrics.reconcile("database") as reconciliation:

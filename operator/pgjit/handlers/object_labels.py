@@ -16,6 +16,7 @@ from ..core import conditions
 from ..core.object_labels import Conflict, conflicts, describe
 from ..vocabulary import Reason
 from . import metrics
+from .triggers import on_spec
 from .status import conditions_of, written
 
 RESOURCE = (GROUP, VERSION, ObjectLabelRule.plural)
@@ -40,9 +41,7 @@ def rule_status(rule: ObjectLabelRule, found: list[Conflict]) -> dict:
     return status
 
 
-@kopf.on.resume(*RESOURCE, id="validate")
-@kopf.on.create(*RESOURCE, id="validate")
-@kopf.on.update(*RESOURCE, id="validate", field="spec")  # type: ignore[arg-type]  # index kwargs
+@on_spec(*RESOURCE, id="validate")
 async def validate(body, name, namespace, patch, label_rules_by_namespace, **_):
     with metrics.reconcile("objectlabelrule"):
         try:

@@ -12,6 +12,7 @@ from ..core import conditions
 from ..core.permissions import PermissionError_, PermissionRule
 from ..vocabulary import Reason
 from . import metrics
+from .triggers import on_spec
 from .status import conditions_of, written
 
 RESOURCE = (GROUP, VERSION, Role.plural)
@@ -66,9 +67,7 @@ def _selection_status(role: Role, previous, namespace: str, databases_by_name) -
     return status
 
 
-@kopf.on.resume(*RESOURCE, id="validate")
-@kopf.on.create(*RESOURCE, id="validate")
-@kopf.on.update(*RESOURCE, id="validate", field="spec")  # type: ignore[arg-type]  # index kwargs
+@on_spec(*RESOURCE, id="validate")
 async def validate(body, namespace, patch, databases_by_name, **_):
     with metrics.reconcile("role") as reconciliation:
         status, problems = _role_status(body, namespace, databases_by_name)

@@ -11,7 +11,7 @@ from dataclasses import replace
 
 from ..api.database import Database
 from ..engine import Engine, ServerConfig
-from ..engine.errors import INVALID_REQUEST, EngineError
+from ..engine.errors import EngineError
 from ..vocabulary import CredentialsType, Reason, SSLMode
 from .client import Kube
 
@@ -63,7 +63,7 @@ async def server_config(kube: Kube, database: Database, namespace: str) -> Serve
             implicit_roles=(RDS_IAM_ROLE,) if iam_users else (),
             label=f"{namespace}/{database.metadata.name}")
     except (TypeError, ValueError) as exc:
-        raise EngineError(INVALID_REQUEST, f"invalid Database spec: {exc}") from exc
+        raise EngineError(Reason.INVALID_REQUEST, f"invalid Database spec: {exc}") from exc
 
 
 class EngineRegistry:
