@@ -111,7 +111,14 @@ class AdminConnections:
 
     @staticmethod
     async def _prepare(conn: psycopg.AsyncConnection) -> None:
-        """Prepare the state reads on a new connection, outside any transaction."""
+        """Prepare the state reads on a new connection, outside any transaction.
+
+        With a generic plan: PostgreSQL would otherwise plan each EXECUTE afresh for its
+        parameters (its first five runs, and for good when the generic plan looks costlier),
+        which is the planning preparing is meant to save. These reads look roles up by name
+        in small catalogs; the generic plan is the same plan.
+        """
+        await conn.execute(S.GENERIC_PLANS)
         for statement in S.PREPARED:
             await conn.execute(statement.prepare)
 

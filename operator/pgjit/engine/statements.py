@@ -412,5 +412,6 @@ PREPARED_USER_STATE = Prepared("pgjit_user_state", USER_STATE, (
 PREPARED_PRIVILEGED_MEMBERSHIPS = Prepared("pgjit_privileged_memberships",
                                            PRIVILEGED_MEMBERSHIPS, (
     ("wanted", "text[]"), ("managed", "text"), ("predefined", "text[]")))
+GENERIC_PLANS = Q("SET plan_cache_mode = force_generic_plan")
 #: Prepared on every new admin connection when ServerConfig.prepared_statements is on.
 PREPARED = (PREPARED_USER_STATE, PREPARED_PRIVILEGED_MEMBERSHIPS)
