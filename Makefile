@@ -13,13 +13,14 @@ UV_VERSION := 0.13.9
 LOCK_FLAGS := --generate-hashes --python-version 3.11 --python-platform x86_64-manylinux_2_28 --quiet
 LOGS := .cache/test-logs
 
-.PHONY: test check test-unit test-postgres test-cluster test-node node-images node-packages lock venv system-packages kube-binaries crds \
-        dev bench bench-profile bench-engine clean lua-runner helm-lint
+.PHONY: test check test-unit test-postgres test-cluster test-node test-faults node-images node-packages lock venv system-packages kube-binaries crds \
+        dev bench bench-failover bench-shards bench-soak bench-profile bench-engine clean lua-runner helm-lint
 
 test: venv
 	@mkdir -p $(LOGS)
 	@# Independent layers run in parallel; -Otarget keeps each layer's output together.
-	$(MAKE) --no-print-directory -j3 -Otarget check test-unit test-postgres test-cluster test-node
+	$(MAKE) --no-print-directory -j3 -Otarget check test-unit test-postgres test-cluster test-node \
+	    test-faults
 
 # Types (strict for api/ and core/, see pyproject.toml) and the layer contracts of the README's
 # Layout. Both run even when the first fails, so one run shows every problem.
@@ -81,6 +82,11 @@ test-postgres: venv system-packages
 test-cluster: venv system-packages kube-binaries lua-runner
 	$(PYTEST) tests/cluster -q -p no:cacheprovider
 
+# Several operators against a control plane and PostgreSQL of each test's own, which the tests
+# restart, stop and cut off mid-burst: leader election, sharding, the fault suite.
+test-faults: venv system-packages kube-binaries
+	$(PYTEST) tests/faults -q -p no:cacheprovider
+
 # The chart's Deployment on a real kubelet (containerd + runc), the image built from the
 # Dockerfile. The images (mostly downloads: mmdebstrap, pip) build while Go compiles; the node
 # binaries build after the control plane's (one build lock).
@@ -94,6 +100,20 @@ dev: venv system-packages kube-binaries
 # BENCH_ARGS passes options through, e.g. make bench BENCH_ARGS="--sizes 100,500,10000".
 bench: venv system-packages kube-binaries
 	$(PY) tests/bench/bench_operator.py $(BENCH_ARGS)
+	$(PY) tests/bench/bench_failover.py
+
+# One instance against two sharded ones splitting the Databases: is throughput additive?
+bench-shards: venv system-packages kube-binaries
+	$(PY) tests/bench/bench_shards.py $(BENCH_ARGS)
+
+# 10,000 sessions in waves for 20 minutes: RSS and admin connections over time, plotted into
+# docs/soak.png (not part of make test: it takes the machine for 20 minutes).
+bench-soak: venv system-packages kube-binaries
+	$(PY) tests/bench/bench_soak.py $(BENCH_ARGS)
+
+# Failover time from a leader killed to the first session the new leader opens (10 kills).
+bench-failover: venv system-packages kube-binaries
+	$(PY) tests/bench/bench_failover.py $(BENCH_ARGS)
 
 # A py-spy profile of one 500-session burst and a tracemalloc diff at 500 live sessions.
 bench-profile: venv system-packages kube-binaries

@@ -9,6 +9,13 @@ DatabaseSessionReviews)
 in every namespace it watches: the request each watch stream begins with. From then on the
 endpoint stays ready; a failing watch later on is Kopf's to retry, and restarting the process
 is liveness's job. Until then it answers 503 with what it is waiting for.
+
+With leader election, a standby is ready too once it has listed the kinds (it could take over):
+a rolling update with ``maxUnavailable: 0`` waits for the new pod to be Ready before it stops
+the old one, and a standby that never became Ready would block every rollout. The answer says
+which it is (``"role": "leader"`` or ``"standby"``), and ``/leader`` answers this process's
+election identity: what a standby asks to tell a dead leader from a slow one
+(kube/leadership.py).
 """
 
 from __future__ import annotations
@@ -30,10 +37,13 @@ logger = logging.getLogger(__name__)
 
 
 class Readiness:
-    def __init__(self, namespaces: list[str]) -> None:
+    def __init__(self, namespaces: list[str], *, identity: str | None = None) -> None:
         self.namespaces = namespaces
         self.waiting_for = "startup handlers"
         self.ready = False
+        #: "leader" or "standby" with leader election; None without.
+        self.role: str | None = None
+        self.identity = identity
 
     async def check(self, started: asyncio.Event,
                     lister: Callable[[str, str | None], None] | None = None) -> None:
@@ -44,9 +54,9 @@ class Readiness:
         """
         await started.wait()
         if lister is None:
-            from .kube.client import load_client
+            from .kube.client import load_api_client
 
-            api = kubernetes.client.CustomObjectsApi(kubernetes.client.ApiClient(load_client()))
+            api = kubernetes.client.CustomObjectsApi(load_api_client())
 
             def lister(plural: str, namespace: str | None) -> None:
                 self._list(api, plural, namespace)
@@ -75,16 +85,21 @@ class Readiness:
                                               _request_timeout=10)
 
     async def _respond(self, request: aiohttp.web.Request) -> aiohttp.web.Response:
+        role = {"role": self.role} if self.role else {}
         if self.ready:
-            return aiohttp.web.json_response({"ready": True})
-        return aiohttp.web.json_response({"ready": False, "waitingFor": self.waiting_for},
-                                         status=503)
+            return aiohttp.web.json_response({"ready": True, **role})
+        return aiohttp.web.json_response({"ready": False, "waitingFor": self.waiting_for,
+                                          **role}, status=503)
+
+    async def _leader(self, request: aiohttp.web.Request) -> aiohttp.web.Response:
+        return aiohttp.web.json_response({"identity": self.identity, "role": self.role})
 
     async def serve(self, url: str) -> None:
         """Serve the endpoint at ``url`` (``http://HOST:PORT/PATH``) until cancelled."""
         parts = urllib.parse.urlsplit(url)
         app = aiohttp.web.Application()
-        app.add_routes([aiohttp.web.get(parts.path or "/readyz", self._respond)])
+        app.add_routes([aiohttp.web.get(parts.path or "/readyz", self._respond),
+                        aiohttp.web.get("/leader", self._leader)])
         runner = aiohttp.web.AppRunner(app, handle_signals=False, shutdown_timeout=1.0)
         await runner.setup()
         try:
@@ -92,3 +107,22 @@ class Readiness:
             await asyncio.Event().wait()
         finally:
             await runner.cleanup()
+
+
+async def serve_liveness(url: str) -> None:
+    """``/healthz`` answering while the event loop runs, as Kopf's does, for a process whose
+    Kopf is not always running (a standby; a shard restarting its watches)."""
+
+    async def alive(request: aiohttp.web.Request) -> aiohttp.web.Response:
+        return aiohttp.web.json_response({})
+
+    parts = urllib.parse.urlsplit(url)
+    app = aiohttp.web.Application()
+    app.add_routes([aiohttp.web.get(parts.path or "/healthz", alive)])
+    runner = aiohttp.web.AppRunner(app, handle_signals=False, shutdown_timeout=1.0)
+    await runner.setup()
+    try:
+        await aiohttp.web.TCPSite(runner, parts.hostname, parts.port).start()
+        await asyncio.Event().wait()
+    finally:
+        await runner.cleanup()

@@ -50,6 +50,12 @@ def run(*, namespaces: list[str], all_namespaces: bool, liveness: str | None,
         # Namespaced RBAC has no cluster-wide list/watch of namespaces for Kopf's scanning.
         settings = Settings.load(os.environ, metrics_port=metrics_port or None,
                                  namespaced=bool(namespaces and not all_namespaces) or None)
+        from .core.sharding import ShardSelector, ShardSelectorError
+
+        try:
+            shard = ShardSelector.parse(settings.shard_database_selector)
+        except ShardSelectorError as error:
+            raise SettingsError(f"PGJIT_SHARD_DATABASE_SELECTOR: {error}") from None
     except SettingsError as error:
         print(f"pgjit run: invalid setting: {error}", file=sys.stderr)
         return 2
@@ -64,27 +70,158 @@ def run(*, namespaces: list[str], all_namespaces: bool, liveness: str | None,
     from . import handlers
 
     handlers.register(settings)
-    asyncio.run(_operate(settings, namespaces=namespaces,
+    asyncio.run(_operate(settings, shard, namespaces=namespaces,
                          clusterwide=all_namespaces or not namespaces, liveness=liveness,
                          readiness=readiness))
     return 0
 
 
-async def _operate(settings: Settings, *, namespaces: list[str], clusterwide: bool,
-                   liveness: str | None, readiness: str | None) -> None:
-    from .handlers.settings import OperatorMemo
-    from .readiness import Readiness
+def _election(settings: Settings, readiness: str | None):
+    """The elector for ``PGJIT_LEADER_ELECTION_LEASE``, publishing where a standby can ask
+    this process who it is: the readiness server's /leader, at the pod's IP."""
+    import urllib.parse
 
+    from .kube.client import load_api_client
+    from .kube.leadership import SHARD_ANNOTATION, ElectionConfig, LeaderElector, new_identity
+
+    endpoint = None
+    if readiness:
+        parts = urllib.parse.urlsplit(readiness)
+        host = settings.pod_ip or (parts.hostname if parts.hostname not in (None, "0.0.0.0", "::")
+                                   else None)
+        if host:
+            host = f"[{host}]" if ":" in host else host
+            endpoint = f"http://{host}:{parts.port}/leader"
+    assert settings.leader_election_lease and settings.namespace  # Settings checks both
+    config = ElectionConfig(
+        namespace=settings.namespace, name=settings.leader_election_lease,
+        identity=new_identity(settings.pod_name), lease_duration=settings.lease_duration_seconds,
+        renew_deadline=settings.renew_deadline_seconds,
+        retry_period=settings.retry_period_seconds, endpoint=endpoint,
+        probe=settings.leader_probe,
+        annotations={SHARD_ANNOTATION: settings.shard_database_selector or ""})
+    return LeaderElector(load_api_client(), config)
+
+
+async def _stand_by(elector) -> bool:
+    """Wait for the Lease in a thread; SIGTERM or SIGINT while standing by ends the wait (the
+    standby has nothing to finish) and the process."""
+    import threading
+
+    stop = threading.Event()
+    loop = asyncio.get_running_loop()
+    for signum in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(signum, stop.set)
+    try:
+        return await asyncio.to_thread(elector.acquire, stop)
+    finally:
+        for signum in (signal.SIGTERM, signal.SIGINT):
+            loop.remove_signal_handler(signum)
+
+
+async def _served(shard, namespaces: list[str], clusterwide: bool) -> frozenset[tuple[str, str]]:
+    """The Databases the shard selector matches now, listed before Kopf starts so that its
+    session watch is right from the first list (handlers/shard.py)."""
+    import kubernetes
+
+    from . import GROUP, VERSION
+    from .kube.client import load_api_client
+
+    api = kubernetes.client.CustomObjectsApi(load_api_client())
+    selector = shard.render()
+
+    def listed() -> frozenset[tuple[str, str]]:
+        if clusterwide:
+            items = api.list_cluster_custom_object(GROUP, VERSION, "databases",
+                                                   label_selector=selector,
+                                                   _request_timeout=60)["items"]
+        else:
+            items = [item for namespace in namespaces for item in api.list_namespaced_custom_object(
+                GROUP, VERSION, namespace, "databases", label_selector=selector,
+                _request_timeout=60)["items"]]
+        return frozenset((item["metadata"]["namespace"], item["metadata"]["name"])
+                         for item in items)
+
+    while True:
+        try:
+            return await asyncio.to_thread(listed)
+        except Exception as error:  # noqa: BLE001 - the API server may be restarting
+            logging.getLogger(__name__).warning("Listing this shard's Databases failed: %s",
+                                                error)
+            await asyncio.sleep(2)
+
+
+async def _operate(settings: Settings, shard_selector, *, namespaces: list[str],
+                   clusterwide: bool, liveness: str | None, readiness: str | None) -> None:
+    from .handlers import metrics
+    from .handlers.settings import OperatorMemo
+    from .handlers.shard import ShardState
+    from .readiness import Readiness, serve_liveness
+
+    elector = _election(settings, readiness) if settings.leader_election_lease else None
     # Kopf raises this flag once its startup handlers are done and its watchers may start.
     started = asyncio.Event()
-    probe = Readiness([] if clusterwide else namespaces)
-    side_tasks = ([asyncio.create_task(probe.serve(readiness)),
-                   asyncio.create_task(probe.check(started))] if readiness else [])
+    probe = Readiness([] if clusterwide else namespaces,
+                      identity=elector.config.identity if elector else None)
+    side_tasks = [asyncio.create_task(probe.serve(readiness))] if readiness else []
+    if elector is not None and liveness:
+        # Kopf serves /healthz only while it runs: the standby, and the moments between two
+        # runs of Kopf (a shard's restart), need it too.
+        side_tasks.append(asyncio.create_task(serve_liveness(liveness)))
+        liveness = None
+    if settings.metrics_port:
+        metrics.serve(settings.metrics_port)
     try:
-        await kopf.operator(standalone=True, clusterwide=clusterwide, namespaces=namespaces,
-                            liveness_endpoint=liveness, ready_flag=started,
-                            memo=OperatorMemo(settings))
+        if elector is not None:
+            probe.role = "standby"
+            metrics.LEADER.set(0)
+            if readiness:
+                # A standby is ready once it could take over (readiness.py).
+                now = asyncio.Event()
+                now.set()
+                side_tasks.append(asyncio.create_task(probe.check(now)))
+            if not await _stand_by(elector):
+                return
+            elector.start_renewing()
+            probe.role = "leader"
+            metrics.LEADER.set(1)
+            side_tasks.append(asyncio.create_task(
+                _coverage(settings, None if clusterwide else namespaces)))
+        elif readiness:
+            side_tasks.append(asyncio.create_task(probe.check(started)))
+        while True:
+            shard = ShardState(shard_selector)
+            if shard.sharded:
+                shard.watched = await _served(shard_selector, namespaces, clusterwide)
+            memo = OperatorMemo(settings)
+            memo.shard = shard
+            memo.release_leadership = elector.release if elector is not None else None
+            # Counted afresh by this run's resume handlers.
+            metrics.ACTIVE_SESSIONS.set(0)
+            await kopf.operator(standalone=True, clusterwide=clusterwide, namespaces=namespaces,
+                                liveness_endpoint=liveness, ready_flag=started, memo=memo,
+                                # Only a shard restarts Kopf; a stop flag that is never set
+                                # costs every shutdown Kopf's 5 s wait for leftover tasks.
+                                stop_flag=shard.restart if shard.sharded else None)
+            if not shard.restart_requested:
+                break
+            started.clear()
     finally:
         for task in side_tasks:
             task.cancel()
         await asyncio.gather(*side_tasks, return_exceptions=True)
+        if elector is not None:
+            await asyncio.to_thread(elector.release)
+
+
+async def _coverage(settings: Settings, watched: list[str] | None) -> None:
+    """The leader's share of the coverage report (kube/coverage.py): every instance runs it,
+    the one whose Lease sorts first writes it."""
+    from .kube.client import load_api_client
+    from .kube.coverage import CoverageReport
+
+    assert settings.namespace and settings.leader_election_lease
+    report = CoverageReport(load_api_client(), lease=settings.leader_election_lease,
+                            namespace=settings.namespace, reporting_instance=settings.pod_name,
+                            watched=watched)
+    await report.run(settings.health_seconds)

@@ -51,6 +51,21 @@ def _flag(text: str) -> bool:
     return text.strip().lower() not in ("false", "0", "no", "off")
 
 
+def _duration(text: str) -> float:
+    """Seconds, as a number or a Go-style duration of seconds or minutes (``15``, ``15s``,
+    ``1.5s``, ``1m``): the chart's leaderElection values are written the way
+    controller-runtime's flags are."""
+    stripped = text.strip()
+    scale = 1.0
+    if stripped.endswith("ms"):
+        stripped, scale = stripped[:-2], 0.001
+    elif stripped.endswith("m"):
+        stripped, scale = stripped[:-1], 60.0
+    elif stripped.endswith("s"):
+        stripped = stripped[:-1]
+    return _seconds(stripped) * scale
+
+
 def _present(text: str) -> bool:
     return bool(text)
 
@@ -94,7 +109,8 @@ class Settings:
         "Name of the ConfigMap holding internal traits (unset: no internal traits).")
     namespace: str | None = _setting(
         "PGJIT_NAMESPACE", _text, None,
-        "Namespace of the traits ConfigMap (the chart sets the operator's own namespace).")
+        "The operator's own namespace, where the traits ConfigMap and the leader-election Lease "
+        "are (the chart sets it).")
     prepared_statements: bool = _setting(
         "PGJIT_PREPARED_STATEMENTS", _flag, True,
         "Whether the catalog reads every activation starts with are prepared once per admin "
@@ -122,6 +138,36 @@ class Settings:
     pod_name: str = _setting(
         "POD_NAME", lambda text: text or "pgjit", "pgjit",
         "The operator's pod, named as the reporting instance of its Events (the chart sets it).")
+    pod_ip: str | None = _setting(
+        "POD_IP", _text, None,
+        "The pod's IP, where a standby finds the leader's readiness port to tell a dead leader "
+        "from a slow one (the chart sets it; unset: the --readiness URL's host).")
+    leader_election_lease: str | None = _setting(
+        "PGJIT_LEADER_ELECTION_LEASE", _text, None,
+        "Name of the coordination.k8s.io Lease, in PGJIT_NAMESPACE, that the replicas elect "
+        "their leader with; only the leader watches and acts (unset: no election, the process "
+        "acts at once).")
+    lease_duration_seconds: float = _setting(
+        "PGJIT_LEADER_ELECTION_LEASE_DURATION", _duration, 15.0,
+        "Seconds a standby waits after the leader's last renewal before taking the Lease over "
+        "(controller-runtime's leaseDuration).")
+    renew_deadline_seconds: float = _setting(
+        "PGJIT_LEADER_ELECTION_RENEW_DEADLINE", _duration, 10.0,
+        "Seconds the leader may go without a successful renewal before it exits, so that it "
+        "has stopped before a standby may take over (controller-runtime's renewDeadline).")
+    retry_period_seconds: float = _setting(
+        "PGJIT_LEADER_ELECTION_RETRY_PERIOD", _duration, 2.0,
+        "Seconds between the leader's renewals and between a standby's attempts "
+        "(controller-runtime's retryPeriod).")
+    leader_probe: bool = _setting(
+        "PGJIT_LEADER_ELECTION_PROBE", _flag, True,
+        "Whether a standby takes over before leaseDuration when the leader has missed two "
+        "renewals and its readiness port proves its process gone (connection refused, or "
+        "another process answering).")
+    shard_database_selector: str | None = _setting(
+        "PGJIT_SHARD_DATABASE_SELECTOR", _text, None,
+        "Serve only the Databases this label selector matches, and their sessions (a "
+        "LabelSelector as JSON, or the kubectl -l syntax; unset: every Database).")
 
     @classmethod
     def load(cls, environ: Mapping[str, str], **overrides: Any) -> "Settings":
@@ -136,7 +182,32 @@ class Settings:
                 except ValueError as exc:
                     raise SettingsError(f"{variable}={environ[variable]!r}: {exc}") from None
         values.update({key: value for key, value in overrides.items() if value is not None})
-        return cls(**values)
+        settings = cls(**values)
+        settings._check_leader_election()
+        return settings
+
+    def _check_leader_election(self) -> None:
+        """controller-runtime's own checks: the leader must give up (renewDeadline) before a
+        standby may take over (leaseDuration), and try more than once before giving up."""
+        if self.shard_database_selector and not self.leader_election_lease:
+            raise SettingsError("PGJIT_SHARD_DATABASE_SELECTOR needs PGJIT_LEADER_ELECTION_LEASE: "
+                                "shards find each other by their Leases, to report what none "
+                                "serves")
+        if not self.leader_election_lease:
+            return
+        if not self.namespace:
+            raise SettingsError("PGJIT_LEADER_ELECTION_LEASE needs PGJIT_NAMESPACE (the Lease's "
+                                "namespace)")
+        if self.lease_duration_seconds <= self.renew_deadline_seconds:
+            raise SettingsError(
+                f"PGJIT_LEADER_ELECTION_LEASE_DURATION ({self.lease_duration_seconds:g}s) must be "
+                f"longer than PGJIT_LEADER_ELECTION_RENEW_DEADLINE "
+                f"({self.renew_deadline_seconds:g}s)")
+        if self.renew_deadline_seconds <= 1.2 * self.retry_period_seconds:
+            raise SettingsError(
+                f"PGJIT_LEADER_ELECTION_RENEW_DEADLINE ({self.renew_deadline_seconds:g}s) must be "
+                f"longer than 1.2 x PGJIT_LEADER_ELECTION_RETRY_PERIOD "
+                f"({self.retry_period_seconds:g}s)")
 
     @property
     def traits_configmap_ref(self) -> tuple[str, str] | None:

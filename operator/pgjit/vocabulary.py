@@ -152,6 +152,10 @@ class Reason(enum.StrEnum):
     DRIFT_CORRECTED = "DriftCorrected"
     DRIFT_NOT_CORRECTED = "DriftNotCorrected"
 
+    # Sharding (kube/coverage.py): a Database no instance's shard selector matches, or a
+    # session no shard can select; on the Database, its sessions and in an Event.
+    NOT_SERVED = "NotServed"
+
     # A Role or an ObjectLabelRule (handlers/roles.py, object_labels.py); INVALID_ROLE above is
     # also a Role's own condition.
     VALID = "Valid"

@@ -175,7 +175,9 @@ def deployment_command(deployment: dict, *, pod_name: str) -> tuple[list[str], d
             env[var["name"]] = var["value"]
             continue
         path = var["valueFrom"]["fieldRef"]["fieldPath"]
-        env[var["name"]] = {"metadata.name": pod_name, "metadata.namespace": namespace}[path]
+        # The operator runs on this host: its "pod IP", where a standby probes it, is loopback.
+        env[var["name"]] = {"metadata.name": pod_name, "metadata.namespace": namespace,
+                            "status.podIP": "127.0.0.1"}[path]
     return list(container["args"]), env
 
 

@@ -121,6 +121,21 @@ def bed(tmp_path_factory) -> Iterator[Bed]:
                    check=True)
         plane.kubectl("wait", "--for=condition=Established", "--timeout=60s",
                       *(f"crd/{p}.{GROUP}" for p in PLURALS.values()))
+        # Established is not yet served: for a moment after it the API server still answers
+        # 503 "Resource kind ... not found" (it says so itself). Served is when a list works.
+        custom = kubernetes.client.CustomObjectsApi(plane.api)
+
+        def served() -> bool:
+            try:
+                for plural in PLURALS.values():
+                    custom.list_namespaced_custom_object(GROUP, VERSION, RELEASE_NS, plural,
+                                                         limit=1)
+            except ApiException as error:
+                if error.status != 503:
+                    raise
+                return False
+            return True
+        wait_for("the kinds served", served, TIMEOUT)
         # carol reviews everywhere (pgjit requests -A), the others namespace by namespace.
         kubernetes.client.RbacAuthorizationV1Api(plane.api).create_cluster_role_binding({
             "metadata": {"name": "carol-reviews-everywhere"},

@@ -13,6 +13,7 @@ import yaml
 from chartkit import CHART, Helm, find, iter_schema_objects, one, set_args
 from pgjit.api.crd import build_crds
 from pgjit.cli import dump_yaml
+from pgjit.core.sharding import ShardSelector
 from pgjit.devstack.kube_binaries import ensure_kube_binaries
 
 NAMESPACED = {"watchNamespaces": ["team-a", "team-b"]}
@@ -112,7 +113,10 @@ def test_values_and_schema_list_the_same_keys() -> None:
         return found
 
     schema_keys = keys(schema) - {"affinity.nodeAffinity", "affinity.podAffinity",
-                                  "affinity.podAntiAffinity", "resources.claims"}
+                                  "affinity.podAntiAffinity", "resources.claims",
+                                  # A label selector: empty by default, its fields free.
+                                  "shard.databaseSelector.matchExpressions",
+                                  "shard.databaseSelector.matchLabels"}
     assert value_keys(values) == schema_keys
 
 
@@ -164,10 +168,14 @@ def test_every_object_carries_the_standard_labels(default_docs, namespaced_docs)
         assert not missing, f"{doc['kind']} {doc['metadata']['name']} lacks {missing}"
 
 
-def test_deployment_is_one_restricted_replica(default_docs) -> None:
+def test_deployment_is_restricted_replicas_that_elect_a_leader(default_docs) -> None:
     deployment = one(default_docs, "Deployment", "pgjit", "pgjit-system")
     spec = deployment["spec"]
-    assert spec["replicas"] == 1 and spec["strategy"] == {"type": "Recreate"}
+    # Two pods, one leading; a rollout starts the new pod (a standby, Ready as one) before it
+    # stops an old one, so there is always one to take over.
+    assert spec["replicas"] == 2
+    assert spec["strategy"] == {"type": "RollingUpdate",
+                                "rollingUpdate": {"maxSurge": 1, "maxUnavailable": 0}}
     pod = spec["template"]["spec"]
     assert pod["serviceAccountName"] == "pgjit"
     assert pod["securityContext"]["runAsNonRoot"] is True
@@ -195,11 +203,81 @@ def test_deployment_is_one_restricted_replica(default_docs) -> None:
     assert env["POD_ID"]["valueFrom"]["fieldRef"]["fieldPath"] == "metadata.name"
     assert env["PGJIT_SECRET_ACCESS"]["value"] == "true"
     assert env["PGJIT_NAMESPACE"]["valueFrom"]["fieldRef"]["fieldPath"] == "metadata.namespace"
+    assert env["POD_IP"]["valueFrom"]["fieldRef"]["fieldPath"] == "status.podIP"
+    assert env["PGJIT_LEADER_ELECTION_LEASE"]["value"] == "pgjit"
+    assert {name: env[f"PGJIT_LEADER_ELECTION_{name}"]["value"] for name in (
+        "LEASE_DURATION", "RENEW_DEADLINE", "RETRY_PERIOD")} == {
+        "LEASE_DURATION": "15s", "RENEW_DEADLINE": "10s", "RETRY_PERIOD": "2s"}
+    assert "PGJIT_SHARD_DATABASE_SELECTOR" not in env
     assert "PGJIT_TRAITS_CONFIGMAP" not in env
+    # Spread over nodes where there are several, but one node runs them all.
+    [term] = pod["affinity"]["podAntiAffinity"]["preferredDuringSchedulingIgnoredDuringExecution"]
+    assert term["podAffinityTerm"]["topologyKey"] == "kubernetes.io/hostname"
+    assert term["podAffinityTerm"]["labelSelector"]["matchLabels"] == spec["selector"][
+        "matchLabels"]
+    assert "requiredDuringSchedulingIgnoredDuringExecution" not in pod["affinity"][
+        "podAntiAffinity"]
+    budget = one(default_docs, "PodDisruptionBudget", "pgjit", "pgjit-system")
+    assert budget["spec"] == {"maxUnavailable": 1, "selector": spec["selector"]}
     selector = spec["selector"]["matchLabels"]
     service = one(default_docs, "Service", "pgjit-metrics")
     assert service["spec"]["selector"] == selector
     assert selector.items() <= spec["template"]["metadata"]["labels"].items()
+
+
+def test_one_replica_and_its_rollout(helm) -> None:
+    docs = helm.render({"replicas": 1})
+    spec = one(docs, "Deployment")["spec"]
+    assert spec["replicas"] == 1 and spec["strategy"]["rollingUpdate"]["maxUnavailable"] == 0
+    # A budget for one pod would keep its node from ever draining.
+    assert find(docs, "PodDisruptionBudget") == []
+    # On the host network, two pods of one node cannot both have the ports: one goes first.
+    spec = one(helm.render({"hostNetwork": True}), "Deployment")["spec"]
+    assert spec["strategy"]["rollingUpdate"] == {"maxSurge": 0, "maxUnavailable": 1}
+
+
+def test_leader_election_and_shard_values(helm) -> None:
+    selector = {"matchLabels": {"shard": "a"},
+                "matchExpressions": [{"key": "tier", "operator": "NotIn", "values": ["x"]}]}
+    docs = helm.render({"leaderElection.leaseDuration": "30s",
+                        "leaderElection.renewDeadline": "20s",
+                        "leaderElection.retryPeriod": "4s",
+                        "shard.databaseSelector": selector}, release="shard-a")
+    [container] = one(docs, "Deployment")["spec"]["template"]["spec"]["containers"]
+    env = {e["name"]: e.get("value") for e in container["env"]}
+    assert env["PGJIT_LEADER_ELECTION_LEASE"] == "shard-a-pgjit"
+    assert (env["PGJIT_LEADER_ELECTION_LEASE_DURATION"], env["PGJIT_LEADER_ELECTION_RENEW_DEADLINE"],
+            env["PGJIT_LEADER_ELECTION_RETRY_PERIOD"]) == ("30s", "20s", "4s")
+    assert json.loads(env["PGJIT_SHARD_DATABASE_SELECTOR"]) == selector
+    # The operator reads what the chart writes.
+    parsed = ShardSelector.parse(env["PGJIT_SHARD_DATABASE_SELECTOR"])
+    assert parsed.matches({"shard": "a"}) and not parsed.matches({"shard": "a", "tier": "x"})
+
+
+@pytest.mark.parametrize("values", [{"leaderElection.leaseDuration": "15"},
+                                    {"leaderElection.retryPeriod": "2h"},
+                                    {"replicas": 0},
+                                    {"shard.databaseSelector": {"matchLabel": {"a": "b"}}}])
+def test_bad_leader_election_and_shard_values_are_refused(helm, values) -> None:
+    assert helm("template", "t", str(CHART), *set_args(values)).returncode != 0
+
+
+def test_session_database_label_policies(helm) -> None:
+    """The label sharded releases select sessions by: set by a MutatingAdmissionPolicy where
+    the API server serves one, a wrong one refused by a ValidatingAdmissionPolicy."""
+    name = "pgjit-session-database-label"
+    plain = helm.render()
+    assert find(plain, "MutatingAdmissionPolicy") == []
+    policy = one(plain, "ValidatingAdmissionPolicy", name)
+    assert policy["spec"]["matchConstraints"]["resourceRules"][0]["operations"] == [
+        "CREATE", "UPDATE"]
+    assert one(plain, "ValidatingAdmissionPolicyBinding", name)["spec"]["validationActions"] == [
+        "Deny"]
+    served = helm.render(extra=["--api-versions",
+                                "admissionregistration.k8s.io/v1/MutatingAdmissionPolicy"])
+    mutating = one(served, "MutatingAdmissionPolicy", name)
+    assert "pgjit.dev/database" in mutating["spec"]["mutations"][0]["jsonPatch"]["expression"]
+    assert one(served, "MutatingAdmissionPolicyBinding", name)["spec"]["policyName"] == name
 
 
 def test_image_tag_and_digest(helm) -> None:
@@ -252,7 +330,18 @@ def test_cluster_wide_rbac(default_docs) -> None:
                                     "namespace": "pgjit-system"}]
     assert rule_for(rules, "apiextensions.k8s.io", "customresourcedefinitions")["verbs"] == [
         "list", "watch"]
-    assert find(default_docs, "Role") == [] and find(default_docs, "RoleBinding") == []
+    # Other releases' Leases, for the coverage report: read-only.
+    assert rule_for(rules, "coordination.k8s.io", "leases")["verbs"] == ["list"]
+    # The only namespaced grant: the release's own Lease.
+    assert [r["metadata"]["name"] for r in find(default_docs, "Role")] == [
+        "pgjit-leader-election"]
+    election = one(default_docs, "Role", "pgjit-leader-election", "pgjit-system")["rules"]
+    assert election == [
+        {"apiGroups": ["coordination.k8s.io"], "resources": ["leases"], "verbs": ["create"]},
+        {"apiGroups": ["coordination.k8s.io"], "resources": ["leases"],
+         "resourceNames": ["pgjit"], "verbs": ["get", "update"]}]
+    binding = one(default_docs, "RoleBinding", "pgjit-leader-election", "pgjit-system")
+    assert binding["subjects"][0]["name"] == "pgjit"
 
 
 def test_namespaced_rbac_has_nothing_cluster_scoped(namespaced_docs) -> None:
@@ -367,7 +456,9 @@ def test_review_binding_pins_the_reviewer_with_no_exemption(helm, default_docs) 
     assert [v["expression"] for v in spec["validations"]][0] == \
         "object.spec.reviewer == request.userInfo.username"
     off = helm.render({"identityBinding.enabled": False})
-    assert find(off, "ValidatingAdmissionPolicy") == []
+    # Only the sessions' pgjit.dev/database label policy (sharding) stays.
+    assert [d["metadata"]["name"] for d in find(off, "ValidatingAdmissionPolicy")] == [
+        "pgjit-session-database-label"]
 
 
 def test_notes_name_the_mode_and_the_uninstall_order(helm) -> None:

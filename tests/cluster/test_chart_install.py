@@ -230,7 +230,9 @@ def test_session_lifecycle_under_the_chart_identity_cluster_wide(plane, story, p
     # Ready: it has been watching for a whole session's lifecycle.
     with urllib.request.urlopen(f"http://127.0.0.1:{VALUES['readiness.port']}/readyz",
                                 timeout=5) as response:
-        assert response.status == 200 and json.loads(response.read()) == {"ready": True}
+        # The one replica here leads (the chart elects a leader even for one).
+        assert response.status == 200 and json.loads(response.read()) == {"ready": True,
+                                                                          "role": "leader"}
 
 
 def test_cluster_wide_identity_is_refused_what_it_does_not_need(plane, story):

@@ -1,8 +1,8 @@
 """The chart's Deployment on a real kubelet, with the image built from the Dockerfile.
 
-One story, in order: install the chart as shipped (only image, host-network and probe values
-set) → the Pod Running and Ready without restarts; the securityContext as the kernel sees it;
-the unmodified pod template admitted under Pod Security "restricted"; a session through the Pod
+One story, in order: install the chart as shipped (only image, host-network, probe and replica
+values set) → the Pod Running and Ready without restarts; the securityContext as the kernel
+sees it; the unmodified pod template admitted under Pod Security "restricted"; a session through the Pod
 under the chart's ServiceAccount; ``helm upgrade`` to a rebuilt image while sessions are Active;
 the operator's process killed mid-burst of 50 sessions; ``helm uninstall`` in the documented
 order. The Pod uses the node's network (host network only here): probes go to 127.0.0.1 and
@@ -105,10 +105,13 @@ class Story:
         self.robot = None
 
     def values(self, image) -> dict:
-        """Only image, host-network and probe values: the chart as shipped otherwise."""
+        """Only image, host-network, probe and replica values: the chart as shipped otherwise.
+
+        One replica: on the host network two pods of this one node would need the same ports.
+        """
         repository, _, tag = image.ref.rpartition(":")
         port = self.plane.control_plane.url.rpartition(":")[2]
-        return {"image.repository": repository, "image.tag": tag,
+        return {"image.repository": repository, "image.tag": tag, "replicas": 1,
                 "hostNetwork": True, "probeHost": "127.0.0.1", **PORTS,
                 # The chart's initial delay; a shorter period, so three pass sooner.
                 "liveness.periodSeconds": LIVENESS_PERIOD,
@@ -192,7 +195,7 @@ def test_install_as_shipped_is_running_and_ready_without_restarts(story, plane, 
     assert story.operator.container_status().restart_count == 0, story.operator.describe()
     with urllib.request.urlopen(f"http://127.0.0.1:{PORTS['readiness.port']}/readyz",
                                 timeout=5) as response:
-        assert json.loads(response.read()) == {"ready": True}
+        assert json.loads(response.read()) == {"ready": True, "role": "leader"}
     # The kubelet injected no service links: PGJIT_METRICS_* would collide with settings.
     with open(f"/proc/{node.task_pid(story.container_id())}/environ", "rb") as process_env:
         environ = process_env.read()
@@ -300,7 +303,8 @@ def test_helm_upgrade_to_a_rebuilt_image_keeps_active_sessions(story, node, imag
                 and status.updated_replicas == 1 and status.ready_replicas == 1
                 and (status.replicas or 0) == 1)
 
-    wait_for("the Recreate rollout", rolled_out, timeout=180, interval=0.5)
+    # On the host network one pod goes before the next comes (maxSurge 0).
+    wait_for("the rollout", rolled_out, timeout=180, interval=0.5)
     status = story.operator.wait_ready(image=rebuilt.ref.partition("/")[2])
     assert story.operator.pod().metadata.name != old_pod and status.restart_count == 0
     assert [p.metadata.name for p in story.operator.pods()] == [story.operator.pod().metadata.name]

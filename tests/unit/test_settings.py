@@ -102,3 +102,38 @@ def test_only_the_settings_module_reads_operator_variables():
     reads = [r for p in sorted(SOURCE.rglob("*.py")) if "devstack" not in p.parts
              for r in _environ_reads(p)]
     assert not reads
+
+
+def test_leader_election_defaults_are_controller_runtimes():
+    settings = Settings.load({"PGJIT_LEADER_ELECTION_LEASE": "pgjit", "PGJIT_NAMESPACE": "ops"})
+    assert (settings.lease_duration_seconds, settings.renew_deadline_seconds,
+            settings.retry_period_seconds, settings.leader_probe) == (15.0, 10.0, 2.0, True)
+
+
+def test_leader_election_durations_read_as_the_chart_writes_them():
+    settings = Settings.load({"PGJIT_LEADER_ELECTION_LEASE": "pgjit", "PGJIT_NAMESPACE": "ops",
+                              "PGJIT_LEADER_ELECTION_LEASE_DURATION": "1m",
+                              "PGJIT_LEADER_ELECTION_RENEW_DEADLINE": "20s",
+                              "PGJIT_LEADER_ELECTION_RETRY_PERIOD": "1500ms"})
+    assert (settings.lease_duration_seconds, settings.renew_deadline_seconds,
+            settings.retry_period_seconds) == (60.0, 20.0, 1.5)
+
+
+@pytest.mark.parametrize("environ, variable", [
+    # The leader must give up before a standby may take over, and retry before giving up.
+    ({"PGJIT_LEADER_ELECTION_LEASE_DURATION": "10"}, "PGJIT_LEADER_ELECTION_LEASE_DURATION"),
+    ({"PGJIT_LEADER_ELECTION_RETRY_PERIOD": "9"}, "PGJIT_LEADER_ELECTION_RENEW_DEADLINE"),
+    ({"PGJIT_NAMESPACE": ""}, "PGJIT_NAMESPACE"),
+    ({"PGJIT_LEADER_ELECTION_RETRY_PERIOD": "2h"}, "PGJIT_LEADER_ELECTION_RETRY_PERIOD"),
+])
+def test_inconsistent_leader_election_settings_are_refused(environ, variable):
+    with pytest.raises(SettingsError, match=variable):
+        Settings.load({"PGJIT_LEADER_ELECTION_LEASE": "pgjit", "PGJIT_NAMESPACE": "ops",
+                       **environ})
+
+
+def test_sharding_needs_leader_election():
+    with pytest.raises(SettingsError, match="PGJIT_LEADER_ELECTION_LEASE"):
+        Settings.load({"PGJIT_SHARD_DATABASE_SELECTOR": "shard=a"})
+    assert Settings.load({"PGJIT_SHARD_DATABASE_SELECTOR": "shard=a", "PGJIT_NAMESPACE": "ops",
+                          "PGJIT_LEADER_ELECTION_LEASE": "pgjit"}).shard_database_selector

@@ -197,6 +197,7 @@ class _Server:
     def __init__(self, name: str, command: list[str], log: Path) -> None:
         self.name = name
         self.log = log
+        self.command = command
         with open(log, "ab") as log_handle:
             self.process = subprocess.Popen(
                 command,
@@ -293,6 +294,39 @@ class ControlPlane(StartStop):
         """Return the kubeconfig file that authenticates as ``identity``."""
         self.token(identity)  # reject unknown identities with the list of known ones
         return self.workdir / "kubeconfigs" / f"{identity}.yaml"
+
+    def restart(self, name: str, *, down_seconds: float = 0.0, stop_timeout: float = STOP_TIMEOUT,
+                after_stop: Callable[[], None] | None = None) -> float:
+        """Stop one server (``etcd`` or ``kube-apiserver``) gracefully and start it again with
+        the same command, ports and data; return the seconds it took until it served again.
+
+        For fault tests: clients see their connections drop and requests fail in between.
+        ``down_seconds`` keeps it stopped that long; ``after_stop`` runs while it is down. A
+        server still shutting down after ``stop_timeout`` is killed (kube-apiserver with open
+        watches takes more than 10 s to stop gracefully).
+        """
+        index = next(i for i, server in enumerate(self._servers) if server.name == name)
+        old = self._servers[index]
+        began = time.monotonic()
+        old.stop(stop_timeout)
+        if after_stop is not None:
+            after_stop()
+        if down_seconds:
+            time.sleep(down_seconds)
+        # Append to the same log: one file tells the server's whole story.
+        server = _Server(name, old.command, old.log)
+        self._servers[index] = server
+        deadline = time.monotonic() + START_TIMEOUT
+        if name == "etcd":
+            client_url = next(arg.split("=", 1)[1] for arg in old.command
+                              if arg.startswith("--listen-client-urls="))
+            self._wait_etcd(server, client_url, deadline)
+            # kube-apiserver reconnects on its own; it serves again once /readyz says so.
+            apiserver = next(s for s in self._servers if s.name == "kube-apiserver")
+            self._wait_ready(apiserver, deadline)
+        else:
+            self._wait_ready(server, deadline)
+        return time.monotonic() - began
 
     def pids(self) -> dict[str, int]:
         """The running servers' process ids by name (etcd, kube-apiserver), e.g. to read their
@@ -401,6 +435,10 @@ class ControlPlane(StartStop):
             self.log_dir / "etcd.log",
         )
         self._servers.append(etcd)
+        self._wait_etcd(etcd, client_url, deadline)
+        return client_url
+
+    def _wait_etcd(self, etcd: _Server, client_url: str, deadline: float) -> None:
         # kube-apiserver would retry a missing etcd with gRPC backoff (seconds); waiting here
         # for etcd's /health costs tens of milliseconds.
         while True:
@@ -408,7 +446,7 @@ class ControlPlane(StartStop):
             try:
                 with urllib.request.urlopen(f"{client_url}/health", timeout=1) as response:
                     if b'"health":"true"' in response.read():
-                        return client_url
+                        return
             except (urllib.error.URLError, ConnectionError, TimeoutError):
                 pass
             self._check_deadline(deadline, etcd, "etcd /health")

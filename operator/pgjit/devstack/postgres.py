@@ -440,6 +440,39 @@ class PostgresServer:
     def is_running(self) -> bool:
         return self._process is not None and self._process.poll() is None
 
+    def shut_down(self, mode: str = "fast") -> None:
+        """``pg_ctl stop -m MODE``, as an administrator stops a server: ``fast`` rolls back
+        open transactions and closes every connection. The data directory stays; ``start``
+        brings the same server back on the same port. For fault tests."""
+        proc = self._process
+        if proc is None or proc.poll() is not None:
+            raise PostgresStartError("the server is not running")
+        user = _RunUser.for_this_process()
+        _run(user.argv([str(self.bindir / "pg_ctl"), "stop", "-D", str(self.data_dir),
+                        "-m", mode, "-w", "-t", str(int(STOP_TIMEOUT * 3))]),
+             self.log_path, f"pg_ctl stop -m {mode}")
+        proc.wait(STOP_TIMEOUT)
+
+    def start(self) -> None:
+        """Start the server again after ``shut_down`` (same data, port and settings)."""
+        if self.is_running():
+            raise PostgresStartError("the server is running already")
+        user = _RunUser.for_this_process()
+        build = PostgresBuild(self.major, self.bindir, self.server_version, self.source)
+        self._process = _spawn(build, user, self.data_dir, self.log_path, self.port)
+        _live_servers.add(self)
+        _wait_ready(self._process, self.data_dir, self.log_path)
+
+    def restart(self, mode: str = "fast", *, down_seconds: float = 0.0) -> float:
+        """``pg_ctl restart -m MODE``, optionally down for ``down_seconds``; the seconds from
+        the stop until it accepts connections again."""
+        began = time.monotonic()
+        self.shut_down(mode)
+        if down_seconds:
+            time.sleep(down_seconds)
+        self.start()
+        return time.monotonic() - began
+
     def stop(self, timeout: float = STOP_TIMEOUT) -> None:
         """Immediate shutdown (SIGQUIT) with a deadline, then SIGKILL the whole process group.
 

@@ -73,6 +73,7 @@ class AdminConnections:
         self._slots = asyncio.Semaphore(config.max_connections)
         self._tls = self._tls_params()
         self._iam = IamTokens(*config.aws_iam) if config.aws_iam is not None else None
+        self._closed = False
 
     def _tls_params(self) -> dict[str, str]:
         params: dict[str, str] = {"sslmode": self.config.sslmode}
@@ -138,8 +139,10 @@ class AdminConnections:
     @asynccontextmanager
     async def connection(self, dbname: str | None = None) -> AsyncIterator[psycopg.AsyncConnection]:
         dbname = dbname or self.config.admin_database
+        self._check_open()
         pool = self._pool(dbname)
         async with self._slots:
+            self._check_open()  # closed while this call waited for a slot
             if pool.closed:
                 await pool.open(wait=False)
             if dbname not in self._reachable:
@@ -156,6 +159,14 @@ class AdminConnections:
                 yield conn
             finally:
                 await pool.putconn(conn)
+
+    def _check_open(self) -> None:
+        if self._closed:
+            # Replaced (new credentials: a rotated admin password): a call still in flight must
+            # not reopen pools with what no longer works and wait out their timeouts, but give
+            # way at once to a retry on the new engine.
+            raise EngineError(Reason.UNREACHABLE, "the admin connections were replaced (the Database or "
+                              "its Secrets changed); retrying", transient=True)
 
     async def _raise_refusal(self, dbname: str) -> None:
         """Raise the reason the server refuses the admin's logins to ``dbname``, if it does.
@@ -205,6 +216,7 @@ class AdminConnections:
         return None
 
     async def close(self) -> None:
+        self._closed = True
         pools, self._pools = list(self._pools.values()), {}
         self._reachable.clear()
         for pool in pools:

@@ -35,6 +35,9 @@ APPROVAL_LATENCY = Histogram(
     buckets=(5, 15, 30, 60, 120, 300, 600, 1800, 3600, 7200, 14400, 28800, 86400))
 POSTGRES_OPERATIONS = Counter("pgjit_postgres_operations_total",
                               "Engine operations by kind and outcome", ["operation", "outcome"])
+LEADER = Gauge("pgjit_leader",
+                "1 while this process holds the leader-election Lease and acts, 0 while it "
+                "stands by")
 DRIFT_CORRECTED = Counter(
     "pgjit_drift_corrected_total",
     "Users found holding memberships or privileges no session granted, and corrected",
@@ -92,5 +95,12 @@ def _count_error(controller: str, *, terminal: bool) -> None:
     (TERMINAL_ERRORS if terminal else RECONCILE_ERRORS).labels(controller).inc()
 
 
+_serving: set[int] = set()
+
+
 def serve(port: int) -> None:
-    start_http_server(port)
+    """Start the metrics endpoint once per process: the runner starts it before the election
+    (a standby reports pgjit_leader 0), and Kopf's startup, which may run again, finds it up."""
+    if port not in _serving:
+        start_http_server(port)
+        _serving.add(port)

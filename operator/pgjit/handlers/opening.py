@@ -130,6 +130,12 @@ async def _activate(body, plan: Plan, lease_id: str, memo, namespace: str, datab
             # before it acts: the engine refuses to share a user whose password is unknown.
             shared = await shared_password(memo, namespace, session, database, username,
                                            databases_by_name, active_sessions_by_user)
+        if plan.expires_at <= utc_now():
+            # It expired while it waited (for the server, or for this lock): an expired
+            # session, not the invalid request the engine would call it.
+            raise Outcome(SessionPhase.EXPIRED, Reason.EXPIRED,
+                          f"the session expired at {ts(plan.expires_at)} before it could be "
+                          "opened", release=True)
         request = ActivationRequest(
             session_id=lease_id, identity=session.spec.user,
             database=session.spec.database_name, roles=tuple(decision.database_roles),

@@ -34,7 +34,8 @@ def validation_problems(role: Role) -> list[str]:
 
 
 def _role_status(body, namespace: str, databases_by_name) -> tuple[dict, list[str]]:
-    """The Role's status (validation and selection) and its validation problems."""
+    """The Role's status (validation and selection) and its validation problems; without
+    ``databases_by_name`` (a sharded instance, which sees only its own) no selection."""
     previous = body.get("status", {}).get("conditions")
     generation = body.get("metadata", {}).get("generation")
     try:
@@ -48,6 +49,10 @@ def _role_status(body, namespace: str, databases_by_name) -> tuple[dict, list[st
         status = written(RoleStatus, observed_generation=generation)
         status["conditions"] = conditions.stalled(previous, generation, Reason.INVALID_ROLE,
                                                   message)
+        return status, problems
+    if databases_by_name is None:
+        status = written(RoleStatus, observed_generation=generation)
+        status["conditions"] = conditions.ready(previous, generation, Reason.VALID, "valid")
         return status, problems
     return _selection_status(role, previous, namespace, databases_by_name), problems
 
@@ -68,9 +73,12 @@ def _selection_status(role: Role, previous, namespace: str, databases_by_name) -
 
 
 @on_spec(*RESOURCE, id="validate")
-async def validate(body, namespace, patch, databases_by_name, **_):
+async def validate(body, namespace, patch, memo, databases_by_name, **_):
     with metrics.reconcile("role") as reconciliation:
-        status, problems = _role_status(body, namespace, databases_by_name)
+        # A shard sees only its own Databases; the coverage report writes the selection from
+        # all of them (kube/coverage.py), or the shards would overwrite each other's.
+        status, problems = _role_status(body, namespace,
+                                        None if memo.shard.sharded else databases_by_name)
         if problems:
             reconciliation.failed_terminally()
         previous = body.get("status", {}).get("conditions")
@@ -90,6 +98,8 @@ async def refresh_selections(namespace, memo, roles_by_namespace, databases_by_n
     object with a timer, and a finalizer on Roles would keep them (and their namespace) from
     being deleted whenever the operator is not running, for the sake of a status field.
     """
+    if memo.shard.sharded:
+        return  # see validate
     for role in list(roles_by_namespace.get(namespace, ())):
         previous = conditions_of(role)
         ready = conditions.find_condition(previous, "Ready") or {}

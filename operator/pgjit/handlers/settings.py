@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass, field
 
 import kopf
@@ -13,6 +14,7 @@ from ..kube.engines import EngineRegistry
 from ..settings import Settings
 from . import metrics
 from .passwords import SharedPasswords
+from .shard import ShardState
 
 FINALIZER = f"{GROUP}/finalizer"
 
@@ -26,6 +28,10 @@ class OperatorMemo:
     kube: Kube = field(init=False)
     engines: EngineRegistry = field(init=False)
     shared_passwords: SharedPasswords = field(default_factory=SharedPasswords)
+    #: Which Databases this instance serves (handlers/shard.py); everything by default.
+    shard: ShardState = field(default_factory=ShardState)
+    #: Gives the leader-election Lease up (None without election; handlers/leadership.py).
+    release_leadership: Callable[[], None] | None = None
 
 
 @kopf.on.startup()
@@ -44,6 +50,10 @@ async def configure(settings: kopf.OperatorSettings, memo: OperatorMemo, **_) ->
     settings.watching.client_timeout = 330
     settings.watching.connect_timeout = 30
     settings.execution.max_workers = memo.settings.threads
+    # A handler's unexpected errors are almost always the API server or the network being away
+    # for a moment (a restart, a failover); Kopf's default 60 s left a session opened during
+    # an API server restart waiting a minute after the server was back (tests/faults).
+    settings.execution.default_backoff = 10
     if memo.settings.namespaced:
         settings.scanning.disabled = True
     memo.kube = Kube(load_client())

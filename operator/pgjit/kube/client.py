@@ -45,6 +45,12 @@ def load_client() -> kubernetes.client.Configuration:
     return configuration
 
 
+def load_api_client() -> kubernetes.client.ApiClient:
+    """The `kubernetes` package's client on the same credentials, for the calls made outside
+    the event loop's hot path (leader election, the shard coverage report, readiness)."""
+    return kubernetes.client.ApiClient(load_client())
+
+
 class NotOwned(Exception):
     """An object pgjit would write exists already and belongs to someone else."""
 
