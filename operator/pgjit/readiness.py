@@ -96,17 +96,9 @@ class Readiness:
 
     async def serve(self, url: str) -> None:
         """Serve the endpoint at ``url`` (``http://HOST:PORT/PATH``) until cancelled."""
-        parts = urllib.parse.urlsplit(url)
-        app = aiohttp.web.Application()
-        app.add_routes([aiohttp.web.get(parts.path or "/readyz", self._respond),
-                        aiohttp.web.get("/leader", self._leader)])
-        runner = aiohttp.web.AppRunner(app, handle_signals=False, shutdown_timeout=1.0)
-        await runner.setup()
-        try:
-            await aiohttp.web.TCPSite(runner, parts.hostname, parts.port).start()
-            await asyncio.Event().wait()
-        finally:
-            await runner.cleanup()
+        path = urllib.parse.urlsplit(url).path or "/readyz"
+        await _serve(url, [aiohttp.web.get(path, self._respond),
+                           aiohttp.web.get("/leader", self._leader)])
 
 
 async def serve_liveness(url: str) -> None:
@@ -116,9 +108,14 @@ async def serve_liveness(url: str) -> None:
     async def alive(request: aiohttp.web.Request) -> aiohttp.web.Response:
         return aiohttp.web.json_response({})
 
+    await _serve(url, [aiohttp.web.get(urllib.parse.urlsplit(url).path or "/healthz", alive)])
+
+
+async def _serve(url: str, routes: list) -> None:
+    """Serve ``routes`` on the host and port of ``url`` until cancelled."""
     parts = urllib.parse.urlsplit(url)
     app = aiohttp.web.Application()
-    app.add_routes([aiohttp.web.get(parts.path or "/healthz", alive)])
+    app.add_routes(routes)
     runner = aiohttp.web.AppRunner(app, handle_signals=False, shutdown_timeout=1.0)
     await runner.setup()
     try:
