@@ -171,6 +171,8 @@ async def _operate(settings: Settings, shard_selector, *, namespaces: list[str],
         liveness = None
     if settings.metrics_port:
         metrics.serve(settings.metrics_port)
+    #: This run of Kopf's state, for restarts asked for from outside Kopf.
+    current = [ShardState(shard_selector)]
     try:
         if elector is not None:
             probe.role = "standby"
@@ -182,6 +184,12 @@ async def _operate(settings: Settings, shard_selector, *, namespaces: list[str],
                 side_tasks.append(asyncio.create_task(probe.check(now)))
             if not await _stand_by(elector):
                 return
+            loop = asyncio.get_running_loop()
+            # Watch streams resumed after the API server was away can miss events for good
+            # (a session whose finalizer patch landed during a restart was never handled:
+            # tests/faults); a fresh list sees everything.
+            elector.on_reconnected = lambda: loop.call_soon_threadsafe(
+                lambda: current[0].request_restart("the API server was unreachable"))
             elector.start_renewing()
             probe.role = "leader"
             metrics.LEADER.set(1)
@@ -190,7 +198,7 @@ async def _operate(settings: Settings, shard_selector, *, namespaces: list[str],
         elif readiness:
             side_tasks.append(asyncio.create_task(probe.check(started)))
         while True:
-            shard = ShardState(shard_selector)
+            shard = current[0] = ShardState(shard_selector)
             if shard.sharded:
                 shard.watched = await _served(shard_selector, namespaces, clusterwide)
             memo = OperatorMemo(settings)
@@ -200,9 +208,10 @@ async def _operate(settings: Settings, shard_selector, *, namespaces: list[str],
             metrics.ACTIVE_SESSIONS.set(0)
             await kopf.operator(standalone=True, clusterwide=clusterwide, namespaces=namespaces,
                                 liveness_endpoint=liveness, ready_flag=started, memo=memo,
-                                # Only a shard restarts Kopf; a stop flag that is never set
-                                # costs every shutdown Kopf's 5 s wait for leftover tasks.
-                                stop_flag=shard.restart if shard.sharded else None)
+                                # Only a shard or a leader restarts Kopf. A stop flag still
+                                # unset at shutdown costs Kopf's 5 s wait for leftover tasks;
+                                # the cleanup handler sets it (handlers/leadership.py).
+                                stop_flag=shard.restart if shard.sharded or elector else None)
             if not shard.restart_requested:
                 break
             started.clear()

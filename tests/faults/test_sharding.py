@@ -102,7 +102,8 @@ def test_two_shards_serve_disjoint_databases_and_report_the_rest(stack):
                                                   "databases", "main", body)
     env_c.wait_phase("lost", "Active", timeout=60)
     env_c.wait_ready("Database", "main", "True", timeout=30)
-    assert "restarting the watches" in shard_a.log_path.read_text()
+    assert "Restarting the watches: Shard: the served Databases changed" in \
+        shard_a.log_path.read_text()
     assert objects_in_log(shard_b, env_c.namespace) == []
 
     for env, burst in zip((env_a, env_b), bursts):

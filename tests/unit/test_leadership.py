@@ -336,3 +336,25 @@ def test_no_early_takeover_while_the_leader_renews(world):
 def test_identities_differ_between_two_processes_of_one_pod():
     one, two = new_identity("pgjit-0"), new_identity("pgjit-0")
     assert one != two and one.startswith("pgjit-0_") and two.startswith("pgjit-0_")
+
+
+def test_a_renewal_after_failed_ones_reports_the_reconnection(world):
+    """Watch streams resumed after the API server was away can miss events: the runner
+    restarts them when the renewals, which notice the outage first, come back."""
+    reconnected = []
+    leader = world.elector("a")
+    leader.on_reconnected = lambda: reconnected.append(world.clock.now)
+    assert leader.try_acquire()
+    world.clock.now += 2
+    assert leader.renew_pass() and reconnected == []
+    world.leases.down = True
+    for _ in range(3):
+        world.clock.now += 2
+        assert leader.renew_pass()
+    assert reconnected == []
+    world.leases.down = False
+    world.clock.now += 1
+    assert leader.renew_pass()
+    assert reconnected == [world.clock.now]
+    world.clock.now += 2
+    assert leader.renew_pass() and len(reconnected) == 1

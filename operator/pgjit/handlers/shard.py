@@ -34,13 +34,20 @@ class ShardState:
     selector: ShardSelector = field(default_factory=ShardSelector)
     #: The (namespace, name) Databases the session watch was built for.
     watched: frozenset[tuple[str, str]] = frozenset()
-    #: Set to stop this run of Kopf; the runner then starts the next with a new watch.
+    #: Set to stop this run of Kopf: with ``restart_requested`` the runner starts the next.
     restart: asyncio.Event = field(default_factory=asyncio.Event)
     restart_requested: bool = False
 
     @property
     def sharded(self) -> bool:
         return self.selector.sharded
+
+    def request_restart(self, reason: str) -> None:
+        """Stop this run of Kopf and start another: its watches begin with a fresh list."""
+        if not self.restart_requested:
+            log.info("Restarting the watches: %s", reason)
+            self.restart_requested = True
+            self.restart.set()
 
 
 @kopf.on.startup()
@@ -63,7 +70,6 @@ async def follow_served(memo, databases_by_name, **_) -> None:
         return
     served = frozenset(key for key, bodies in databases_by_name.items() if bodies)
     if served != shard.watched:
-        log.info("Shard: the served Databases changed (%s added, %s gone); restarting the "
-                 "watches", sorted(served - shard.watched), sorted(shard.watched - served))
-        shard.restart_requested = True
-        shard.restart.set()
+        shard.request_restart(
+            f"Shard: the served Databases changed ({sorted(served - shard.watched)} added, "
+            f"{sorted(shard.watched - served)} gone)")

@@ -119,8 +119,13 @@ class LeaderElector:
 
     def __init__(self, api_client: kubernetes.client.ApiClient, config: ElectionConfig, *,
                  clock: Callable[[], float] = time.monotonic,
-                 on_lost: Callable[[str], None] = exit_now):
+                 on_lost: Callable[[str], None] = exit_now,
+                 on_reconnected: Callable[[], None] | None = None):
         self.config = config
+        #: Called (from the renewal thread) when a renewal succeeds after failed ones: the API
+        #: server was away, and watch streams may have missed events meanwhile.
+        self.on_reconnected = on_reconnected
+        self._renewal_failed = False
         self._api = kubernetes.client.CoordinationV1Api(api_client)
         self._clock = clock
         self._on_lost = on_lost
@@ -307,6 +312,12 @@ class LeaderElector:
             return False
         except Exception as error:  # noqa: BLE001 - retried until the deadline
             log.warning("Leader election: renewing the Lease failed: %s", error)
+            self._renewal_failed = True
+        else:
+            if self._renewal_failed:
+                self._renewal_failed = False
+                if self.on_reconnected is not None:
+                    self.on_reconnected()
         if self.overdue():
             self._lose(f"no successful renewal for {self.config.renew_deadline:g}s "
                        "(renewDeadline)")
