@@ -12,6 +12,7 @@ No kubelet runs, so the Deployment's pod never starts; the subprocess stands in 
 from __future__ import annotations
 
 import json
+import random
 import socket
 import urllib.request
 
@@ -27,9 +28,19 @@ FINALIZER = "pgjit.dev/finalizer"
 
 
 def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
+    """A free port below Linux's ephemeral range (32768-60999). The ports are chosen when the
+    module loads and bound only when the operator starts, minutes later; every server the
+    other layers start meanwhile takes an ephemeral port (bind to 0), and one of them once
+    took this one, so that /readyz answered "ok" from a kube-apiserver."""
+    for _ in range(200):
+        port = random.randint(20000, 32000)
+        with socket.socket() as sock:
+            try:
+                sock.bind(("127.0.0.1", port))
+            except OSError:
+                continue
+            return port
+    raise RuntimeError("no free port in 20000-32000")
 
 
 # Test-speed intervals; free ports because other engineers' operators run on this machine too.
