@@ -2,7 +2,7 @@
 
 Each subcommand is a small function taking the parsed arguments and returning an exit code; the
 parser is built in one place so that ``pgjit --help`` lists everything. The work is done in
-``pgjit.client`` (connect, disconnect, sessions, explain) and elsewhere; the functions here only
+``pgjit.client`` (connect, disconnect, sessions, explain, review, requests) and elsewhere; the functions here only
 translate arguments, and import lazily so that ``pgjit --help`` stays fast.
 """
 
@@ -95,7 +95,7 @@ def cmd_connect(args: argparse.Namespace) -> int:
 
     options = ConnectOptions(
         database=args.database, database_name=args.db_name, namespace=_namespace(args),
-        database_roles=args.db_roles or (), duration=args.duration,
+        database_roles=args.db_roles or (), duration=args.duration, reason=args.reason,
         psql_args=tuple(args.psql_args), psql_path=args.psql, keep_session=args.keep_session,
         host=args.host, port=args.port, wait_timeout=args.wait_timeout.total_seconds(),
         end_timeout=args.end_timeout.total_seconds())
@@ -120,27 +120,65 @@ def cmd_disconnect(args: argparse.Namespace) -> int:
 
 def cmd_sessions(args: argparse.Namespace) -> int:
     """List DatabaseSessions: a table, or JSON/YAML records for scripts."""
-    from kubernetes.client.rest import ApiException
-
     from pgjit.client import output
     from pgjit.client.identity import whoami
-    from pgjit.client.kubeconfig import api_client
     from pgjit.client.sessions import Sessions
+
+    def fetch(api, namespace):
+        user = whoami(api).user if args.mine else None
+        return Sessions(api, namespace).list(user=user)
+    return _list_sessions(args, "sessions", fetch, output.to_json, output.to_yaml,
+                          output.to_table)
+
+
+def cmd_requests(args: argparse.Namespace) -> int:
+    """List the sessions that wait for your review."""
+    from pgjit.client import reviews
+    from pgjit.client.reviewing import requests
+
+    return _list_sessions(args, "requests", requests, reviews.requests_json,
+                          reviews.requests_yaml, reviews.requests_table)
+
+
+def _list_sessions(args: argparse.Namespace, command: str, fetch, to_json, to_yaml,
+                   to_table) -> int:
+    """What `pgjit sessions` and `pgjit requests` share: the scope (-n / -A), the API error
+    said in one line, and the output format (-o)."""
+    from kubernetes.client.rest import ApiException
+
+    from pgjit.client.kubeconfig import api_client
 
     namespace = None if args.all_namespaces else _namespace(args)
     with api_client() as api:
         try:
-            user = whoami(api).user if args.mine else None
-            items = Sessions(api, namespace).list(user=user)
+            items = fetch(api, namespace)
         except ApiException as exc:
             where = "all namespaces" if namespace is None else f"namespace {namespace}"
-            print(f"pgjit sessions: cannot list DatabaseSessions in {where}: {exc.status}"
+            print(f"pgjit {command}: cannot list DatabaseSessions in {where}: {exc.status}"
                   f" {exc.reason}", file=sys.stderr)
             return 1
-    render = {"json": output.to_json, "yaml": output.to_yaml}.get(args.output)
+    render = {"json": to_json, "yaml": to_yaml}.get(args.output)
     sys.stdout.write(render(items) if render else
-                     output.to_table(items, all_namespaces=namespace is None))
+                     to_table(items, all_namespaces=namespace is None))
     return 0
+
+
+def cmd_review(args: argparse.Namespace) -> int:
+    """Approve or deny a session that waits for review."""
+    from pgjit.client.connect import report
+    from pgjit.client.kubeconfig import api_client
+    from pgjit.client.reviewing import review
+    from pgjit.vocabulary import ReviewDecision
+
+    decision = ReviewDecision.APPROVE if args.approve else ReviewDecision.DENY
+    if decision is ReviewDecision.DENY and not (args.reason or "").strip():
+        print("pgjit review: --deny needs --reason TEXT (the requester reads it)",
+              file=sys.stderr)
+        return 2
+    with api_client() as api:
+        return review(api, _namespace(args), args.name, decision=decision,
+                      reason=(args.reason or "").strip() or None, report=report,
+                      wait_seconds=args.wait.total_seconds())
 
 
 def cmd_explain(args: argparse.Namespace) -> int:
@@ -160,7 +198,7 @@ def cmd_explain(args: argparse.Namespace) -> int:
         database=args.database, namespace=_namespace(args), user=args.user,
         groups=tuple(args.group) if args.group else None, extra=extra,
         database_name=args.db_name, database_roles=args.db_roles or (),
-        duration=args.duration, traits_configmap=traits_ref,
+        duration=args.duration, reason=args.reason, traits_configmap=traits_ref,
         include_unmatched=not args.only_matching, objects_conninfo=args.objects)
     with api_client() as api:
         try:
@@ -234,6 +272,8 @@ def build_parser() -> argparse.ArgumentParser:
                          help="database roles the session would ask for")
     explain.add_argument("--duration", type=_duration, default=timedelta(hours=1),
                          help="the duration the session would ask for (default 1h)")
+    explain.add_argument("--reason", metavar="TEXT",
+                         help="the reason the session would give (for Roles that require one)")
     explain.add_argument("--traits-configmap", metavar="NS/NAME",
                          help="the operator's traits ConfigMap (default: $PGJIT_NAMESPACE/"
                          "$PGJIT_TRAITS_CONFIGMAP when set)")
@@ -258,6 +298,9 @@ def build_parser() -> argparse.ArgumentParser:
     connect.add_argument("--duration", type=_duration, default=None,
                          help="how long the session may last, like 30m (default 1h; the Roles"
                          " may cap it)")
+    connect.add_argument("--reason", metavar="TEXT",
+                         help="why you need the access: reviewers read it, and Roles with"
+                         " approval.requireReason refuse sessions without one")
     connect.add_argument("-n", "--namespace", help="namespace (default: the kubeconfig's)")
     connect.add_argument("--psql", metavar="PATH", help="the psql to run (default: psql on PATH)")
     connect.add_argument("--keep-session", action="store_true",
@@ -267,7 +310,9 @@ def build_parser() -> argparse.ArgumentParser:
                          " port-forward)")
     connect.add_argument("--port", type=int, help="connect to this port instead of the Secret's")
     connect.add_argument("--wait-timeout", type=_duration, default=timedelta(minutes=2),
-                         metavar="DURATION", help="how long to wait for Active (default 2m)")
+                         metavar="DURATION", help="how long to wait for Active (default 2m;"
+                         " time spent waiting for reviewers does not count: the Role's"
+                         " pendingTimeout bounds it)")
     connect.add_argument("--end-timeout", type=_duration, default=timedelta(minutes=1),
                          metavar="DURATION",
                          help="how long to wait for the session to be gone (default 1m)")
@@ -293,6 +338,27 @@ def build_parser() -> argparse.ArgumentParser:
     sessions.add_argument("-o", "--output", choices=("table", "json", "yaml"), default="table")
     sessions.add_argument("--mine", action="store_true", help="only your own sessions")
     sessions.set_defaults(func=cmd_sessions)
+
+    requests_ = sub.add_parser("requests", help="list the sessions that wait for your review")
+    scope = requests_.add_mutually_exclusive_group()
+    scope.add_argument("-n", "--namespace", help="namespace (default: the kubeconfig's)")
+    scope.add_argument("-A", "--all-namespaces", action="store_true",
+                       help="look in every namespace")
+    requests_.add_argument("-o", "--output", choices=("table", "json", "yaml"), default="table")
+    requests_.set_defaults(func=cmd_requests)
+
+    review = sub.add_parser("review", help="approve or deny a session that waits for review")
+    review.add_argument("name", metavar="NAME", help="the DatabaseSession")
+    verdict = review.add_mutually_exclusive_group(required=True)
+    verdict.add_argument("--approve", action="store_true", help="approve it")
+    verdict.add_argument("--deny", action="store_true", help="deny it (ends it: Failed, Denied)")
+    review.add_argument("--reason", metavar="TEXT",
+                        help="why (required with --deny; the requester reads it)")
+    review.add_argument("-n", "--namespace", help="namespace (default: the kubeconfig's)")
+    review.add_argument("--wait", type=_duration, default=timedelta(seconds=15),
+                        metavar="DURATION",
+                        help="how long to wait for the operator to count it (default 15s)")
+    review.set_defaults(func=cmd_review)
 
     dev = sub.add_parser("dev", help="start a local stack for trying pgjit without a cluster "
                          "(needs a source checkout; Ctrl-C stops everything)")

@@ -4,7 +4,8 @@ Kopf's ``/healthz`` (``--liveness``) proves that the event loop answers; it answ
 the process is up, also while the operator cannot watch anything (startup handlers still
 running, or RBAC that lets it start but not list its kinds). Readiness here means: Kopf's
 startup handlers have finished, which is when Kopf starts its watch streams, and the operator,
-with its own credentials, has listed each kind it watches (Databases, Roles, DatabaseSessions)
+with its own credentials, has listed each kind it watches (Databases, Roles, DatabaseSessions,
+DatabaseSessionReviews)
 in every namespace it watches: the request each watch stream begins with. From then on the
 endpoint stays ready; a failing watch later on is Kopf's to retry, and restarting the process
 is liveness's job. Until then it answers 503 with what it is waiting for.
@@ -29,7 +30,7 @@ import kubernetes
 
 from . import GROUP, VERSION
 
-KINDS = ("databases", "roles", "databasesessions")
+KINDS = ("databases", "roles", "databasesessions", "databasesessionreviews")
 RETRY_SECONDS = 2.0
 
 logger = logging.getLogger(__name__)
@@ -53,9 +54,9 @@ class Readiness:
         """
         await started.wait()
         if lister is None:
-            from .kube.client import load_client
+            from .kube.client import load_api_client
 
-            api = kubernetes.client.CustomObjectsApi(load_client())
+            api = kubernetes.client.CustomObjectsApi(load_api_client())
 
             def lister(plural: str, namespace: str | None) -> None:
                 self._list(api, plural, namespace)
@@ -95,17 +96,9 @@ class Readiness:
 
     async def serve(self, url: str) -> None:
         """Serve the endpoint at ``url`` (``http://HOST:PORT/PATH``) until cancelled."""
-        parts = urllib.parse.urlsplit(url)
-        app = aiohttp.web.Application()
-        app.add_routes([aiohttp.web.get(parts.path or "/readyz", self._respond),
-                        aiohttp.web.get("/leader", self._leader)])
-        runner = aiohttp.web.AppRunner(app, handle_signals=False, shutdown_timeout=1.0)
-        await runner.setup()
-        try:
-            await aiohttp.web.TCPSite(runner, parts.hostname, parts.port).start()
-            await asyncio.Event().wait()
-        finally:
-            await runner.cleanup()
+        path = urllib.parse.urlsplit(url).path or "/readyz"
+        await _serve(url, [aiohttp.web.get(path, self._respond),
+                           aiohttp.web.get("/leader", self._leader)])
 
 
 async def serve_liveness(url: str) -> None:
@@ -115,9 +108,14 @@ async def serve_liveness(url: str) -> None:
     async def alive(request: aiohttp.web.Request) -> aiohttp.web.Response:
         return aiohttp.web.json_response({})
 
+    await _serve(url, [aiohttp.web.get(urllib.parse.urlsplit(url).path or "/healthz", alive)])
+
+
+async def _serve(url: str, routes: list) -> None:
+    """Serve ``routes`` on the host and port of ``url`` until cancelled."""
     parts = urllib.parse.urlsplit(url)
     app = aiohttp.web.Application()
-    app.add_routes([aiohttp.web.get(parts.path or "/healthz", alive)])
+    app.add_routes(routes)
     runner = aiohttp.web.AppRunner(app, handle_signals=False, shutdown_timeout=1.0)
     await runner.setup()
     try:

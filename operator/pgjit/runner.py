@@ -81,7 +81,7 @@ def _election(settings: Settings, readiness: str | None):
     this process who it is: the readiness server's /leader, at the pod's IP."""
     import urllib.parse
 
-    from .kube.client import load_client
+    from .kube.client import load_api_client
     from .kube.leadership import SHARD_ANNOTATION, ElectionConfig, LeaderElector, new_identity
 
     endpoint = None
@@ -100,7 +100,7 @@ def _election(settings: Settings, readiness: str | None):
         retry_period=settings.retry_period_seconds, endpoint=endpoint,
         probe=settings.leader_probe,
         annotations={SHARD_ANNOTATION: settings.shard_database_selector or ""})
-    return LeaderElector(load_client(), config)
+    return LeaderElector(load_api_client(), config)
 
 
 async def _stand_by(elector) -> bool:
@@ -125,9 +125,9 @@ async def _served(shard, namespaces: list[str], clusterwide: bool) -> frozenset[
     import kubernetes
 
     from . import GROUP, VERSION
-    from .kube.client import load_client
+    from .kube.client import load_api_client
 
-    api = kubernetes.client.CustomObjectsApi(load_client())
+    api = kubernetes.client.CustomObjectsApi(load_api_client())
     selector = shard.render()
 
     def listed() -> frozenset[tuple[str, str]]:
@@ -226,11 +226,11 @@ async def _operate(settings: Settings, shard_selector, *, namespaces: list[str],
 async def _coverage(settings: Settings, watched: list[str] | None) -> None:
     """The leader's share of the coverage report (kube/coverage.py): every instance runs it,
     the one whose Lease sorts first writes it."""
-    from .kube.client import load_client
+    from .kube.client import load_api_client
     from .kube.coverage import CoverageReport
 
     assert settings.namespace and settings.leader_election_lease
-    report = CoverageReport(load_client(), lease=settings.leader_election_lease,
+    report = CoverageReport(load_api_client(), lease=settings.leader_election_lease,
                             namespace=settings.namespace, reporting_instance=settings.pod_name,
                             watched=watched)
     await report.run(settings.health_seconds)

@@ -111,12 +111,19 @@ class Settings:
         "PGJIT_NAMESPACE", _text, None,
         "The operator's own namespace, where the traits ConfigMap and the leader-election Lease "
         "are (the chart sets it).")
+    prepared_statements: bool = _setting(
+        "PGJIT_PREPARED_STATEMENTS", _flag, True,
+        "Whether the catalog reads every activation starts with are prepared once per admin "
+        "connection (planned once instead of every time); turn off behind a pooler in "
+        "transaction mode that does not track prepared statements (PgBouncer before 1.21).")
     secret_access: bool = _setting(
         "PGJIT_SECRET_ACCESS", _flag, True,
         "Whether each session's user gets get on exactly its credentials Secret (a Role and "
         "RoleBinding named like the Secret).")
     threads: int = _setting(
-        "PGJIT_THREADS", _positive_int, 16, "Worker threads for Kubernetes API calls.")
+        "PGJIT_THREADS", _positive_int, 16,
+        "Worker threads for blocking work off the event loop (password hashing, the readiness "
+        "check); Kubernetes API calls run on the event loop.")
     metrics_port: int | None = _setting(
         "PGJIT_METRICS_PORT", _port, None,
         "Port of the Prometheus metrics endpoint (unset: none); pgjit run --metrics-port sets it.")

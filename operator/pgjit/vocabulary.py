@@ -20,6 +20,7 @@ __all__ = [
     "TERMINAL_PHASES",
     "CredentialsType",
     "Reason",
+    "ReviewDecision",
     "SSLMode",
     "SessionPhase",
     "TeardownAction",
@@ -67,6 +68,13 @@ class UserProvisioning(enum.StrEnum):
         return list(UserProvisioning).index(self)
 
 
+class ReviewDecision(enum.StrEnum):
+    """What a DatabaseSessionReview says about the session it names."""
+
+    APPROVE = "Approve"
+    DENY = "Deny"
+
+
 class CredentialsType(enum.StrEnum):
     """How session users authenticate to PostgreSQL."""
 
@@ -110,6 +118,15 @@ class Reason(enum.StrEnum):
     SECRET_CONFLICT = "SecretConflict"
     INVALID_CLIENT_CA = "InvalidClientCA"
     END_FAILED = "EndFailed"
+
+    # A session that needs approval (handlers/approval_gate.py): waiting, and how the wait ends;
+    # Events about each review it is sent.
+    AWAITING_APPROVAL = "AwaitingApproval"
+    DENIED = "Denied"
+    APPROVAL_EXPIRED = "ApprovalExpired"
+    APPROVED = "Approved"
+    REVIEW_COUNTED = "ReviewCounted"
+    REVIEW_IGNORED = "ReviewIgnored"
 
     # PostgreSQL, as the engine classifies its errors (engine/errors.py), and its Secrets.
     USER_CONFLICT = "UserConflict"

@@ -17,6 +17,7 @@ import kubernetes
 import pytest
 
 from pgjit.devstack.controlplane import ControlPlane
+from operatorkit import shared_crds, shared_operator, shared_postgres16
 from planekit import start_control_plane
 
 HERE = Path(__file__).parent
@@ -162,3 +163,21 @@ def helm(
         )
 
     return run
+
+
+@pytest.fixture(scope="session")
+def installed_crds(control_plane):
+    with shared_crds(control_plane):
+        yield
+
+
+@pytest.fixture(scope="session")
+def postgres16():
+    with shared_postgres16() as server:
+        yield server
+
+
+@pytest.fixture(scope="session")
+def operator(control_plane, installed_crds, tmp_path_factory):
+    with shared_operator(control_plane, tmp_path_factory) as proc:
+        yield proc

@@ -19,7 +19,6 @@ from typing import Any, Callable, Iterator
 
 import kubernetes
 import psycopg
-import pytest
 from kubernetes.client.rest import ApiException
 
 from pgjit.devstack.kube_binaries import find_repo_root
@@ -28,17 +27,16 @@ from pgjit.devstack.stack import prepare_demo_postgres
 
 GROUP, VERSION = "pgjit.dev", "v1alpha1"
 PLURALS = {"Database": "databases", "Role": "roles", "DatabaseSession": "databasesessions",
-           "ObjectLabelRule": "objectlabelrules"}
+           "ObjectLabelRule": "objectlabelrules", "DatabaseSessionReview": "databasesessionreviews"}
 SESSION_LABEL = "pgjit.dev/session"
 #: The operator's Database health/sweep interval in tests (production default: 60 s).
 HEALTH_SECONDS = "3"
 #: How often a session daemon re-checks that Roles still allow it (production default: 30 s).
 REVALIDATE_SECONDS = "1"
 
-# Session-scoped fixtures below are imported into several test modules; pytest then holds one
-# fixture definition per module. These share one instance (one PostgreSQL, one operator process:
-# two operators watching the same objects would fight), started by the first module that asks
-# and stopped when the last definition is torn down.
+# The shared parts of a layer (one PostgreSQL, one operator process: two operators watching the
+# same objects would fight), started by the first fixture that asks and stopped when the last
+# user is done; the fixtures themselves are in the layers' conftest.py.
 _SHARED: dict[str, list] = {}
 
 
@@ -74,10 +72,9 @@ def wait_for(what: str, check: Callable[[], Any], timeout: float = 30.0, interva
     raise AssertionError(f"timed out after {timeout}s waiting for {what}; last seen: {last!r}")
 
 
-@pytest.fixture(scope="session")
-def installed_crds(control_plane):
-    with _shared("crds", lambda: _install_crds(control_plane), lambda _: None):
-        yield
+def shared_crds(control_plane):
+    """The CRDs installed once for every test process sharing ``control_plane``."""
+    return _shared("crds", lambda: _install_crds(control_plane), lambda _: None)
 
 
 def _install_crds(control_plane) -> bool:
@@ -91,16 +88,18 @@ def _install_crds(control_plane) -> bool:
     return True
 
 
-@pytest.fixture(scope="session")
-def postgres16():
-    with _shared("postgres16", _start_postgres16, lambda server: server.stop()) as server:
-        yield server
+def shared_postgres16():
+    """One PostgreSQL 16 for every test process of the layer (see _shared)."""
+    return _shared("postgres16", _start_postgres16, lambda server: server.stop())
 
 
 def _start_postgres16():
     workdir = Path(tempfile.mkdtemp(prefix="pgjit-cluster-pg-"))
     os.chmod(workdir, 0o755)
-    server = start_postgres("16", workdir / "pg16")
+    # Every test's Database keeps its own admin connections (the namespaces are never
+    # deleted: the test bed runs no namespace controller), and two operators share this
+    # server; 100, the default, ran out once a layer held some 150 Databases.
+    server = start_postgres("16", workdir / "pg16", settings={"max_connections": "400"})
     prepare_demo_postgres(server, dbname="app", table="items")
     return server
 
@@ -146,15 +145,14 @@ class OperatorProcess:
         return "\n".join(self.log_path.read_text(errors="replace").splitlines()[-lines:])
 
 
-@pytest.fixture(scope="session")
-def operator(control_plane, installed_crds, tmp_path_factory):
+def shared_operator(control_plane, tmp_path_factory):
+    """One operator process for every test process sharing ``control_plane``."""
     def start() -> OperatorProcess:
         proc = OperatorProcess(control_plane.kubeconfig("admin"),
                                tmp_path_factory.mktemp("operator") / "operator.log")
         proc.start()
         return proc
-    with _shared("operator", start, lambda proc: proc.stop()) as proc:
-        yield proc
+    return _shared("operator", start, lambda proc: proc.stop())
 
 
 @dataclass

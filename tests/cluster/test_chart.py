@@ -152,7 +152,7 @@ def test_rendered_crds_equal_the_generator_plus_keep(default_docs) -> None:
 def test_crd_toggles(helm) -> None:
     assert find(helm.render({"crds.install": False}), "CustomResourceDefinition") == []
     unkept = find(helm.render({"crds.keep": False}), "CustomResourceDefinition")
-    assert len(unkept) == 4
+    assert len(unkept) == len(build_crds())
     assert all("helm.sh/resource-policy" not in (d["metadata"].get("annotations") or {})
                for d in unkept)
 
@@ -376,6 +376,12 @@ def test_operator_rules_are_least_privilege(helm, values) -> None:
     assert rule_for(rules, "", "pods") is None and rule_for(rules, "", "configmaps") is None
     kinds = rule_for(rules, "pgjit.dev", "databasesessions")
     assert "delete" not in kinds["verbs"] and "create" not in kinds["verbs"]
+    # Nothing reads one of pgjit's objects by name: watches and lists are enough.
+    assert sorted(kinds["verbs"]) == ["list", "patch", "watch"]
+    # Reviews are only read: the operator counts them, nothing of it writes them.
+    assert rule_for(rules, "pgjit.dev", "databasesessionreviews")["verbs"] == [
+        "get", "list", "watch"]
+    assert rule_for(rules, "pgjit.dev", "databasesessionreviews/status") is None
     for rule in rules:
         assert not ({"kopfpeerings", "clusterkopfpeerings"} & set(rule["resources"])), \
             "the runner uses standalone mode; peering objects are not needed"
@@ -416,9 +422,19 @@ def test_no_rbac_when_disabled(helm) -> None:
 
 def test_user_roles_are_opt_in_and_aggregate(helm, default_docs) -> None:
     assert find(default_docs, "ClusterRole", "pgjit-session-user") == []
+    assert find(default_docs, "ClusterRole", "pgjit-reviewer") == []
     docs = helm.render({"userRoles.create": True})
     user = one(docs, "ClusterRole", "pgjit-session-user")
     viewer = one(docs, "ClusterRole", "pgjit-viewer")
+    reviewer = one(docs, "ClusterRole", "pgjit-reviewer")
+    assert rule_for(reviewer["rules"], "pgjit.dev", "databasesessionreviews")["verbs"] == [
+        "create", "get", "list", "watch"]
+    assert rule_for(reviewer["rules"], "pgjit.dev", "databasesessions")["verbs"] == [
+        "get", "list", "watch"]
+    assert reviewer["metadata"]["labels"]["rbac.authorization.k8s.io/aggregate-to-edit"] == \
+        "true"
+    assert rule_for(viewer["rules"], "pgjit.dev", "databasesessionreviews")["verbs"] == [
+        "get", "list", "watch"]
     assert user["metadata"]["labels"]["rbac.authorization.k8s.io/aggregate-to-edit"] == "true"
     assert viewer["metadata"]["labels"]["rbac.authorization.k8s.io/aggregate-to-view"] == "true"
     assert rule_for(user["rules"], "pgjit.dev", "databasesessions")["verbs"] == [
@@ -428,6 +444,24 @@ def test_user_roles_are_opt_in_and_aggregate(helm, default_docs) -> None:
     plain = helm.render({"userRoles.create": True, "userRoles.aggregateToDefaultRoles": False})
     assert not any("aggregate" in k for d in find(plain, "ClusterRole")
                    for k in d["metadata"]["labels"])
+
+
+def test_review_binding_pins_the_reviewer_with_no_exemption(helm, default_docs) -> None:
+    policy = one(default_docs, "ValidatingAdmissionPolicy", "pgjit-review-binding")
+    binding = one(default_docs, "ValidatingAdmissionPolicyBinding", "pgjit-review-binding")
+    assert binding["spec"] == {"policyName": "pgjit-review-binding",
+                               "validationActions": ["Deny"]}
+    spec = policy["spec"]
+    assert spec["failurePolicy"] == "Fail"
+    assert "matchConditions" not in spec, "session admins must not review for others"
+    [rule] = spec["matchConstraints"]["resourceRules"]
+    assert (rule["resources"], rule["operations"]) == (["databasesessionreviews"], ["CREATE"])
+    assert [v["expression"] for v in spec["validations"]][0] == \
+        "object.spec.reviewer == request.userInfo.username"
+    off = helm.render({"identityBinding.enabled": False})
+    # Only the sessions' pgjit.dev/database label policy (sharding) stays.
+    assert [d["metadata"]["name"] for d in find(off, "ValidatingAdmissionPolicy")] == [
+        "pgjit-session-database-label"]
 
 
 def test_notes_name_the_mode_and_the_uninstall_order(helm) -> None:
@@ -446,7 +480,7 @@ def test_chart_metadata() -> None:
     assert {c["name"] for c in crds} == {c["metadata"]["name"] for c in build_crds()}
     examples = yaml.safe_load(annotations["artifacthub.io/crdsExamples"])
     assert {e["kind"] for e in examples} == {"Database", "Role", "DatabaseSession",
-                                             "ObjectLabelRule"}
+                                             "ObjectLabelRule", "DatabaseSessionReview"}
     from pgjit import __version__
     assert chart["appVersion"] == __version__
     [image] = yaml.safe_load(annotations["artifacthub.io/images"])

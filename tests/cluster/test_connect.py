@@ -17,8 +17,7 @@ import pytest
 
 from clikit import (PROMPT, TIMEOUT, USER, child_pids, finish, grant_cli_access, run_cli,
                     spawn_connect)
-from operatorkit import (Env, installed_crds, make_env, operator,  # noqa: F401 - fixtures
-                         postgres16, wait_for)
+from operatorkit import Env, make_env, wait_for
 
 def only_session(env: Env) -> dict:
     return wait_for("the session pgjit connect created", lambda: next(iter(env.list(

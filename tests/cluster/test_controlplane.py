@@ -95,6 +95,7 @@ def test_admin_creates_namespace_and_objects_in_it(kube_api: ApiClient, namespac
         ("alice", {"analysts", "system:authenticated"}),
         ("bob", {"system:authenticated"}),
         ("robot", {"pgjit-session-admins", "system:authenticated"}),
+        ("carol", {"dba", "system:authenticated"}),
     ],
 )
 def test_static_identities_authenticate_with_their_groups(

@@ -26,7 +26,8 @@ pytestmark = pytest.mark.cluster
 
 REPO = pathlib.Path(__file__).resolve().parents[2]
 GROUP, VERSION = "pgjit.dev", "v1alpha1"
-PLURALS = {"Database": "databases", "Role": "roles", "DatabaseSession": "databasesessions"}
+PLURALS = {"Database": "databases", "Role": "roles", "DatabaseSession": "databasesessions",
+           "DatabaseSessionReview": "databasesessionreviews"}
 ESTABLISH_TIMEOUT = 60.0
 
 
@@ -173,6 +174,15 @@ def session(**spec: Any) -> dict[str, Any]:
     }
 
 
+def review(**spec: Any) -> dict[str, Any]:
+    return {
+        "apiVersion": f"{GROUP}/{VERSION}",
+        "kind": "DatabaseSessionReview",
+        "metadata": {"name": "v"},
+        "spec": {"sessionRef": {"name": "s"}, "decision": "Approve", "reviewer": "bob"} | spec,
+    }
+
+
 def without(body: dict[str, Any], dotted: str) -> dict[str, Any]:
     body = copy.deepcopy(body)
     *parents, last = dotted.split(".")
@@ -192,8 +202,9 @@ def grant(*privileges: str, **match: str) -> dict[str, Any]:
 
 
 def test_crds_are_established(crds: list[str]) -> None:
-    assert sorted(crds) == ["databases.pgjit.dev", "databasesessions.pgjit.dev",
-                            "objectlabelrules.pgjit.dev", "roles.pgjit.dev"]
+    assert sorted(crds) == ["databases.pgjit.dev", "databasesessionreviews.pgjit.dev",
+                            "databasesessions.pgjit.dev", "objectlabelrules.pgjit.dev",
+                            "roles.pgjit.dev"]
 
 
 def test_crds_apply_again_without_changes(crds: list[str], control_plane: Any) -> None:
@@ -388,7 +399,17 @@ INVALID = [
     Invalid("role-selector-in-without-values",
             role(allow={"databaseSelector": {"matchExpressions": [{"key": "env", "operator": "In"}]}}),
             "spec.allow.databaseSelector.matchExpressions[0].values", "must be non-empty for In"),
+    Invalid("role-approval-without-reviewers", role(approval={"reviewers": []}),
+            "spec.approval.reviewers", "at least 1 items"),
+    Invalid("role-approval-zero-required",
+            role(approval={"reviewers": [{"kind": "User", "name": "bob"}], "required": 0}),
+            "spec.approval.required", "greater than or equal to 1"),
+    Invalid("role-approval-bad-timeout",
+            role(approval={"reviewers": [{"kind": "Group", "name": "dba"}],
+                           "pendingTimeout": "1d"}),
+            "spec.approval.pendingTimeout", "must be a duration like 30m, 1h"),
     # DatabaseSession
+    Invalid("session-reason-too-long", session(reason="r" * 1025), "spec.reason", "Too long"),
     Invalid("session-missing-database-ref", without(session(), "spec.databaseRef"), "spec.databaseRef",
             "Required value"),
     Invalid("session-empty-user", session(user=""), "spec.user", "at least 1 chars"),
@@ -407,6 +428,12 @@ INVALID = [
     Invalid("session-name-too-long-for-default-secret",
             session() | {"metadata": {"name": "s" * 250}},
             "spec.secretName", "set spec.secretName"),
+    # DatabaseSessionReview
+    Invalid("review-bad-decision", review(decision="Maybe"), "spec.decision", "Unsupported value"),
+    Invalid("review-denial-without-reason", review(decision="Deny"), "spec.reason",
+            "a denial must say why"),
+    Invalid("review-without-reviewer", without(review(), "spec.reviewer"), "spec.reviewer",
+            "Required value"),
     # Strict field validation fails while decoding, before admission: 400 BadRequest, not 422.
     Invalid("session-unknown-field-strict", session(colour="blue"), "", 'unknown field "spec.colour"',
             status=400, kwargs={"field_validation": "Strict"}),
@@ -451,6 +478,16 @@ def test_session_spec_is_immutable(objects: Objects) -> None:
     with pytest.raises(ApiException) as err:
         objects.patch("DatabaseSession", "s", {"spec": {"databaseRoles": ["writer"]}})
     assert_rejected(err.value, "spec", "spec is immutable")
+
+
+def test_a_review_never_changes(objects: Objects) -> None:
+    objects.create(review(reason="looks fine"))
+    for change in ({"decision": "Deny", "reason": "changed my mind"}, {"reviewer": "carol"},
+                   {"sessionRef": {"name": "another"}}):
+        with pytest.raises(ApiException) as err:
+            objects.patch("DatabaseSessionReview", "v", {"spec": change})
+        assert_rejected(err.value, "spec", "a review cannot be changed: create another one")
+    assert objects.get("DatabaseSessionReview", "v")["spec"]["decision"] == "Approve"
 
 
 def test_session_metadata_and_status_stay_writable(objects: Objects) -> None:
@@ -524,14 +561,16 @@ def test_category_and_short_names(objects: Objects, kubectl: Callable[..., Any])
     objects.create(database())
     objects.create(role())
     objects.create(session())
+    objects.create(review())
     ns = objects.namespace
     listed = kubectl("get", "pgjit", "-n", ns, "-o", "name", check=True).stdout.split()
     assert sorted(listed) == [
         "database.pgjit.dev/db",
         "databasesession.pgjit.dev/s",
+        "databasesessionreview.pgjit.dev/v",
         "role.pgjit.dev/r",
     ]
-    for short in ("pgdb", "pgrole", "dbsession", "pgsession"):
+    for short in ("pgdb", "pgrole", "dbsession", "pgsession", "dbreview"):
         assert kubectl("get", short, "-n", ns, "-o", "name", check=True).stdout.strip()
 
 

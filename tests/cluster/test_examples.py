@@ -19,7 +19,7 @@ import psycopg
 import pytest
 import yaml
 
-from operatorkit import (Env, installed_crds, operator, token, wait_for)  # noqa: F401
+from operatorkit import Env, token, wait_for
 from pgjit.api.database import Database
 from pgjit.api.role import Role
 from pgjit.api.session import DatabaseSession

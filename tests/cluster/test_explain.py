@@ -11,8 +11,7 @@ import kubernetes
 import psycopg
 from psycopg import sql
 
-from operatorkit import (GROUP, VERSION, installed_crds, make_env, operator,  # noqa: F401
-                         postgres16)
+from operatorkit import GROUP, VERSION, make_env
 from clikit import grant_cli_access, run_cli
 
 

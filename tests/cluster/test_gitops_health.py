@@ -17,8 +17,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from operatorkit import (Env, installed_crds, make_env, operator, postgres16,  # noqa: F401
-                         token, wait_for)
+from operatorkit import Env, make_env, token, wait_for
 from pgjit.core import conditions
 from pgjit.devstack.kube_binaries import find_repo_root
 from pgjit.devstack.lua_runner import Verdict, argocd_health, ensure_lua_runner, kstatus
@@ -224,6 +223,35 @@ def test_session_health(env: Env, judge: Judge):
     env.wait_gone("Database", "db")
     env.delete("DatabaseSession", "waiting")  # would look for its Database forever
     env.wait_gone("DatabaseSession", "waiting")
+
+
+def test_session_waiting_for_approval_health(env: Env, judge: Judge):
+    """Waiting for reviewers is progress; a denial and an expired request are failures."""
+    suffix = token()
+    env.role("analysts", "best_effort_drop",
+             approval={"reviewers": [{"kind": "User", "name": "bob"}], "pendingTimeout": "3s"})
+    env.create("DatabaseSession", "asks", env.session_spec(f"ann-{suffix}"))
+    env.create("DatabaseSession", "denied", env.session_spec(f"dan-{suffix}"))
+    waiting = env.wait_ready("DatabaseSession", "asks", "False", "AwaitingApproval")
+    argo, flux = judge(waiting)
+    assert (argo.status, flux.status) == ("Progressing", "InProgress")
+    assert argo.message.startswith("AwaitingApproval: waiting for approval: 0 of 1"), argo.message
+    assert "reviewers: user bob" in argo.message
+
+    env.wait_ready("DatabaseSession", "denied", "False", "AwaitingApproval")
+    # No admission policy on this control plane: the admin may write bob's review here.
+    env.create("DatabaseSessionReview", "bob-says-no", {
+        "sessionRef": {"name": "denied"}, "decision": "Deny", "reason": "not today",
+        "reviewer": "bob"})
+    env.wait_ready("DatabaseSession", "denied", "False", "Denied")
+    argo, flux = judge.of("DatabaseSession", "denied")
+    assert (argo.status, flux.status) == ("Degraded", "Failed")
+    assert argo.message == 'Denied: denied by bob: "not today"', argo.message
+
+    env.wait_ready("DatabaseSession", "asks", "False", "ApprovalExpired", timeout=15)
+    argo, flux = judge.of("DatabaseSession", "asks")
+    assert (argo.status, flux.status) == ("Degraded", "Failed")
+    assert argo.message.startswith("ApprovalExpired: not approved within 3s"), argo.message
 
 
 def test_docs_carry_the_shipped_checks():

@@ -5,8 +5,7 @@ from __future__ import annotations
 import psycopg
 import pytest
 
-from operatorkit import (Env, installed_crds, make_env, operator, postgres16,  # noqa: F401
-                         wait_for)
+from operatorkit import Env, make_env, wait_for
 
 
 @pytest.fixture

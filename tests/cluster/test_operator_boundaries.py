@@ -10,8 +10,7 @@ from __future__ import annotations
 import pytest
 from psycopg import sql
 
-from operatorkit import (Env, condition_of, installed_crds, make_env, operator,  # noqa: F401
-                         postgres16, token, wait_for)
+from operatorkit import Env, condition_of, make_env, token, wait_for
 
 
 @pytest.fixture
@@ -91,9 +90,14 @@ def test_the_database_bound_refuses_and_reports_roles_outside_it(env):
 def test_a_session_database_that_does_not_exist_fails_with_database_not_found(env):
     _patch_database(env, {"databases": None})
     env.role("anything", "keep")
-    env.custom.patch_namespaced_custom_object(
+    patched = env.custom.patch_namespaced_custom_object(
         "pgjit.dev", "v1alpha1", env.namespace, "roles", "anything",
         {"spec": {"allow": {"databaseNames": ["*"]}}})
+    # Sessions are decided from the operator's copy of the Roles: wait until it has this one
+    # (its validation runs after the index took the change), or the session may meet the old.
+    wait_for("the operator to observe the Role change", lambda: (
+        env.get("Role", "anything").get("status", {}).get("observedGeneration")
+        == patched["metadata"]["generation"]), timeout=30)
     user = f"nd-{token()}"
     env.create("DatabaseSession", "s1", env.session_spec(user, dbname="no_such_db"))
     ready = condition_of(env.wait_phase("s1", "Failed"))

@@ -15,8 +15,7 @@ import time
 
 import pytest
 
-from operatorkit import (SESSION_LABEL, Env, installed_crds, make_env, operator,  # noqa: F401
-                         postgres16, token, wait_for)
+from operatorkit import SESSION_LABEL, Env, make_env, token, wait_for
 
 SESSIONS = 200
 KILL_AT = 100            # SIGKILL after this many creates

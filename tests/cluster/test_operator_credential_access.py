@@ -11,8 +11,7 @@ import kubernetes
 import pytest
 from kubernetes.client.rest import ApiException
 
-from operatorkit import (Env, condition_of, installed_crds, make_env, operator,  # noqa: F401
-                         postgres16, token)
+from operatorkit import Env, condition_of, make_env, token
 
 
 @pytest.fixture

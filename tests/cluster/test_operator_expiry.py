@@ -6,8 +6,7 @@ from datetime import datetime, timedelta, timezone
 
 import pytest
 
-from operatorkit import (Env, condition_of, installed_crds, make_env, operator,  # noqa: F401
-                         postgres16, token, wait_for)
+from operatorkit import Env, condition_of, make_env, token, wait_for
 
 #: How late after expiresAt the operator may end a session (the daemon wakes at expiresAt;
 #: creationTimestamp has whole seconds, the rest is one end and two API round trips).

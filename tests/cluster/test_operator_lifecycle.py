@@ -5,8 +5,7 @@ from __future__ import annotations
 import psycopg
 import pytest
 
-from operatorkit import (GROUP, VERSION, Env, condition_of, installed_crds,  # noqa: F401
-                         make_env, operator, postgres16, token)
+from operatorkit import GROUP, VERSION, Env, condition_of, make_env, token
 
 
 @pytest.fixture

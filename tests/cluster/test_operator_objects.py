@@ -6,8 +6,7 @@ from __future__ import annotations
 import pytest
 from psycopg import sql
 
-from operatorkit import (Env, condition_of, installed_crds, make_env, operator,  # noqa: F401
-                         postgres16, token, wait_for)
+from operatorkit import Env, condition_of, make_env, token, wait_for
 
 
 @pytest.fixture

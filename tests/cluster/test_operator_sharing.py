@@ -7,8 +7,7 @@ import subprocess
 import psycopg
 import pytest
 
-from operatorkit import (Env, condition_of, installed_crds, make_env, operator,  # noqa: F401
-                         postgres16, token, wait_for)
+from operatorkit import Env, condition_of, make_env, token, wait_for
 
 
 @pytest.fixture

@@ -14,8 +14,7 @@ import pytest
 from cryptography import x509
 from cryptography.x509.oid import NameOID
 
-from operatorkit import (SESSION_LABEL, Env, condition_of, installed_crds,  # noqa: F401
-                         make_env, operator, postgres16, token)
+from operatorkit import SESSION_LABEL, Env, condition_of, make_env, token
 
 CREDENTIALS = ("password", "clientCertificate")
 

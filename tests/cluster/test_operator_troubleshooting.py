@@ -10,8 +10,7 @@ import psycopg
 import pytest
 from psycopg import sql
 
-from operatorkit import (Env, condition_of, installed_crds, make_env, operator,  # noqa: F401
-                         postgres16, token)
+from operatorkit import Env, condition_of, make_env, token
 
 
 @pytest.fixture

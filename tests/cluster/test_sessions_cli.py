@@ -6,7 +6,7 @@ import json
 
 import yaml
 
-from operatorkit import installed_crds, make_env, operator, postgres16  # noqa: F401 - fixtures
+from operatorkit import make_env
 from clikit import grant_cli_access, run_cli
 
 

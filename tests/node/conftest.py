@@ -18,7 +18,7 @@ HERE = Path(__file__).parent
 sys.path.insert(0, str(HERE.parent / "cluster"))
 
 from chartkit import Plane  # noqa: E402
-from operatorkit import postgres16  # noqa: E402,F401
+from operatorkit import shared_postgres16  # noqa: E402
 
 from pgjit.devstack.kube_binaries import ensure_node_binaries  # noqa: E402
 from pgjit.devstack.node import CGROUP_ROOT, LEFTOVER_DIRS, Node  # noqa: E402
@@ -84,3 +84,9 @@ def node(plane, image_builder, operator_image):
             continue
     if left:
         pytest.fail(f"the node left behind: {left}", pytrace=False)
+
+
+@pytest.fixture(scope="session")
+def postgres16():
+    with shared_postgres16() as server:
+        yield server

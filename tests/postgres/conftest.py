@@ -25,6 +25,7 @@ from pathlib import Path
 import psycopg
 import pytest
 
+from enginekit import engine_kit
 from pgjit.devstack.postgres import PostgresServer, start_postgres
 
 
@@ -170,3 +171,9 @@ def pytest_terminal_summary(terminalreporter: pytest.TerminalReporter, config: p
             f"ssl={'on' if server.supports_ssl else 'off'}, "
             f"started in {pool.start_seconds[server_id]:.2f}s"
         )
+
+
+@pytest.fixture
+async def kit(pg_server):
+    async with engine_kit(pg_server) as made:
+        yield made

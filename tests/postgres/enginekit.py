@@ -7,12 +7,12 @@ sweep only ever finds the test's own users.
 
 from __future__ import annotations
 
+import contextlib
 import secrets
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta, timezone
 
 import psycopg
-import pytest
 from psycopg import sql
 
 from pgjit.core.credentials import generate_password
@@ -121,8 +121,9 @@ def new_engine(server, managed_role: str, **overrides) -> Engine:
 _prepared: set[int] = set()
 
 
-@pytest.fixture
-async def kit(pg_server):
+@contextlib.asynccontextmanager
+async def engine_kit(pg_server):
+    """A Kit on ``pg_server`` with its own managed role and engine (the ``kit`` fixture)."""
     if pg_server.port not in _prepared:
         # What the docs tell users to grant besides LOGIN CREATEROLE: terminating ended users'
         # connections needs pg_signal_backend.
@@ -134,5 +135,7 @@ async def kit(pg_server):
     suffix = secrets.token_hex(4)
     managed = f"pgjit-auto-{suffix}"
     engine = new_engine(pg_server, managed)
-    yield Kit(pg_server, suffix, managed, engine)
-    await engine.close()
+    try:
+        yield Kit(pg_server, suffix, managed, engine)
+    finally:
+        await engine.close()

@@ -3,18 +3,17 @@
 from __future__ import annotations
 
 import asyncio
+from dataclasses import replace
 from datetime import timedelta
 
 import psycopg
 import pytest
 from psycopg import sql
 
-from enginekit import ID, kit, new_engine, soon  # noqa: F401 - kit is a fixture
+from enginekit import ID, new_engine, soon
 from pgjit.core.leases import Ledger
 from pgjit.engine import EngineError, ServerConfig
-from pgjit.engine.errors import (INSUFFICIENT_PRIVILEGE, INVALID_REQUEST, MISSING_DATABASE_ROLE,
-                                 PRIVILEGED_ROLE, READ_ONLY, ROLES_CHANGED, UNREACHABLE,
-                                 USER_CONFLICT)
+from pgjit.vocabulary import Reason
 
 
 async def test_01_new_user_has_login_ownership_marker_and_exactly_the_requested_roles(kit):
@@ -53,7 +52,7 @@ async def test_04_unmanaged_role_of_the_same_name_is_refused_and_untouched(kit):
     before = await kit.role(carol)
     with pytest.raises(EngineError) as caught:
         await kit.engine.activate(kit.request("s1", carol))
-    assert caught.value.reason == USER_CONFLICT and "not managed by pgjit" in caught.value.message
+    assert caught.value.reason == Reason.USER_CONFLICT and "not managed by pgjit" in caught.value.message
     assert await kit.role(carol) == before
     ended = await kit.engine.end(carol, "s1")
     assert ended.action == "NotManaged" and await kit.role(carol) == before
@@ -96,7 +95,7 @@ async def test_06b_leftover_granted_by_someone_else_is_reported_not_ignored(kit,
         # PostgreSQL 16 only lets the grantor revoke; the REVOKE would merely warn.
         with pytest.raises(EngineError) as caught:
             await kit.engine.activate(kit.request("s2", alice, [reader]))
-        assert caught.value.reason == INSUFFICIENT_PRIVILEGE and extra in caught.value.message
+        assert caught.value.reason == Reason.INSUFFICIENT_PRIVILEGE and extra in caught.value.message
         assert not (await kit.role(alice)).can_login  # rolled back: still locked
     else:
         await kit.engine.activate(kit.request("s2", alice, [reader]))
@@ -125,7 +124,7 @@ async def test_08_second_session_with_different_roles_is_refused(kit, second):
     await kit.engine.activate(kit.request("s1", alice, [kit.name("reader")]))
     with pytest.raises(EngineError) as caught:
         await kit.engine.activate(kit.request("s2", alice, [kit.name(r) for r in second]))
-    assert caught.value.reason == ROLES_CHANGED and "end those sessions" in caught.value.message
+    assert caught.value.reason == Reason.ROLES_CHANGED and "end those sessions" in caught.value.message
     assert (await kit.role(alice)).memberships == {kit.name("reader"), kit.managed_role}
 
 
@@ -156,7 +155,7 @@ async def test_11_missing_role_rolls_back_everything(kit):
     alice = kit.name("alice")
     with pytest.raises(EngineError) as caught:
         await kit.engine.activate(kit.request("s1", alice, [reader, kit.name("nosuch")]))
-    assert caught.value.reason == MISSING_DATABASE_ROLE
+    assert caught.value.reason == Reason.MISSING_DATABASE_ROLE
     assert kit.name("nosuch") in caught.value.message
     assert not (await kit.role(alice)).exists
 
@@ -172,12 +171,12 @@ async def test_12_role_the_admin_cannot_grant_names_the_fix(kit, pg_server):
     with pytest.raises(EngineError) as caught:
         await kit.engine.activate(kit.request("s1", alice, [locked]))
     if int(pg_server.major) >= 16:
-        assert caught.value.reason == INSUFFICIENT_PRIVILEGE
+        assert caught.value.reason == Reason.INSUFFICIENT_PRIVILEGE
         assert f'GRANT "{locked}" TO "{pg_server.admin_user}" WITH ADMIN OPTION;' \
             in caught.value.message
     else:
         # A superuser role is a hard refusal first: ADMIN OPTION would not make it grantable.
-        assert caught.value.reason == PRIVILEGED_ROLE and "has SUPERUSER" in caught.value.message
+        assert caught.value.reason == Reason.PRIVILEGED_ROLE and "has SUPERUSER" in caught.value.message
     assert not (await kit.role(alice)).exists
     pre = await kit.engine.preflight(roles=[locked])
     assert any(locked in s.fix for s in pre.role_shortfalls)
@@ -195,11 +194,11 @@ async def test_13_managed_role_created_by_someone_else_needs_admin_option_on_16(
     if int(pg_server.major) >= 16:
         with pytest.raises(EngineError) as caught:
             await kit.engine.activate(kit.request("s1", alice))
-        assert caught.value.reason == INSUFFICIENT_PRIVILEGE
+        assert caught.value.reason == Reason.INSUFFICIENT_PRIVILEGE
         assert f'GRANT "{kit.managed_role}" TO "{pg_server.admin_user}"' in caught.value.message
         with pytest.raises(EngineError) as caught:
             await kit.engine.end(old, None)
-        assert caught.value.reason == INSUFFICIENT_PRIVILEGE
+        assert caught.value.reason == Reason.INSUFFICIENT_PRIVILEGE
         assert (await kit.role(old)).can_login  # refused, not half-changed
         await kit.su(sql.SQL("GRANT {} TO {} WITH ADMIN OPTION").format(
             ID(kit.managed_role), ID(pg_server.admin_user)))
@@ -236,10 +235,10 @@ async def test_15_read_only_server_is_detected_before_any_change(kit, pg_server)
         assert pre.read_only and not pre.ok
         with pytest.raises(EngineError) as caught:
             await engine.check_writable()
-        assert caught.value.reason == READ_ONLY
+        assert caught.value.reason == Reason.READ_ONLY
         with pytest.raises(EngineError) as caught:
             await engine.activate(kit.request("s1", kit.name("alice")))
-        assert caught.value.reason == READ_ONLY and caught.value.sqlstate == "25006"
+        assert caught.value.reason == Reason.READ_ONLY and caught.value.sqlstate == "25006"
     finally:
         await engine.close()
 
@@ -248,7 +247,7 @@ def test_16_missing_admin_configuration_fails_before_any_database_work():
     from pgjit.engine import Engine
     with pytest.raises(EngineError) as caught:
         Engine(ServerConfig(host="192.0.2.1", admin_user=""))
-    assert caught.value.reason == INVALID_REQUEST and "admin" in caught.value.message
+    assert caught.value.reason == Reason.INVALID_REQUEST and "admin" in caught.value.message
     with pytest.raises(EngineError, match="a password, a client certificate or IAM"):
         Engine(ServerConfig(host="192.0.2.1", admin_user="a"))
     with pytest.raises(EngineError, match="not several"):
@@ -280,7 +279,7 @@ async def test_20_a_failing_later_step_leaves_nothing_behind(kit):
     with pytest.raises(EngineError) as caught:
         await kit.engine.activate(kit.request("s1", alice, database=db, permissions=rules,
                                               mode="best_effort_drop"))
-    assert caught.value.reason == INSUFFICIENT_PRIVILEGE
+    assert caught.value.reason == Reason.INSUFFICIENT_PRIVILEGE
     assert not (await kit.role(alice)).exists
 
 
@@ -334,7 +333,7 @@ async def test_unreachable_server_is_a_transient_error():
     try:
         with pytest.raises(EngineError) as caught:
             await engine.preflight()
-        assert caught.value.transient and caught.value.reason == UNREACHABLE
+        assert caught.value.transient and caught.value.reason == Reason.UNREACHABLE
     finally:
         await engine.close()
 
@@ -349,6 +348,34 @@ async def test_wrong_admin_password_is_a_permanent_authentication_error(pg_serve
         assert caught.value.reason == "AuthenticationFailed" and not caught.value.transient
     finally:
         await engine.close()
+
+
+async def test_a_session_that_does_not_know_the_shared_password_is_refused_before_any_change(kit):
+    """Whether a shared user's password is known is decided before activation: a session that
+    cannot hand out the password in effect changes nothing, and steps its own stale lease back
+    so that the sessions of the user cannot wait on each other for ever."""
+    reader, = await kit.make_roles("reader")
+    alice = kit.name("alice")
+    await kit.engine.activate(kit.request("s1", alice, [reader]))
+    before = await kit.role(alice)
+    blind = replace(kit.request("s2", alice, [reader], expires_at=soon(2)),
+                    shared_password_known=False)
+    with pytest.raises(EngineError) as caught:
+        await kit.engine.activate(blind)
+    assert caught.value.reason == Reason.USER_SHARED and caught.value.transient
+    assert await kit.role(alice) == before  # VALID UNTIL, memberships, ledger: unchanged
+    assert await kit.can_login(alice, kit.passwords["s1"])
+
+    # s2 held a lease from an earlier attempt (the operator stopped before its Secret): it
+    # steps back, and s1's lease is untouched.
+    await kit.engine.activate(kit.request("s2", alice, [reader], expires_at=soon(2)))
+    with pytest.raises(EngineError):
+        await kit.engine.activate(blind)
+    assert set(Ledger.parse((await kit.role(alice)).comment).leases) == {"s1"}
+    # Alone on the user, the same session activates it with its own password.
+    alone = await kit.engine.activate(replace(kit.request("s3", kit.name("bob"), [reader]),
+                                              shared_password_known=False))
+    assert alone.password_set and not alone.shared
 
 
 async def test_a_refused_admin_login_fails_calls_fast_and_retriably(kit, pg_server):

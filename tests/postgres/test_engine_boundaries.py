@@ -13,13 +13,13 @@ import psycopg
 import pytest
 from psycopg import sql
 
-from enginekit import ID, kit  # noqa: F401 - kit is a fixture
+from enginekit import ID
 from pgjit.api import Database, Role
 from pgjit.core import policy
 from pgjit.core.naming import postgres_username
 from pgjit.core.permissions import PermissionRule, PermissionRules
 from pgjit.engine import EngineError
-from pgjit.engine.errors import DATABASE_NOT_FOUND, INSUFFICIENT_PRIVILEGE, PRIVILEGED_ROLE
+from pgjit.vocabulary import Reason
 
 CATALOG = """
 SELECT r.rolname, r.rolsuper, r.rolinherit, r.rolcreaterole, r.rolcreatedb, r.rolcanlogin,
@@ -47,7 +47,7 @@ async def refused(kit, request) -> EngineError:
     before = await catalog(kit)
     with pytest.raises(EngineError) as caught:
         await kit.engine.activate(request)
-    assert caught.value.reason == PRIVILEGED_ROLE, caught.value
+    assert caught.value.reason == Reason.PRIVILEGED_ROLE, caught.value
     assert await catalog(kit) == before, "a refused activation changed the catalog"
     return caught.value
 
@@ -196,7 +196,7 @@ async def test_a_session_database_that_does_not_exist_fails_before_the_user_is_t
     before = await catalog(kit)
     with pytest.raises(EngineError) as caught:
         await kit.engine.activate(kit.request("s1", alice, [reader], database="no_such_db"))
-    assert caught.value.reason == DATABASE_NOT_FOUND
+    assert caught.value.reason == Reason.DATABASE_NOT_FOUND
     assert '"no_such_db" does not exist on server' in caught.value.message
     assert f"{kit.server.host}:{kit.server.port}" in caught.value.message
     assert await catalog(kit) == before
@@ -206,7 +206,7 @@ async def test_a_session_database_that_does_not_exist_fails_before_the_user_is_t
     with pytest.raises(EngineError) as caught:
         await kit.engine.activate(kit.request("s2", alice, database="no_such_db",
                                               permissions=rules))
-    assert caught.value.reason == DATABASE_NOT_FOUND
+    assert caught.value.reason == Reason.DATABASE_NOT_FOUND
     assert "does not exist on server" in caught.value.message
     assert not (await kit.role(alice)).exists
 
@@ -288,7 +288,7 @@ async def test_drift_granted_by_a_superuser_on_16_plus_fails_with_the_revoke(kit
     before = await catalog(kit)
     with pytest.raises(EngineError) as caught:
         await kit.engine.activate(kit.request("s2", alice, [reader]))
-    assert caught.value.reason == INSUFFICIENT_PRIVILEGE
+    assert caught.value.reason == Reason.INSUFFICIENT_PRIVILEGE
     assert f'REVOKE "{extra}" FROM "{name}";' in caught.value.message
     assert await catalog(kit) == before
     with pytest.raises(EngineError) as caught:
@@ -307,7 +307,7 @@ async def test_attributes_granted_out_of_band_are_stripped(kit):
     except EngineError as error:
         # 16+: a CREATEROLE admin without CREATEDB itself may not take CREATEDB away; nothing
         # may then be activated, and the message says what a superuser must do.
-        assert int(kit.server.major) >= 16 and error.reason == INSUFFICIENT_PRIVILEGE, error
+        assert int(kit.server.major) >= 16 and error.reason == Reason.INSUFFICIENT_PRIVILEGE, error
         assert not (await kit.role(alice)).can_login
         return
     assert "CREATEDB" in activation.drift

@@ -7,7 +7,7 @@ import random
 
 from psycopg import sql
 
-from enginekit import ID, kit, new_engine  # noqa: F401 - kit is a fixture
+from enginekit import ID, new_engine
 from pgjit.core.leases import Ledger
 
 N = 20

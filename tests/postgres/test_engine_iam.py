@@ -21,11 +21,11 @@ import psycopg
 import pytest
 from psycopg import sql
 
-from enginekit import ID, kit  # noqa: F401 - kit is a fixture
+from enginekit import ID
 from pgjit.core.credentials import scram_sha256_verifier
 from pgjit.core.naming import postgres_username
 from pgjit.engine import Engine, EngineError, ServerConfig
-from pgjit.engine.errors import AUTHENTICATION_FAILED, PRIVILEGED_ROLE
+from pgjit.vocabulary import Reason
 from pgjit.engine.iam import TOKEN_LIFETIME_SECONDS, IamTokens
 
 REGION = "eu-central-1"
@@ -103,7 +103,7 @@ async def test_the_admin_logs_in_with_a_fresh_token_over_tls(kit, clock, caplog)
         assert second != first
         with pytest.raises(EngineError) as caught:
             await engine.preflight()
-        assert caught.value.reason == AUTHENTICATION_FAILED
+        assert caught.value.reason == Reason.AUTHENTICATION_FAILED
         await set_password(kit, admin, second)
         assert (await engine.preflight()).ok
     finally:
@@ -168,7 +168,7 @@ async def test_rds_superuser_is_a_hard_refusal(kit):
             ID(kit.server.admin_user)))
     with pytest.raises(EngineError) as caught:
         await kit.engine.activate(kit.request("s1", kit.name("alice"), ["rds_superuser"]))
-    assert caught.value.reason == PRIVILEGED_ROLE
+    assert caught.value.reason == Reason.PRIVILEGED_ROLE
     assert "RDS's superuser role" in caught.value.message
     assert not (await kit.role(kit.name("alice"))).exists
 

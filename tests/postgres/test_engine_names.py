@@ -6,7 +6,7 @@ import pytest
 from hypothesis import HealthCheck, given, settings, strategies as st
 from psycopg import sql
 
-from enginekit import ID, kit  # noqa: F401 - kit is a fixture
+from enginekit import ID
 from pgjit.core.leases import Ledger
 from pgjit.core.naming import postgres_username
 from pgjit.engine import ActivationRequest

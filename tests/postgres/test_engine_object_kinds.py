@@ -13,7 +13,7 @@ import psycopg
 import pytest
 from psycopg import sql
 
-from enginekit import ID, kit  # noqa: F401 - kit is a fixture
+from enginekit import ID
 from pgjit.core.naming import postgres_username
 from pgjit.core.permissions import PermissionRule, PermissionRules
 

@@ -6,10 +6,10 @@ import psycopg
 import pytest
 from psycopg import sql
 
-from enginekit import ID, kit  # noqa: F401 - kit is a fixture
+from enginekit import ID
 from pgjit.core.permissions import PermissionRule, PermissionRules
 from pgjit.engine import EngineError
-from pgjit.engine.errors import INVALID_REQUEST, ROLES_CHANGED
+from pgjit.vocabulary import Reason
 
 
 def allow(*rules, deny=()):
@@ -75,7 +75,7 @@ async def test_41_roles_and_permissions_together_are_refused(kit):
     with pytest.raises(EngineError) as caught:
         await kit.engine.activate(kit.request("s1", kit.name("alice"), [reader],
                                               permissions=allow(("*", "*", ["SELECT"]))))
-    assert caught.value.reason == INVALID_REQUEST and "mutually exclusive" in caught.value.message
+    assert caught.value.reason == Reason.INVALID_REQUEST and "mutually exclusive" in caught.value.message
     assert not (await kit.role(kit.name("alice"))).exists
 
 
@@ -122,7 +122,7 @@ async def test_45_second_session_with_different_permissions_is_refused(kit):
     with pytest.raises(EngineError) as caught:
         await kit.engine.activate(kit.request("s2", alice, database=db,
                                               permissions=allow(("public", "*", ["SELECT"]))))
-    assert caught.value.reason == ROLES_CHANGED and "object permissions" in caught.value.message
+    assert caught.value.reason == Reason.ROLES_CHANGED and "object permissions" in caught.value.message
     # The refused session left the first one's access exactly as it was.
     assert await held(kit, db, alice) == {("public", "orders", "SELECT")}
     assert await kit.can_login(alice, kit.passwords["s1"], db)
@@ -195,8 +195,6 @@ async def test_no_connect_on_the_session_database_fails_at_once_and_leaves_nothi
     CONNECT there must still show as such, with the GRANT, before the user exists."""
     import time
 
-    from pgjit.engine.errors import INSUFFICIENT_PRIVILEGE
-
     db = await app_database(kit, "noconnect")
     await kit.su(sql.SQL("REVOKE CONNECT ON DATABASE {} FROM PUBLIC").format(ID(db)))
     alice = kit.name("alice")
@@ -206,7 +204,7 @@ async def test_no_connect_on_the_session_database_fails_at_once_and_leaves_nothi
                                               permissions=allow(("*", "*", ["SELECT"]))))
     # Not the pool's timeout (10 s) and not "unreachable": the server's own refusal.
     assert time.monotonic() - began < 5
-    assert caught.value.reason == INSUFFICIENT_PRIVILEGE and not caught.value.transient
+    assert caught.value.reason == Reason.INSUFFICIENT_PRIVILEGE and not caught.value.transient
     assert f'GRANT CONNECT ON DATABASE "{db}" TO "{kit.server.admin_user}";' \
         in caught.value.message
     assert not (await kit.role(alice)).exists

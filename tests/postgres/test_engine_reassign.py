@@ -6,7 +6,7 @@ from __future__ import annotations
 
 from psycopg import sql
 
-from enginekit import ID, kit, new_engine  # noqa: F401 - kit is a fixture
+from enginekit import ID, new_engine
 from pgjit.core.naming import postgres_username
 
 

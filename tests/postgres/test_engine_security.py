@@ -25,11 +25,11 @@ from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import NameOID
 from psycopg import sql
 
-from enginekit import kit, new_engine  # noqa: F401 - kit is a fixture
+from enginekit import new_engine
 from pgjit.core.credentials import scram_sha256_verifier
 from pgjit.core.naming import postgres_username
 from pgjit.engine import Engine, EngineError, RetryPolicy, ServerConfig
-from pgjit.engine.errors import UNREACHABLE
+from pgjit.vocabulary import Reason
 
 LOG_DEADLINE = 10.0
 
@@ -291,12 +291,12 @@ async def test_wrong_ca_is_reported_as_a_certificate_failure(kit):
         # Preflight opens its own connection, so it reports libpq's own reason.
         with pytest.raises(EngineError) as caught:
             await engine.preflight()
-        assert caught.value.reason == UNREACHABLE
+        assert caught.value.reason == Reason.UNREACHABLE
         assert "certificate verify failed" in caught.value.message
         # Activation goes through the pool, which reports only that no connection came up.
         with pytest.raises(EngineError) as caught:
             await engine.activate(kit.request("s1", kit.name("alice")))
-        assert caught.value.reason == UNREACHABLE
+        assert caught.value.reason == Reason.UNREACHABLE
         assert not (await kit.role(kit.name("alice"))).exists
     finally:
         await engine.close()

@@ -8,7 +8,7 @@ import psycopg
 import pytest
 from psycopg import sql
 
-from enginekit import ID, kit, soon  # noqa: F401 - kit is a fixture
+from enginekit import ID, soon
 from pgjit.core.leases import Ledger
 from pgjit.core.permissions import PermissionRule, PermissionRules
 

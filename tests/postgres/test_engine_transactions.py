@@ -7,7 +7,7 @@ import asyncio
 import psycopg
 import pytest
 
-from enginekit import kit, new_engine, soon  # noqa: F401 - kit is a fixture
+from enginekit import engine_kit, new_engine, soon
 from pgjit.core.naming import postgres_username
 from pgjit.engine.transactions import application_name, locked_transaction
 from pgjit.engine.users import lock_key
@@ -96,3 +96,38 @@ def test_application_names_fit_postgres_and_keep_whole_characters():
     assert application_name("", "team-a/orders") == "pgjit team-a/orders"
     long = application_name("sweep", "ns/" + "ü" * 80)
     assert len(long.encode("utf-8")) <= 63 and long.startswith("pgjit/sweep ns/ü")
+
+
+@pytest.mark.parametrize("prepared", [True, False], ids=["prepared", "not-prepared"])
+async def test_the_state_reads_are_prepared_once_per_connection_unless_turned_off(
+        pg_server, prepared):
+    """Planning the state reads cost more server CPU than running them: they are prepared on
+    each admin connection and reused; behind a transaction-mode pooler they can be turned off."""
+
+    async def state_reads(engine) -> set:
+        async with engine._conns.connection() as conn:  # the pool's one connection
+            rows = await (await conn.execute(
+                "SELECT name, statement, prepare_time FROM pg_prepared_statements")).fetchall()
+        return {(name, prepared_at) for name, statement, prepared_at in rows
+                if "rolcanlogin" in statement or "pg_auth_members" in statement}
+
+    async with engine_kit(pg_server) as kit:
+        engine = new_engine(pg_server, kit.managed_role, max_connections=1,
+                            prepared_statements=prepared)
+        try:
+            reader, = await kit.make_roles("reader")
+            await engine.activate(kit.request("s1", kit.name("alice"), [reader]))
+            first = await state_reads(engine)
+            # Sharing and re-activating run ALTER ROLE, after which psycopg would drop its own
+            # prepared statements; these must survive it.
+            for session in ("s2", "s3"):
+                await engine.activate(kit.request(session, kit.name("alice"), [reader]))
+            await engine.end(kit.name("alice"), "s2")
+            await engine.activate(kit.request("s4", kit.name("alice"), [reader]))
+            last = await state_reads(engine)
+        finally:
+            await engine.close()
+    if prepared:
+        assert len(first) == 2 and last == first  # the same two, prepared once
+    else:
+        assert first == last == set()

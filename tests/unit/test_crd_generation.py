@@ -18,6 +18,9 @@ CRD_DIR = REPO / "crds"
 REGENERATE = "run `make crds` (or `pgjit crds --output-dir crds`) and commit the result"
 
 CRDS = {crd["spec"]["names"]["kind"]: crd for crd in build_crds()}
+#: The kinds the operator writes a status for (a review is only read, and has none).
+WITH_STATUS = [kind for kind, crd in CRDS.items()
+               if "status" in crd["spec"]["versions"][0]["schema"]["openAPIV3Schema"]["properties"]]
 
 
 def schema_of(kind: str) -> dict[str, Any]:
@@ -79,6 +82,7 @@ def test_cli_writes_one_file_per_kind(tmp_path: pathlib.Path) -> None:
     assert main(["crds", "--output-dir", str(tmp_path)]) == 0
     assert sorted(p.name for p in tmp_path.iterdir()) == [
         "databases.pgjit.dev.yaml",
+        "databasesessionreviews.pgjit.dev.yaml",
         "databasesessions.pgjit.dev.yaml",
         "objectlabelrules.pgjit.dev.yaml",
         "roles.pgjit.dev.yaml",
@@ -115,7 +119,7 @@ def test_names(kind: str, plural: str, short: set[str]) -> None:
     assert version["subresources"] == {"status": {}}
 
 
-@pytest.mark.parametrize("kind", CRDS)
+@pytest.mark.parametrize("kind", WITH_STATUS)
 def test_printer_columns(kind: str) -> None:
     columns = {c["name"]: c for c in CRDS[kind]["spec"]["versions"][0]["additionalPrinterColumns"]}
     assert columns["Ready"]["jsonPath"] == '.status.conditions[?(@.type=="Ready")].status'
@@ -169,12 +173,12 @@ def test_cel_rules_explain_themselves(kind: str, path: str, node: dict[str, Any]
 
 
 def test_no_defaults_in_status() -> None:
-    for kind in CRDS:
+    for kind in WITH_STATUS:
         for path, node in walk(schema_of(kind)["properties"]["status"], "status"):
             assert "default" not in node, path
 
 
-@pytest.mark.parametrize("kind", CRDS)
+@pytest.mark.parametrize("kind", WITH_STATUS)
 def test_conditions_are_a_list_map(kind: str) -> None:
     conditions = schema_of(kind)["properties"]["status"]["properties"]["conditions"]
     assert conditions["x-kubernetes-list-type"] == "map"
@@ -265,3 +269,30 @@ def test_session_user_is_not_capped_at_63() -> None:
 def test_session_spec_is_immutable() -> None:
     rules = node_at("DatabaseSession", "spec")["x-kubernetes-validations"]
     assert any(r["rule"] == "self == oldSelf" for r in rules)
+
+
+def test_review_is_read_only_to_the_operator_and_immutable() -> None:
+    crd = CRDS["DatabaseSessionReview"]
+    [version] = crd["spec"]["versions"]
+    assert "subresources" not in version, "nothing writes a review's status"
+    assert WITH_STATUS == ["Database", "Role", "DatabaseSession", "ObjectLabelRule"]
+    assert crd["spec"]["names"]["shortNames"] == ["dbreview"]
+    assert crd["spec"]["names"]["categories"] == ["pgjit"]
+    rules = [r["rule"] for r in node_at("DatabaseSessionReview", "spec")["x-kubernetes-validations"]]
+    assert "self == oldSelf" in rules
+    assert node_at("DatabaseSessionReview", "spec.decision")["enum"] == ["Approve", "Deny"]
+    assert set(node_at("DatabaseSessionReview", "spec")["required"]) == {
+        "sessionRef", "decision", "reviewer"}
+    columns = [c["name"] for c in version["additionalPrinterColumns"] if not c.get("priority")]
+    assert columns == ["Session", "Decision", "Reviewer", "Age"]
+
+
+def test_access_request_fields_are_bounded() -> None:
+    assert node_at("DatabaseSession", "spec.reason")["maxLength"] == 1024
+    assert node_at("DatabaseSessionReview", "spec.reason")["maxLength"] == 1024
+    assert node_at("DatabaseSession", "status.reviews")["maxItems"] == 64
+    approval = node_at("Role", "spec.approval")
+    assert approval["properties"]["required"]["default"] == 1
+    assert approval["properties"]["pendingTimeout"]["default"] == "1h"
+    assert approval["properties"]["requireReason"]["default"] is False
+    assert approval["properties"]["reviewers"]["minItems"] == 1

@@ -33,6 +33,7 @@ import yaml
 
 from pgjit.api import Database, DatabaseSession, Role, SessionPhase
 from pgjit.api.labels import ObjectLabelRule
+from pgjit.api.review import DatabaseSessionReview
 from pgjit.api.crd import build_crds
 from pgjit.core import policy
 from pgjit.devstack import stack
@@ -50,10 +51,10 @@ SEED = REPO.parent / "shared" / "seed" / "postgres-automatic-user-provisioning.t
 #: The user guide's core pages, which link to each other's sections: those links must also hit
 #: an existing heading (elsewhere a file is enough).
 GUIDE_PAGES = ("index.md", "concepts.md", "quickstart.md", "admin-setup.md", "roles.md",
-               "troubleshooting.md", "operations.md")
+               "troubleshooting.md", "operations.md", "access-requests.md")
 
 MODELS = {"Database": Database, "Role": Role, "DatabaseSession": DatabaseSession,
-          "ObjectLabelRule": ObjectLabelRule}
+          "ObjectLabelRule": ObjectLabelRule, "DatabaseSessionReview": DatabaseSessionReview}
 CRD_SCHEMAS = {crd["spec"]["names"]["kind"]: crd["spec"]["versions"][0]["schema"]["openAPIV3Schema"]
                for crd in build_crds()}
 

@@ -174,3 +174,34 @@ def test_traits_configmap_entries() -> None:
     for bad in ("traits", "/traits", "a/b/c"):
         with pytest.raises(ValueError):
             parse_configmap_ref(bad)
+
+
+APPROVAL = {"reviewers": [{"kind": "User", "name": "bob"}, {"kind": "Group", "name": "dba"}],
+            "required": 2, "pendingTimeout": "30m"}
+
+
+def test_approval_is_said_with_whom_and_how_many() -> None:
+    asks = role("asks", allow={**ANY_DB, "databaseRoles": ["reader"]}, approval=APPROVAL)
+    text, allowed = report(asks)
+    assert allowed
+    assert line(text, "Approval:") == (
+        "Approval: required: 2 distinct approvals from group dba, user bob (Role(s) asks),"
+        " within 30m of the request; the duration counts from the approval")
+    plain, _ = report(role("plain", allow={**ANY_DB, "databaseRoles": ["reader"]}))
+    assert "Approval: not required" in line(plain, "Approval:")
+
+
+def test_a_required_reason_missing_is_pointed_out() -> None:
+    asks = role("asks", allow={**ANY_DB, "databaseRoles": ["reader"]},
+                approval={**APPROVAL, "requireReason": True,
+                          "reviewers": [{"kind": "User", "name": "bob"}]})
+    text, _ = report(asks)
+    approval = line(text, "Approval:")
+    assert "a reason (spec.reason) is required" in approval
+    assert "this request gives none, so it would be refused (--reason TEXT)" in approval
+    # bob alone cannot give two approvals.
+    assert "only 1 user(s) may review but 2 approvals are required" in approval
+    request = AccessRequest(user="alice", database_name="orders", groups=("analysts",),
+                            reason="INC-3")
+    given = render_explanation(evaluate(request, DATABASE, [asks]))
+    assert "would be refused" not in line(given, "Approval:")

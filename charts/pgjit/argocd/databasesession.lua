@@ -44,6 +44,11 @@ elseif phase == "Failed" or (stalled ~= nil and stalled.status == "True") then
 elseif phase == "Active" and ready.status == "True" then
   hs.status = "Healthy"
   hs.message = explain(ready)
+elseif ready.reason == "AwaitingApproval" then
+  -- Waiting for reviewers: in progress, not broken (a denial or the pending timeout makes it
+  -- Failed, above). The message names the reviewers.
+  hs.status = "Progressing"
+  hs.message = explain(ready)
 else
   -- Pending: being opened, or waiting for its Database.
   hs.status = "Progressing"

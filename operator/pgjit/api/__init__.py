@@ -1,4 +1,4 @@
-"""The pgjit API (group pgjit.dev, version v1alpha1): pydantic models of the three kinds.
+"""The pgjit API (group pgjit.dev, version v1alpha1): pydantic models of the kinds.
 
 Pure code without I/O. The operator parses objects with ``Database.model_validate(body)``;
 ``api.crd.build_crds()`` turns the same models into the CRD manifests.
@@ -24,9 +24,11 @@ from .database import (
     CredentialsType,
     SSLMode,
 )
+from .review import DatabaseSessionReview, DatabaseSessionReviewSpec, ReviewDecision
 from .role import (
     Role,
     RoleAllow,
+    RoleApproval,
     RoleDeny,
     RoleSpec,
     RoleStatus,
@@ -53,6 +55,8 @@ __all__ = [
     "DatabaseAdmin",
     "DatabaseCredentials",
     "DatabaseSession",
+    "DatabaseSessionReview",
+    "DatabaseSessionReviewSpec",
     "DatabaseSessionSpec",
     "DatabaseSessionStatus",
     "DatabaseSpec",
@@ -63,9 +67,11 @@ __all__ = [
     "ObjectMeta",
     "Role",
     "RoleAllow",
+    "RoleApproval",
     "RoleDeny",
     "RoleSpec",
     "RoleStatus",
+    "ReviewDecision",
     "SSLMode",
     "SessionPhase",
     "Subject",

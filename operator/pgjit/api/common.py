@@ -108,6 +108,20 @@ def validations(*rules: dict[str, str]) -> Callable[[dict[str, Any]], None]:
 # Model base
 
 
+def optional_set(max_items: int, description: str) -> Any:
+    """An optional list whose order means nothing and whose items are unique: the API server
+    checks both (``x-kubernetes-list-type: set``), and server-side apply merges it by value."""
+    return Field(default=None, max_length=max_items, description=description,
+                 json_schema_extra={"x-kubernetes-list-type": "set"})
+
+
+def defaulted_object(factory: Callable[[], Any], description: str) -> Any:
+    """A nested object that is there even when omitted: the API server defaults it to ``{}``,
+    so every field's own default is visible in the stored object."""
+    return Field(default_factory=factory, description=description,
+                 json_schema_extra={"default": {}})
+
+
 class ApiModel(BaseModel):
     """Base of every pgjit API object: camelCase on the wire, snake_case in Python.
 
@@ -480,6 +494,20 @@ Conditions = Annotated[
 ]
 
 
+#: Where Kopf keeps its bookkeeping on pgjit's objects: ``status.pgjit`` (handlers.settings).
+KOPF_STATUS_FIELD = "pgjit"
+
+KopfBookkeeping = Annotated[
+    dict[str, Any],
+    WithJsonSchema({
+        "type": "object",
+        "description": "The operator's own bookkeeping (Kopf's handler progress and the last"
+        " configuration it handled). Not for users; never edit it.",
+        "x-kubernetes-preserve-unknown-fields": True,
+    }),
+]
+
+
 class KindStatus(ApiModel):
     """Status fields every pgjit kind has (kstatus reads these)."""
 
@@ -490,6 +518,7 @@ class KindStatus(ApiModel):
         default_factory=list,
         description="Current state: Ready, Reconciling (work in progress), Stalled (terminal error).",
     )
+    pgjit: KopfBookkeeping | None = Field(default=None)
 
     def condition(self, type_: str) -> Condition | None:
         """The condition of the given type, if present."""
@@ -538,7 +567,8 @@ AGE_COLUMN = PrinterColumn(
 
 
 class KindModel(ApiModel):
-    """Base of the three top-level kinds. Subclasses declare spec, status and CRD metadata."""
+    """Base of the top-level kinds. Subclasses declare spec, status (unless ``has_status`` is
+    false) and CRD metadata."""
 
     plural: ClassVar[str]
     singular: ClassVar[str]
@@ -547,6 +577,8 @@ class KindModel(ApiModel):
     printer_columns: ClassVar[tuple[PrinterColumn, ...]]
     selectable_fields: ClassVar[tuple[str, ...]] = ()
     root_validations: ClassVar[tuple[dict[str, str], ...]] = ()
+    #: Whether the operator writes a status (the status subresource); reviews have none.
+    has_status: ClassVar[bool] = True
 
     api_version: str = Field(default=API_VERSION, description="pgjit.dev/v1alpha1")
     metadata: ObjectMeta = Field(default_factory=ObjectMeta, description="Standard object metadata.")

@@ -26,10 +26,12 @@ from pgjit import GROUP, VERSION
 from .common import KindModel
 from .database import Database
 from .labels import ObjectLabelRule
+from .review import DatabaseSessionReview
 from .role import Role
 from .session import DatabaseSession
 
-KINDS: tuple[type[KindModel], ...] = (Database, Role, DatabaseSession, ObjectLabelRule)
+KINDS: tuple[type[KindModel], ...] = (Database, Role, DatabaseSession, ObjectLabelRule,
+                                      DatabaseSessionReview)
 
 # Keys of a pydantic JSON schema node the CRD keeps as they are.
 _PASSTHROUGH = {
@@ -158,30 +160,33 @@ def structural_schema(model: type[BaseModel], *, path: str, defaults: bool) -> d
 def _kind_schema(kind: type[KindModel]) -> dict[str, Any]:
     fields = kind.model_fields
     spec_model = fields["spec"].annotation
-    status_model = fields["status"].annotation
-    assert isinstance(spec_model, type) and isinstance(status_model, type)
+    assert isinstance(spec_model, type)
     spec = structural_schema(spec_model, path="spec", defaults=True)
     spec["description"] = fields["spec"].description or spec["description"]
-    status = structural_schema(status_model, path="status", defaults=False)
-    status["description"] = fields["status"].description or status["description"]
+    properties: dict[str, Any] = {
+        "apiVersion": {
+            "type": "string",
+            "description": "APIVersion defines the versioned schema of this representation"
+            " of an object.",
+        },
+        "kind": {
+            "type": "string",
+            "description": "Kind is a string value representing the REST resource this"
+            " object represents.",
+        },
+        "metadata": {"type": "object"},
+        "spec": spec,
+    }
+    if kind.has_status:
+        status_model = fields["status"].annotation
+        assert isinstance(status_model, type)
+        status = structural_schema(status_model, path="status", defaults=False)
+        status["description"] = fields["status"].description or status["description"]
+        properties["status"] = status
     root: dict[str, Any] = {
         "type": "object",
         "description": _docstring(kind),
-        "properties": {
-            "apiVersion": {
-                "type": "string",
-                "description": "APIVersion defines the versioned schema of this representation"
-                " of an object.",
-            },
-            "kind": {
-                "type": "string",
-                "description": "Kind is a string value representing the REST resource this"
-                " object represents.",
-            },
-            "metadata": {"type": "object"},
-            "spec": spec,
-            "status": status,
-        },
+        "properties": properties,
         "required": ["spec"],
     }
     if kind.root_validations:
@@ -207,6 +212,8 @@ def build_crd(kind: type[KindModel]) -> dict[str, Any]:
         ],
         "schema": {"openAPIV3Schema": _kind_schema(kind)},
     }
+    if not kind.has_status:
+        del version["subresources"]
     for col in version["additionalPrinterColumns"]:
         if not col["priority"]:
             del col["priority"]

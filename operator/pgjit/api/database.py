@@ -10,6 +10,8 @@ from pydantic import AfterValidator, Field
 from ..vocabulary import CredentialsType as CredentialsType
 from ..vocabulary import SSLMode as SSLMode
 from .common import (
+    defaulted_object,
+    optional_set,
     AGE_COLUMN,
     READY_COLUMNS,
     ApiModel,
@@ -244,29 +246,21 @@ class DatabaseSpec(ApiModel):
         default="postgres",
         description="Database the operator connects to for user lifecycle (default postgres).",
     )
-    databases: list[PgIdentifier] | None = Field(
-        default=None,
-        max_length=256,
-        description="Database names sessions may open. Absent: any (Roles still restrict with"
+    databases: list[PgIdentifier] | None = optional_set(
+        256,
+        "Database names sessions may open. Absent: any (Roles still restrict with"
         " databaseNames).",
-        json_schema_extra={"x-kubernetes-list-type": "set"},
     )
     admin: DatabaseAdmin = Field(description="How the operator logs in as admin.")
-    tls: DatabaseTLS = Field(
-        default_factory=DatabaseTLS,
-        description="TLS for the operator's and the issued connections.",
-        json_schema_extra={"default": {}},
-    )
+    tls: DatabaseTLS = defaulted_object(
+        DatabaseTLS, "TLS for the operator's and the issued connections.")
     managed_role: ManagedRoleName = Field(
         default=DEFAULT_MANAGED_ROLE,
         description="Role every user pgjit creates is a member of; pgjit only ever touches members"
         " of this role. Created if missing (default pgjit-auto-user).",
     )
-    credentials: DatabaseCredentials = Field(
-        default_factory=DatabaseCredentials,
-        description="Kind of credentials issued to sessions.",
-        json_schema_extra={"default": {}},
-    )
+    credentials: DatabaseCredentials = defaulted_object(
+        DatabaseCredentials, "Kind of credentials issued to sessions.")
     suspended: bool = Field(
         default=False,
         description="true: open no new sessions (for example during a blue/green switch); ending"
@@ -282,21 +276,17 @@ class DatabaseSpec(ApiModel):
         " dropped, in every database where it owns objects; required by userProvisioning"
         " best_effort_reassign_and_drop. The admin must be able to act for it.",
     )
-    grantable_roles: list[NameGlob] | None = Field(
-        default=None,
-        max_length=256,
-        description="Globs over PostgreSQL role names: the most any session on this Database may"
+    grantable_roles: list[NameGlob] | None = optional_set(
+        256,
+        "Globs over PostgreSQL role names: the most any session on this Database may"
         " be granted, whatever the Roles say. Absent: no bound. Roles pgjit always refuses"
         " (superuser-like, server-file access, members of them) are allowed only when listed"
         " here by exact name, never through a glob.",
-        json_schema_extra={"x-kubernetes-list-type": "set"},
     )
-    grantable_schemas: list[NameGlob] | None = Field(
-        default=None,
-        max_length=256,
-        description="Globs over schema names: object permissions of sessions on this Database"
+    grantable_schemas: list[NameGlob] | None = optional_set(
+        256,
+        "Globs over schema names: object permissions of sessions on this Database"
         " never reach objects outside them. Absent: no bound.",
-        json_schema_extra={"x-kubernetes-list-type": "set"},
     )
 
 

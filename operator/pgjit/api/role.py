@@ -15,6 +15,7 @@ from pydantic import AfterValidator, Field, model_validator
 
 from ..vocabulary import UserProvisioning as UserProvisioning
 from .common import (
+    optional_set,
     AGE_COLUMN,
     K8S_IDENTITY_MAX_LENGTH,
     PG_IDENTIFIER_MAX_BYTES,
@@ -346,18 +347,14 @@ class RoleAllow(ApiModel):
         description="Label selector over Database objects. {} matches every Database; absent"
         " matches none.",
     )
-    database_names: list[NameGlob] | None = Field(
-        default=None,
-        max_length=256,
-        description="Globs over PostgreSQL database names; * matches any. Absent matches none.",
-        json_schema_extra={"x-kubernetes-list-type": "set"},
+    database_names: list[NameGlob] | None = optional_set(
+        256,
+        "Globs over PostgreSQL database names; * matches any. Absent matches none.",
     )
-    database_roles: list[RoleEntry] | None = Field(
-        default=None,
-        max_length=256,
-        description="PostgreSQL roles to grant (they must exist on the server), or trait"
+    database_roles: list[RoleEntry] | None = optional_set(
+        256,
+        "PostgreSQL roles to grant (they must exist on the server), or trait"
         " templates {{internal.KEY}} / {{external.KEY}} that expand to role names.",
-        json_schema_extra={"x-kubernetes-list-type": "set"},
     )
     permissions: list[AllowPermission] | None = Field(
         default=None,
@@ -377,17 +374,13 @@ class RoleDeny(ApiModel):
         default=None,
         description="Label selector over Database objects. Absent or {} matches every Database.",
     )
-    database_names: list[NameGlob] | None = Field(
-        default=None,
-        max_length=256,
-        description="Globs over PostgreSQL database names; * matches any. Absent matches every name.",
-        json_schema_extra={"x-kubernetes-list-type": "set"},
+    database_names: list[NameGlob] | None = optional_set(
+        256,
+        "Globs over PostgreSQL database names; * matches any. Absent matches every name.",
     )
-    database_roles: list[RoleEntry] | None = Field(
-        default=None,
-        max_length=256,
-        description="PostgreSQL roles never to grant, or trait templates that expand to them.",
-        json_schema_extra={"x-kubernetes-list-type": "set"},
+    database_roles: list[RoleEntry] | None = optional_set(
+        256,
+        "PostgreSQL roles never to grant, or trait templates that expand to them.",
     )
     permissions: list[DenyPermission] | None = Field(
         default=None,
@@ -405,6 +398,35 @@ class Subject(ApiModel):
         max_length=K8S_IDENTITY_MAX_LENGTH,
         description="Kubernetes user name (as authenticated, e.g. alice@example.com or"
         " system:serviceaccount:ns:name) or group name.",
+    )
+
+
+class RoleApproval(ApiModel):
+    """Sessions this Role allows wait for reviewers' approval before anything is created in
+    PostgreSQL (docs/access-requests.md)."""
+
+    reviewers: list[Subject] = Field(
+        min_length=1,
+        max_length=256,
+        description="Who may approve or deny: Kubernetes users and groups, as in subjects. The"
+        " session's own user never counts, whatever group it is in.",
+    )
+    required: int = Field(
+        default=1,
+        ge=1,
+        le=16,
+        description="How many distinct reviewers must approve (default 1). One denial by a"
+        " reviewer ends the session.",
+    )
+    require_reason: bool = Field(
+        default=False,
+        description="Sessions must say why in spec.reason; one without is refused.",
+    )
+    pending_timeout: Duration = Field(
+        default="1h",
+        validate_default=True,
+        description="How long a session may wait for approval, from its creation (default 1h);"
+        " then it fails with ApprovalExpired.",
     )
 
 
@@ -437,6 +459,12 @@ class RoleSpec(ApiModel):
         description="Longest session this Role allows, as a duration like 8h or 30m (default 8h);"
         " longer requests are shortened.",
     )
+    approval: RoleApproval | None = Field(
+        default=None,
+        description="Sessions this Role allows need reviewers' approval first. When several"
+        " allowing Roles ask for it, the strictest applies: the largest required, the shortest"
+        " pendingTimeout, a reason if any asks for one, and the reviewers of all of them.",
+    )
     allow: RoleAllow | None = Field(default=None, description="What sessions may get.")
     deny: RoleDeny | None = Field(default=None, description="What sessions never get; deny wins.")
 
@@ -466,6 +494,13 @@ class Role(KindModel):
             type="string",
             json_path=".spec.userProvisioning",
             description="User provisioning mode.",
+        ),
+        PrinterColumn(
+            name="Approvals",
+            type="integer",
+            json_path=".spec.approval.required",
+            description="Approvals a session needs (empty: none).",
+            priority=1,
         ),
         PrinterColumn(
             name="Max Duration",

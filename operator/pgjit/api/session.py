@@ -7,6 +7,7 @@ from typing import Annotated, Literal
 from pydantic import Field
 
 from .common import (
+    optional_set,
     AGE_COLUMN,
     K8S_IDENTITY_MAX_LENGTH,
     K8S_NAME_MAX_LENGTH,
@@ -23,9 +24,21 @@ from .common import (
     cel_rule,
     validations,
 )
+from .role import Subject
+from ..vocabulary import ReviewDecision
 from ..vocabulary import SessionPhase as SessionPhase
 from ..vocabulary import TeardownAction as TeardownAction
 from ..vocabulary import UserProvisioning
+
+#: Longest reason a session or a review may give (characters).
+REASON_MAX_LENGTH = 1024
+#: The most reviews a session's status lists (the counted ones first, then the others).
+MAX_RECORDED_REVIEWS = 64
+
+ReasonText = Annotated[
+    str,
+    Field(min_length=1, max_length=REASON_MAX_LENGTH, description="Free text for people."),
+]
 
 #: Suffix of the credentials Secret's default name, ``<session name>-credentials``.
 SECRET_NAME_SUFFIX = "-credentials"
@@ -63,12 +76,10 @@ class DatabaseSessionSpec(ApiModel):
         " over 63 bytes map to a shortened name plus hash, see status.username). Must equal the"
         " requesting identity unless the requester is a session admin."
     )
-    groups: list[IdentityName] | None = Field(
-        default=None,
-        max_length=256,
-        description="The requester's groups that Roles may match; a subset of the requesting"
+    groups: list[IdentityName] | None = optional_set(
+        256,
+        "The requester's groups that Roles may match; a subset of the requesting"
         " identity's groups.",
-        json_schema_extra={"x-kubernetes-list-type": "set"},
     )
     extra: dict[str, ExtraValue] | None = Field(
         default=None,
@@ -80,12 +91,10 @@ class DatabaseSessionSpec(ApiModel):
     database_name: PgIdentifier = Field(
         description="PostgreSQL database to open (tsh --db-name)."
     )
-    database_roles: list[PgIdentifier] | None = Field(
-        default=None,
-        max_length=64,
-        description="Database roles wanted: a subset of those the Roles allow (tsh --db-roles)."
+    database_roles: list[PgIdentifier] | None = optional_set(
+        64,
+        "Database roles wanted: a subset of those the Roles allow (tsh --db-roles)."
         " Absent: all allowed roles.",
-        json_schema_extra={"x-kubernetes-list-type": "set"},
     )
     duration: Duration = Field(
         default="1h",
@@ -97,6 +106,38 @@ class DatabaseSessionSpec(ApiModel):
         default=None,
         description="Name of the credentials Secret (default <session name>-credentials).",
     )
+    reason: ReasonText | None = Field(
+        default=None,
+        description="Why the access is needed, for the reviewers of a session that needs"
+        " approval; required by Roles with approval.requireReason.",
+    )
+
+
+class ApprovalState(ApiModel):
+    """What a session that needs approval waits for: set while it waits, kept afterwards."""
+
+    required: int = Field(ge=1, description="Distinct approvals needed.")
+    approvals: int = Field(default=0, ge=0, description="Approvals counted so far.")
+    reviewers: list[Subject] = Field(
+        max_length=1024, description="Who may review: the reviewers of the Roles that ask for"
+        " approval."
+    )
+    roles: list[Annotated[str, Field(max_length=K8S_NAME_MAX_LENGTH, description="A Role name.")]] = Field(
+        max_length=256, description="The Roles that ask for approval."
+    )
+    deadline: Timestamp = Field(description="When the session fails unless approved by then.")
+
+
+class ReviewRecord(ApiModel):
+    """One DatabaseSessionReview of this session, counted or not, and why."""
+
+    name: ObjectName = Field(description="The DatabaseSessionReview.")
+    reviewer: IdentityName = Field(description="Who reviewed (spec.reviewer, bound to its creator).")
+    decision: ReviewDecision = Field(description="Approve or Deny.")
+    reason: ReasonText | None = Field(default=None, description="The reviewer's reason.")
+    time: Timestamp = Field(description="When the review was created.")
+    counted: bool = Field(description="Whether the review counts towards the decision.")
+    message: str = Field(max_length=1024, description="How it was counted, or why it was not.")
 
 
 class Reassigned(ApiModel):
@@ -155,6 +196,19 @@ class DatabaseSessionStatus(KindStatus):
     ended_at: Timestamp | None = Field(default=None, description="When the session ended.")
     teardown: Teardown | None = Field(
         default=None, description="What was done to the PostgreSQL user at the end."
+    )
+    approval: ApprovalState | None = Field(
+        default=None, description="Sessions that need approval: what they wait for."
+    )
+    reviews: list[ReviewRecord] | None = Field(
+        default=None,
+        max_length=MAX_RECORDED_REVIEWS,
+        description="The reviews of this session, in the order they were created: who, what,"
+        " why, and whether each counted.",
+    )
+    approved_at: Timestamp | None = Field(
+        default=None,
+        description="When the last approval needed arrived; the duration counts from then.",
     )
 
 

@@ -6,6 +6,9 @@ The order of events, and what happens to the session at each point:
    a session is never created without pgjit knowing its name).
 2. Wait until Active, printing each change. Ctrl-C here: delete the session, exit 130. SIGTERM
    or SIGHUP: delete it, exit 128+N. A final phase: print the operator's message, delete, exit 1.
+   A session that needs approval waits for its reviewers here (they are named, and the command
+   they run); Ctrl-C withdraws the request. That wait is bounded by the Role's pendingTimeout,
+   not by ``--wait-timeout``.
 3. Read the credentials Secret, write the private files, run psql (see ``psql``). psql's exit
    code becomes pgjit's.
 4. End the session: delete it and wait until it is gone, so that when pgjit returns, access is
@@ -18,7 +21,6 @@ until its expiry, which the operator (and VALID UNTIL / the certificate's notAft
 from __future__ import annotations
 
 import contextlib
-import json
 import os
 import signal
 import sys
@@ -31,6 +33,7 @@ from kubernetes.client.rest import ApiException
 
 from . import psql
 from .identity import whoami
+from .kubeconfig import api_error
 from .progress import active_line
 from .sessions import Sessions, SessionError, session_manifest
 
@@ -46,6 +49,7 @@ class ConnectOptions:
     namespace: str
     database_roles: tuple[str, ...] = ()
     duration: timedelta | None = None
+    reason: str | None = None
     psql_args: tuple[str, ...] = ()
     psql_path: str | None = None
     keep_session: bool = False
@@ -106,12 +110,13 @@ def connect(api: kubernetes.client.ApiClient, options: ConnectOptions) -> int:
         try:
             identity = whoami(api)
         except ApiException as exc:
-            report(f"cannot tell who you are (SelfSubjectReview): {_api_error(exc)}")
+            report(f"cannot tell who you are (SelfSubjectReview): {api_error(exc)}")
             return EXIT_ERROR
         except (KeyboardInterrupt, Stopped) as exc:
             return _interrupted_code(exc)
         body = session_manifest(identity, options.database, options.database_name,
-                                database_roles=options.database_roles, duration=options.duration)
+                                database_roles=options.database_roles, duration=options.duration,
+                                reason=options.reason)
         report(f"opening a session for {identity.user} on Database {options.database}"
                f' (database "{options.database_name}") in namespace {options.namespace}')
         name: str | None = None
@@ -125,7 +130,7 @@ def connect(api: kubernetes.client.ApiClient, options: ConnectOptions) -> int:
             report("interrupted")
             return _end(sessions, name, options, _interrupted_code(exc))
         except ApiException as exc:
-            report(f"cannot create the session: {_api_error(exc)}")
+            report(f"cannot create the session: {api_error(exc)}")
             return EXIT_ERROR
         return _use_and_end(sessions, name, psql_path, options)
 
@@ -164,7 +169,7 @@ def _use_and_end(sessions: Sessions, name: str, psql_path: str, options: Connect
         report(str(exc))
         code = EXIT_ERROR
     except (ApiException, ValueError, OSError) as exc:
-        report(f"error: {_api_error(exc) if isinstance(exc, ApiException) else exc}")
+        report(f"error: {api_error(exc) if isinstance(exc, ApiException) else exc}")
         code = EXIT_ERROR
     if psql_ran and options.keep_session:
         report(f"session {name} kept (--keep-session); end it with:"
@@ -191,15 +196,7 @@ def _end(sessions: Sessions, name: str, options: ConnectOptions, code: int) -> i
         except SessionError as exc:
             report(str(exc))
         except ApiException as exc:
-            report(f"cannot end session {name}: {_api_error(exc)}; it lasts until its expiry"
+            report(f"cannot end session {name}: {api_error(exc)}; it lasts until its expiry"
                    f" unless you run: pgjit disconnect -n {options.namespace} {name}")
     return code or EXIT_ERROR
 
-
-def _api_error(exc: ApiException) -> str:
-    """The API server's own message (the Status body) when there is one, else the HTTP reason."""
-    try:
-        message = json.loads(exc.body or "{}").get("message")
-    except (ValueError, AttributeError):
-        message = None
-    return f"{exc.status} {message or exc.reason}"

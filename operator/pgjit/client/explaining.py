@@ -42,6 +42,7 @@ class ExplainOptions:
     database_name: str | None = None
     database_roles: tuple[str, ...] = ()
     duration: timedelta = DEFAULT_SESSION_DURATION
+    reason: str | None = None
     traits_configmap: tuple[str, str] | None = None
     include_unmatched: bool = True
     #: List the objects the permissions resolve to, reading the catalog over this libpq
@@ -132,7 +133,8 @@ def _request(api: kubernetes.client.ApiClient, options: ExplainOptions, database
     name = options.database_name or (offered[0] if len(offered) == 1 else "*")
     return (AccessRequest(user=user, database_name=name, groups=tuple(groups),
                           extra={key: tuple(values) for key, values in extra.items()},
-                          database_roles=options.database_roles, duration=options.duration),
+                          database_roles=options.database_roles, duration=options.duration,
+                          reason=options.reason),
             source)
 
 

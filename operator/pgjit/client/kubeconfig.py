@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+import json
+
 import kubernetes
+from kubernetes.client.rest import ApiException
 
 DEFAULT_NAMESPACE = "default"
 
@@ -30,3 +33,12 @@ def current_namespace() -> str:
     except kubernetes.config.ConfigException as exc:
         raise KubeconfigError(f"no usable kubeconfig: {exc}") from None
     return (active or {}).get("context", {}).get("namespace") or DEFAULT_NAMESPACE
+
+
+def api_error(exc: ApiException) -> str:
+    """The API server's own message (the Status body) when there is one, else the HTTP reason."""
+    try:
+        message = json.loads(exc.body or "{}").get("message")
+    except (ValueError, AttributeError):
+        message = None
+    return f"{exc.status} {message or exc.reason}"

@@ -20,10 +20,11 @@ from kubernetes.client.rest import ApiException
 from .. import GROUP, VERSION
 from ..api.session import DatabaseSession
 from ..api.common import format_duration
-from ..vocabulary import SessionPhase
+from ..vocabulary import Reason, SessionPhase
 from .identity import Identity, session_extra, session_groups
 from .naming import MANAGED_BY_LABEL, MANAGED_BY_CLI, cli_labels, session_name_prefix
-from .progress import FINAL_PHASES, ChangeReporter, failure_message, phase, state_line
+from .progress import (FINAL_PHASES, ChangeReporter, failure_message, phase, ready_condition,
+                       state_line)
 
 PLURAL = DatabaseSession.plural
 POLL_SECONDS = 0.2
@@ -37,8 +38,8 @@ class SessionError(Exception):
 
 
 def session_manifest(identity: Identity, database: str, database_name: str, *,
-                     database_roles: Sequence[str] = (), duration: timedelta | None = None
-                     ) -> dict[str, Any]:
+                     database_roles: Sequence[str] = (), duration: timedelta | None = None,
+                     reason: str | None = None) -> dict[str, Any]:
     """The DatabaseSession ``pgjit connect`` creates for ``identity``. Pure.
 
     Groups and extra are the identity's own, so the admission policy (spec ⊆ requester) holds.
@@ -56,6 +57,8 @@ def session_manifest(identity: Identity, database: str, database_name: str, *,
         spec["databaseRoles"] = list(database_roles)
     if duration is not None:
         spec["duration"] = format_duration(duration)
+    if reason and reason.strip():
+        spec["reason"] = reason.strip()
     return {"apiVersion": f"{GROUP}/{VERSION}", "kind": "DatabaseSession",
             "metadata": {"generateName": session_name_prefix(identity.user, database),
                          "labels": cli_labels()},
@@ -96,9 +99,12 @@ class Sessions:
         """Wait until the session is Active; report each change of state.
 
         Raises SessionError when it reaches a final phase, disappears or the deadline passes.
+        Time spent waiting for reviewers does not count towards ``timeout``: the operator ends
+        that wait at the Role's pendingTimeout (ApprovalExpired, a final phase).
         """
         reporter = ChangeReporter(lambda line: report(f"session {name}: {line}"))
-        started = time.monotonic()
+        started = last = time.monotonic()
+        working = 0.0  # seconds spent waiting for the operator, not for reviewers
         while True:
             session = self.get(name)
             if session is None:
@@ -108,8 +114,11 @@ class Sessions:
                 return session
             if current in FINAL_PHASES:
                 raise SessionError(f"session {name} is {current}: {failure_message(session)}")
-            elapsed = time.monotonic() - started
-            if elapsed > timeout:
+            now = time.monotonic()
+            if ready_condition(session).get("reason") != Reason.AWAITING_APPROVAL:
+                working += now - last
+            last, elapsed = now, now - started
+            if working > timeout:
                 raise SessionError(f"session {name} did not become Active within {timeout:.0f}s;"
                                    f" last state: {state_line(session)}")
             reporter.update(state_line(session), elapsed)

@@ -11,6 +11,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 
 from ..api.common import format_duration
+from .approval import has_reason
 from .permissions import PermissionRule
 from .policy import AccessRequest, Decision, RoleExplanation, describe_rule
 
@@ -47,12 +48,25 @@ def _summary(decision: Decision, context: Sequence[tuple[str, str]]) -> str:
         ("Result", f"{verdict} ({decision.reason}): {decision.message}"),
         ("Mode", _mode_line(decision)),
         ("Duration", _duration_line(decision)),
+        ("Approval", _approval_line(decision)),
     ]
     if decision.expires_at is not None:
         rows.append(("Expires", decision.expires_at.isoformat()))
     rows.append(("Bound", _bound_line(decision)))
     width = max(len(label) for label, _ in rows) + 1
     return "\n".join(f"{label + ':':<{width}} {value}" for label, value in rows)
+
+
+def _approval_line(decision: Decision) -> str:
+    """Whether the session waits for reviewers, and whom (core.approval)."""
+    requirement = decision.approval
+    if requirement is None:
+        return "not required (no allowing Role has spec.approval)"
+    line = f"required: {requirement.summary()}"
+    if requirement.require_reason and not has_reason(decision.request.reason):
+        line += "; this request gives none, so it would be refused (--reason TEXT)"
+    line += "; the duration counts from the approval"
+    return "; ".join([line, *requirement.notes()])
 
 
 def _bound_line(decision: Decision) -> str:

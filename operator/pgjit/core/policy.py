@@ -41,6 +41,7 @@ from ..api.common import LabelSelector, SelectorOperator, format_duration
 from ..api.database import Database
 from ..api.role import (
     AllowPermission,
+    RoleApproval,
     DenyPermission,
     ObjectKind,
     Role,
@@ -53,6 +54,8 @@ from ..api.role import (
 )
 from ..api.session import DatabaseSessionSpec
 from ..vocabulary import Reason
+from .approval import Requirement as ApprovalRequirement
+from .approval import requirement as approval_requirement
 from .boundaries import pattern_within, within
 from .globs import glob_matches
 from .permissions import ALL, KIND_PRIVILEGES, PermissionError_, PermissionRule, PermissionRules
@@ -93,6 +96,8 @@ class AccessRequest:
     extra: Mapping[str, tuple[str, ...]] = field(default_factory=dict)
     database_roles: tuple[str, ...] = ()
     duration: timedelta = DEFAULT_SESSION_DURATION
+    #: Why access is needed (spec.reason), for reviewers; Roles may require one.
+    reason: str | None = None
 
     @classmethod
     def from_session(cls, spec: DatabaseSessionSpec) -> AccessRequest:
@@ -104,6 +109,7 @@ class AccessRequest:
             extra={key: tuple(values) for key, values in (spec.extra or {}).items()},
             database_roles=tuple(spec.database_roles or ()),
             duration=spec.duration,
+            reason=spec.reason,
         )
 
 
@@ -140,6 +146,8 @@ class RoleExplanation:
     notes: tuple[str, ...] = ()
     #: Set when the Role holds something unusable (an unknown privilege).
     error: str | None = None
+    #: The Role's spec.approval: sessions it allows wait for reviewers.
+    approval: RoleApproval | None = None
 
     @property
     def takes_part(self) -> bool:
@@ -189,6 +197,9 @@ class Decision:
     #: The Database's bound (spec.grantableRoles, spec.grantableSchemas); None: no bound.
     grantable_roles: tuple[str, ...] | None = None
     grantable_schemas: tuple[str, ...] | None = None
+    #: What the session must get from reviewers before it is opened (the strictest of the
+    #: allowing Roles' spec.approval); None: it is opened at once.
+    approval: ApprovalRequirement | None = None
 
     def explanation(self, role: str) -> RoleExplanation | None:
         """The explanation for the Role named ``role``, if it was considered."""
@@ -453,7 +464,7 @@ def _explain_role(role: Role, request: AccessRequest, database: Database, traits
     spec = role.spec
     base = RoleExplanation(role=_role_name(role), mode=spec.user_provisioning,
                            max_session_duration=spec.max_session_duration,
-                           subjects_match=False, subjects_why="")
+                           subjects_match=False, subjects_why="", approval=spec.approval)
     matched = _subject_matches(role, request)
     if not matched:
         groups = ", ".join(request.groups) or "none"
@@ -768,6 +779,7 @@ def evaluate(
         notes=tuple(notes),
         grantable_roles=_optional_tuple(database.spec.grantable_roles),
         grantable_schemas=_optional_tuple(database.spec.grantable_schemas),
+        approval=approval_requirement((e.role, e.approval) for e in participants),
     )
 
 

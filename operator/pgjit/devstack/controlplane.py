@@ -14,6 +14,7 @@ admin      ``system:masters``
 alice      ``analysts``
 bob        (none)
 robot      ``pgjit-session-admins``
+carol      ``dba``
 =========  ==========================================
 """
 
@@ -37,7 +38,7 @@ import urllib.error
 import urllib.request
 from collections.abc import Callable
 from pathlib import Path
-from types import TracebackType
+from typing import Self
 
 import yaml
 from cryptography import x509
@@ -52,6 +53,7 @@ IDENTITY_GROUPS: dict[str, tuple[str, ...]] = {
     "alice": ("analysts",),
     "bob": (),
     "robot": ("pgjit-session-admins",),
+    "carol": ("dba",),
 }
 
 SERVICE_CLUSTER_IP_RANGE = "10.0.0.0/24"
@@ -239,7 +241,25 @@ class _Server:
             os.killpg(self.process.pid, signum)
 
 
-class ControlPlane:
+class StartStop:
+    """Servers a test starts and must stop whatever happens: ``with`` calls start() and, on
+    the way out (an exception included), stop()."""
+
+    def start(self) -> None:
+        raise NotImplementedError
+
+    def stop(self) -> None:
+        raise NotImplementedError
+
+    def __enter__(self) -> Self:
+        self.start()
+        return self
+
+    def __exit__(self, *exc_info: object) -> None:
+        self.stop()
+
+
+class ControlPlane(StartStop):
     """etcd and kube-apiserver on free loopback ports, with one kubeconfig per identity.
 
     Use as a context manager, or call start() and stop(). ``workdir`` defaults to a fresh
@@ -258,18 +278,6 @@ class ControlPlane:
         self.startup_seconds: float | None = None
         self._tokens: dict[str, str] = {}
         self._servers: list[_Server] = []
-
-    def __enter__(self) -> ControlPlane:
-        self.start()
-        return self
-
-    def __exit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        traceback: TracebackType | None,
-    ) -> None:
-        self.stop()
 
     def token(self, identity: str) -> str:
         """Return the bearer token of a static identity (admin, alice, bob, robot)."""
@@ -516,13 +524,20 @@ def main() -> int:
             f"logs in {control_plane.log_dir}; identities: {', '.join(IDENTITY_GROUPS)}",
             file=sys.stderr,
         )
-        print(control_plane.kubeconfig("admin"), flush=True)
-        signal.pause()
-    except KeyboardInterrupt:
-        pass
+        serve_until_interrupted(control_plane.kubeconfig("admin"))
     finally:
         control_plane.stop()
     return 0
+
+
+def serve_until_interrupted(kubeconfig: Path) -> None:
+    """Print the admin kubeconfig for the caller to use, then keep the servers up until Ctrl-C
+    (the servers die with this process, so it must stay)."""
+    print(kubeconfig, flush=True)
+    try:
+        signal.pause()
+    except KeyboardInterrupt:
+        pass
 
 
 if __name__ == "__main__":

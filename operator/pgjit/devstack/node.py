@@ -39,12 +39,13 @@ import urllib.error
 import urllib.request
 from collections.abc import Sequence
 from pathlib import Path
-from types import TracebackType
 
 import kubernetes
 import yaml
 
 from pgjit.devstack.controlplane import (
+    StartStop,
+    serve_until_interrupted,
     ControlPlane,
     _die_with_parent,
     _free_port,
@@ -146,7 +147,7 @@ def remove_leftovers() -> list[str]:
     return removed
 
 
-class Node:
+class Node(StartStop):
     """containerd, kubelet, kube-controller-manager and kube-scheduler for ``control_plane``.
 
     ``images`` are imported into containerd before kubelet starts (the pause image first: its
@@ -182,18 +183,6 @@ class Node:
         self._holder: subprocess.Popen[bytes] | None = None
         self._lock: contextlib.ExitStack | None = None
         self._kubelet_started = 0.0
-
-    def __enter__(self) -> Node:
-        self.start()
-        return self
-
-    def __exit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        traceback: TracebackType | None,
-    ) -> None:
-        self.stop()
 
     # -- start ----------------------------------------------------------------------------
 
@@ -561,10 +550,7 @@ def main() -> int:
         node.start()
         print(f"node {NODE_NAME} Ready in {node.startup_seconds:.1f}s ({node.timings}); "
               f"image {images[0].ref}; logs in {node.log_dir}", file=sys.stderr)
-        print(control_plane.kubeconfig("admin"), flush=True)
-        signal.pause()
-    except KeyboardInterrupt:
-        pass
+        serve_until_interrupted(control_plane.kubeconfig("admin"))
     finally:
         node.stop()
         control_plane.stop()

@@ -20,7 +20,8 @@ from ..core.leases import MODE_DROP, MODE_KEEP, MODE_REASSIGN, MODES
 from ..core.naming import postgres_username
 from .config import ServerConfig
 from .connections import AdminConnections
-from .errors import INVALID_REQUEST, READ_ONLY, EngineError, classify
+from .errors import EngineError, classify
+from ..vocabulary import Reason
 from .grants import ObjectGrants
 from .preflight import Preflight, run_preflight
 from .results import Activation, ActivationRequest, DriftCorrection, Teardown
@@ -146,15 +147,15 @@ class Engine:
     def _validate(self, request: ActivationRequest) -> None:
         if request.mode not in MODES or request.mode not in (MODE_KEEP, MODE_DROP,
                                                              MODE_REASSIGN):
-            raise EngineError(INVALID_REQUEST, f'user provisioning mode "{request.mode}" does not '
+            raise EngineError(Reason.INVALID_REQUEST, f'user provisioning mode "{request.mode}" does not '
                               "create users; use keep, best_effort_drop or "
                               "best_effort_reassign_and_drop")
         if request.roles and request.permissions:
-            raise EngineError(INVALID_REQUEST, (
+            raise EngineError(Reason.INVALID_REQUEST, (
                 "fine-grained database permissions and database roles are mutually exclusive, "
                 "yet both were provided"))
         if request.expires_at <= datetime.now(timezone.utc):
-            raise EngineError(INVALID_REQUEST, "the session's expiry is in the past")
+            raise EngineError(Reason.INVALID_REQUEST, "the session's expiry is in the past")
         postgres_username(request.identity)  # raises on identities PostgreSQL cannot hold
 
     async def activate(self, request: ActivationRequest) -> Activation:
@@ -251,5 +252,5 @@ class Engine:
         :meth:`preflight` raises."""
         pre = await self.preflight()
         if pre.read_only:
-            raise EngineError(READ_ONLY, "the server is read-only (a standby or a reader endpoint);"
+            raise EngineError(Reason.READ_ONLY, "the server is read-only (a standby or a reader endpoint);"
                               " point the Database at the primary")

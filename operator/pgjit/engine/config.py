@@ -35,29 +35,34 @@ class ServerConfig:
     #: Which Database object this is (namespace/name), in the admin connections'
     #: application_name, so pg_stat_activity tells one Database's work from another's.
     label: str = ""
+    #: Prepare the catalog reads each activation starts with once per connection (server-side
+    #: binding): planned once, not on every run. Off for poolers in transaction mode that do
+    #: not track prepared statements.
+    prepared_statements: bool = True
 
     def validate(self) -> None:
         """Configuration errors are reported before any database work (edge case 16)."""
-        from .errors import INVALID_REQUEST, EngineError
+        from .errors import EngineError
+        from ..vocabulary import Reason
         if not self.admin_user:
-            raise EngineError(INVALID_REQUEST, "no admin user is configured for this database")
+            raise EngineError(Reason.INVALID_REQUEST, "no admin user is configured for this database")
         methods = [m for m in (self.admin_password, self.admin_cert_pem, self.aws_iam)
                    if m is not None]
         if not methods:
-            raise EngineError(INVALID_REQUEST, "the admin needs a password, a client certificate "
+            raise EngineError(Reason.INVALID_REQUEST, "the admin needs a password, a client certificate "
                               "or IAM authentication")
         if len(methods) > 1:
-            raise EngineError(INVALID_REQUEST, "set one of an admin password, a client "
+            raise EngineError(Reason.INVALID_REQUEST, "set one of an admin password, a client "
                               "certificate and IAM authentication, not several")
         if self.aws_iam is not None and self.sslmode not in (SSLMode.REQUIRE, SSLMode.VERIFY_CA,
                                                              SSLMode.VERIFY_FULL):
-            raise EngineError(INVALID_REQUEST, "IAM authentication needs sslmode require, "
+            raise EngineError(Reason.INVALID_REQUEST, "IAM authentication needs sslmode require, "
                               "verify-ca or verify-full: a token must never travel without TLS")
         if (self.admin_cert_pem is None) != (self.admin_key_pem is None):
-            raise EngineError(INVALID_REQUEST, "a client certificate needs its key, and the reverse")
+            raise EngineError(Reason.INVALID_REQUEST, "a client certificate needs its key, and the reverse")
         if self.sslmode not in SSL_MODES:
-            raise EngineError(INVALID_REQUEST, f"sslmode must be one of {', '.join(SSL_MODES)}")
+            raise EngineError(Reason.INVALID_REQUEST, f"sslmode must be one of {', '.join(SSL_MODES)}")
         if self.sslmode in (SSLMode.VERIFY_CA, SSLMode.VERIFY_FULL) and self.ca_pem is None:
-            raise EngineError(INVALID_REQUEST, f"sslmode {self.sslmode} needs a CA certificate")
+            raise EngineError(Reason.INVALID_REQUEST, f"sslmode {self.sslmode} needs a CA certificate")
         if self.max_connections < 1:
-            raise EngineError(INVALID_REQUEST, "max_connections must be at least 1")
+            raise EngineError(Reason.INVALID_REQUEST, "max_connections must be at least 1")

@@ -30,9 +30,10 @@ import psycopg
 from psycopg.conninfo import make_conninfo
 from psycopg_pool import AsyncConnectionPool, PoolTimeout
 
+from . import statements as S
 from .config import ServerConfig
-from .errors import (AUTHENTICATION_FAILED, DATABASE_NOT_FOUND, INSUFFICIENT_PRIVILEGE,
-                     UNREACHABLE, EngineError, classify)
+from .errors import EngineError, classify
+from ..vocabulary import Reason
 from .iam import IamTokens
 from .transactions import application_name
 
@@ -116,6 +117,19 @@ class AdminConnections:
         return await psycopg.AsyncConnection.connect(
             self.conninfo(dbname or self.config.admin_database), **await self._connect_kwargs())
 
+    @staticmethod
+    async def _prepare(conn: psycopg.AsyncConnection) -> None:
+        """Prepare the state reads on a new connection, outside any transaction.
+
+        With a generic plan: PostgreSQL would otherwise plan each EXECUTE afresh for its
+        parameters (its first five runs, and for good when the generic plan looks costlier),
+        which is the planning preparing is meant to save. These reads look roles up by name
+        in small catalogs; the generic plan is the same plan.
+        """
+        await conn.execute(S.GENERIC_PLANS)
+        for statement in S.PREPARED:
+            await conn.execute(statement.prepare)
+
     def _pool(self, dbname: str) -> AsyncConnectionPool:
         pool = self._pools.get(dbname)
         if pool is None:
@@ -124,7 +138,8 @@ class AdminConnections:
                 self.conninfo(dbname), open=False, name=f"pgjit-{dbname}",
                 min_size=1 if is_admin_db else 0, max_size=self.config.max_connections,
                 max_idle=300 if is_admin_db else 60, timeout=self.config.connect_timeout,
-                kwargs=self._connect_kwargs)
+                kwargs=self._connect_kwargs,
+                configure=self._prepare if self.config.prepared_statements else None)
             self._pools[dbname] = pool
         return pool
 
@@ -160,7 +175,7 @@ class AdminConnections:
             # Replaced (new credentials: a rotated admin password): a call still in flight must
             # not reopen pools with what no longer works and wait out their timeouts, but give
             # way at once to a retry on the new engine.
-            raise EngineError(UNREACHABLE, "the admin connections were replaced (the Database or "
+            raise EngineError(Reason.UNREACHABLE, "the admin connections were replaced (the Database or "
                               "its Secrets changed); retrying", transient=True)
 
     async def _raise_refusal(self, dbname: str) -> None:
@@ -177,13 +192,13 @@ class AdminConnections:
         except psycopg.Error as exc:
             if dbname == self.config.admin_database:
                 refusal = classify(exc, doing="connecting as the admin")
-                if refusal.reason == AUTHENTICATION_FAILED:
+                if refusal.reason == Reason.AUTHENTICATION_FAILED:
                     # The admin's password changed (rotated in PostgreSQL first, in the Secret
                     # a moment later). Every call would otherwise wait out the pool's timeout,
                     # retried eight times: more than a minute per call. Fail fast instead, for a
                     # few seconds at a time, retriably: the registry then re-reads the Secret
                     # (kube/engines.py) and preflight says what is wrong.
-                    self.refused = EngineError(AUTHENTICATION_FAILED, refusal.message,
+                    self.refused = EngineError(Reason.AUTHENTICATION_FAILED, refusal.message,
                                                transient=True)
                     self._refused_until = time.monotonic() + REFUSAL_SECONDS
                     raise self.refused from exc
@@ -209,15 +224,15 @@ class AdminConnections:
             await conn.close()
         database = dbname.replace('"', '""')
         if row is None:
-            return EngineError(DATABASE_NOT_FOUND, f'database "{database}" does not exist on '
+            return EngineError(Reason.DATABASE_NOT_FOUND, f'database "{database}" does not exist on '
                                f"server {self.config.host}:{self.config.port}")
         allows_connections, may_connect = row
         if not allows_connections:
-            return EngineError(INSUFFICIENT_PRIVILEGE, f'database "{database}" does not allow '
+            return EngineError(Reason.INSUFFICIENT_PRIVILEGE, f'database "{database}" does not allow '
                                "connections (pg_database.datallowconn is false)")
         if not may_connect:
             admin = self.config.admin_user.replace('"', '""')
-            return EngineError(INSUFFICIENT_PRIVILEGE,
+            return EngineError(Reason.INSUFFICIENT_PRIVILEGE,
                                f'the admin lacks CONNECT on database "{database}"; run as a '
                                f'superuser: GRANT CONNECT ON DATABASE "{database}" TO "{admin}";')
         return None

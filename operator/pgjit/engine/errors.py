@@ -12,19 +12,6 @@ import psycopg_pool
 
 from ..vocabulary import Reason
 
-# The status reasons the engine's errors carry, by their engine names (see pgjit.vocabulary).
-USER_CONFLICT = Reason.USER_CONFLICT
-ROLES_CHANGED = Reason.ROLES_CHANGED
-INSUFFICIENT_PRIVILEGE = Reason.INSUFFICIENT_PRIVILEGE
-MISSING_DATABASE_ROLE = Reason.MISSING_DATABASE_ROLE
-READ_ONLY = Reason.READ_ONLY
-UNREACHABLE = Reason.UNREACHABLE
-AUTHENTICATION_FAILED = Reason.AUTHENTICATION_FAILED
-DATABASE_NOT_FOUND = Reason.DATABASE_NOT_FOUND
-PRIVILEGED_ROLE = Reason.PRIVILEGED_ROLE
-INVALID_REQUEST = Reason.INVALID_REQUEST
-UNEXPECTED = Reason.UNEXPECTED_DATABASE_ERROR
-
 # Conflicts between concurrent catalog writers, and connections that went away: the same work
 # done again a moment later succeeds (teleport-behaviour.md §1.3, plus lock_timeout's 55P03).
 TRANSIENT_SQLSTATES = frozenset({
@@ -41,14 +28,14 @@ TRANSIENT_SQLSTATES = frozenset({
 TRANSIENT_SQLSTATE_CLASSES = frozenset({"08"})  # connection exceptions
 
 _PERMANENT = {
-    "42501": INSUFFICIENT_PRIVILEGE,
-    "42704": MISSING_DATABASE_ROLE,
-    "25006": READ_ONLY,
-    "28P01": AUTHENTICATION_FAILED,
-    "28000": AUTHENTICATION_FAILED,
-    "3D000": DATABASE_NOT_FOUND,
-    "42939": INVALID_REQUEST,
-    "42622": INVALID_REQUEST,
+    "42501": Reason.INSUFFICIENT_PRIVILEGE,
+    "42704": Reason.MISSING_DATABASE_ROLE,
+    "25006": Reason.READ_ONLY,
+    "28P01": Reason.AUTHENTICATION_FAILED,
+    "28000": Reason.AUTHENTICATION_FAILED,
+    "3D000": Reason.DATABASE_NOT_FOUND,
+    "42939": Reason.INVALID_REQUEST,
+    "42622": Reason.INVALID_REQUEST,
 }
 
 
@@ -78,7 +65,7 @@ def classify(exc: BaseException, *, doing: str) -> EngineError:
     if isinstance(exc, EngineError):
         return exc
     if isinstance(exc, psycopg_pool.PoolTimeout):
-        return EngineError(UNREACHABLE, f"{doing}: no admin connection could be opened in time; "
+        return EngineError(Reason.UNREACHABLE, f"{doing}: no admin connection could be opened in time; "
                            "the Database status says why", transient=True)
     if isinstance(exc, psycopg.Error):
         sqlstate = exc.sqlstate
@@ -87,15 +74,15 @@ def classify(exc: BaseException, *, doing: str) -> EngineError:
                 and getattr(exc.pgconn, "used_password", False) and exc.pgconn.server_version == 0:
             # libpq reports no SQLSTATE for a refused login; that the server asked for and then
             # rejected the password is the one language-independent sign of it.
-            return EngineError(AUTHENTICATION_FAILED, f"{doing}: the server refused the admin's "
+            return EngineError(Reason.AUTHENTICATION_FAILED, f"{doing}: the server refused the admin's "
                                f"login: {primary}")
         if sqlstate is None or is_transient_sqlstate(sqlstate):
             # No SQLSTATE: the driver lost or never had a connection.
-            reason = UNREACHABLE if sqlstate is None or sqlstate[:2] == "08" else Reason.CONFLICT
+            reason = Reason.UNREACHABLE if sqlstate is None or sqlstate[:2] == "08" else Reason.CONFLICT
             return EngineError(reason, f"{doing}: {primary or 'connection failed'}", transient=True,
                                sqlstate=sqlstate)
-        reason = _PERMANENT.get(sqlstate, UNEXPECTED)
+        reason = _PERMANENT.get(sqlstate, Reason.UNEXPECTED_DATABASE_ERROR)
         return EngineError(reason, f"{doing}: {primary} (SQLSTATE {sqlstate})", sqlstate=sqlstate)
     if isinstance(exc, (OSError, TimeoutError)):
-        return EngineError(UNREACHABLE, f"{doing}: {exc}", transient=True)
+        return EngineError(Reason.UNREACHABLE, f"{doing}: {exc}", transient=True)
     raise exc

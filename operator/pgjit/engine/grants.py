@@ -16,7 +16,8 @@ from ..core.leases import Ledger
 from ..core.permissions import (KIND_PRIVILEGES, DbObject, ObjectKind, PermissionRules,
                                 resolve_privileges, summarize_objects, with_implied_usage)
 from . import statements as S
-from .errors import ROLES_CHANGED, EngineError
+from .errors import EngineError
+from ..vocabulary import Reason
 from .transactions import Transaction, locked_transaction
 from .users import Batch, lock_key
 
@@ -71,7 +72,7 @@ class ObjectGrants:
                     and current != desired:
                 # Other rules (or a lease written before digests, whose rules only the
                 # catalog can tell): one user has one set of privileges per database.
-                raise EngineError(ROLES_CHANGED, (
+                raise EngineError(Reason.ROLES_CHANGED, (
                     f'"{name}" has {len(sharing)} other live session(s) in database '
                     f'"{database}" with different object permissions; end them or '
                     "request the same access, then retry"))

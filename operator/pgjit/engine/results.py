@@ -47,6 +47,11 @@ class ActivationRequest:
     grantable_by_name: tuple[str, ...] = ()
     #: The Database object the session is on, named in refusals.
     database_object: str | None = None
+    #: Whether the caller can hand out the password of a user other live sessions hold (it set
+    #: it, or read it from one of their Secrets). When it cannot, sharing is refused before
+    #: anything changes (USER_SHARED, transient), and this session's own stale lease, if any,
+    #: steps back so the sessions of one user never wait on each other.
+    shared_password_known: bool = True
 
 
 @dataclass(frozen=True)

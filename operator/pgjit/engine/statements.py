@@ -11,6 +11,7 @@ parameters. Privilege keywords are the only words spliced in as SQL, and only af
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from datetime import datetime, timezone
 
 from psycopg import sql
@@ -374,3 +375,43 @@ def revoke_on(obj: DbObject, privileges, name: str) -> sql.Composed:
 
 def revoke_all_on(obj: DbObject, name: str) -> sql.Composed:
     return Q("REVOKE ALL ON {} FROM {}").format(_on(obj), ID(name))
+
+
+@dataclass(frozen=True)
+class Prepared:
+    """A read prepared once per admin connection under a fixed name, and run with EXECUTE.
+
+    Named and prepared by pgjit rather than by psycopg's automatic preparing: psycopg forgets
+    all its prepared statements after any ALTER or DROP (which every end of a session runs),
+    and would prepare them again on the next activation, planning every time anyway.
+    """
+
+    name: str
+    query: sql.SQL
+    #: The query's parameters, in $n order, with their types.
+    parameters: tuple[tuple[str, str], ...]
+
+    @property
+    def prepare(self) -> sql.Composed:
+        text = self.query.as_string(None)
+        for number, (parameter, _type) in enumerate(self.parameters, start=1):
+            text = text.replace(f"%({parameter})s", f"${number}")
+        types = ", ".join(type_ for _name, type_ in self.parameters)
+        return sql.SQL("PREPARE {} ({}) AS ").format(ID(self.name), sql.SQL(types)) + \
+            sql.SQL(text)
+
+    @property
+    def execute(self) -> sql.Composed:
+        return sql.SQL("EXECUTE {} ({})").format(ID(self.name), sql.SQL(", ").join(
+            sql.Placeholder(parameter) for parameter, _type in self.parameters))
+
+
+PREPARED_USER_STATE = Prepared("pgjit_user_state", USER_STATE, (
+    ("name", "text"), ("managed", "text"), ("wanted", "text[]"),
+    ("wanted_and_managed", "text[]"), ("database", "text")))
+PREPARED_PRIVILEGED_MEMBERSHIPS = Prepared("pgjit_privileged_memberships",
+                                           PRIVILEGED_MEMBERSHIPS, (
+    ("wanted", "text[]"), ("managed", "text"), ("predefined", "text[]")))
+GENERIC_PLANS = Q("SET plan_cache_mode = force_generic_plan")
+#: Prepared on every new admin connection when ServerConfig.prepared_statements is on.
+PREPARED = (PREPARED_USER_STATE, PREPARED_PRIVILEGED_MEMBERSHIPS)

@@ -12,6 +12,7 @@ import asyncio
 import hashlib
 import time
 from collections.abc import Awaitable, Callable, Container
+from typing import Any
 from dataclasses import dataclass, field, replace
 from datetime import datetime, timezone
 
@@ -27,8 +28,8 @@ from ..core.permissions import DbObject
 from . import statements as S
 from .connections import AdminConnections
 from .transactions import Transaction, locked_transaction, rollback_unless_idle
-from .errors import (DATABASE_NOT_FOUND, INSUFFICIENT_PRIVILEGE, MISSING_DATABASE_ROLE,
-                     PRIVILEGED_ROLE, ROLES_CHANGED, USER_CONFLICT, EngineError, classify)
+from .errors import EngineError, classify
+from ..vocabulary import Reason
 from .results import (ABSENT, DEACTIVATED, DROPPED, LOCKED, NOT_MANAGED, RELEASED, Activation,
                       ActivationRequest, DriftCorrection, Teardown)
 
@@ -150,13 +151,21 @@ class UserLifecycle:
         conn = tx.conn
         async with conn.pipeline():
             await tx.begin(lock_key(name))
-            cur = await conn.execute(S.USER_STATE, params)
-            privileged = (await conn.execute(S.PRIVILEGED_MEMBERSHIPS, params)) if wanted \
-                else None
+            cur = await self._read(conn, S.PREPARED_USER_STATE, params)
+            privileged = (await self._read(conn, S.PREPARED_PRIVILEGED_MEMBERSHIPS, params)) \
+                if wanted else None
             row = await cur.fetchone()
             privileged_rows = await privileged.fetchall() if privileged is not None else ()
         self.stats.round_trips += 1
         return UserState.from_row(row, privileged_rows)
+
+    async def _read(self, conn: psycopg.AsyncConnection, statement: S.Prepared, params: Any
+                    ) -> psycopg.AsyncCursor:
+        """A catalog read every activation makes: EXECUTE of the statement each admin
+        connection prepared when it opened (planning these joins cost more server CPU than
+        running them, README Performance), or the plain query when that is turned off."""
+        return await conn.execute(
+            statement.execute if self.config.prepared_statements else statement.query, params)
 
     async def _run(self, tx: Transaction, batch: Batch, *, commit: bool) -> None:
         async with tx.conn.pipeline():
@@ -182,6 +191,10 @@ class UserLifecycle:
                                              database=request.database)
             result, batch, verify = self._plan_activation(name, wanted, request, verifier,
                                                           state)
+            if isinstance(result, EngineError):
+                if batch.statements:  # the session's own stale lease steps back
+                    await self._run(tx, batch, commit=True)
+                raise result
             await self._run(tx, batch, commit=not verify)
             if verify:
                 await self._verify_memberships(conn, name, wanted)
@@ -191,42 +204,42 @@ class UserLifecycle:
 
     def _plan_activation(self, name: str, wanted: tuple[str, ...], request: ActivationRequest,
                          verifier: str | None, state: UserState
-                         ) -> tuple[Activation, Batch, bool]:
+                         ) -> tuple[Activation | EngineError, Batch, bool]:
         managed = self.config.managed_role
         now = datetime.now(timezone.utc)
         server = f"{self.config.host}:{self.config.port}"
         if state.database_allows is None:
             database = request.database.replace('"', '""')
-            raise EngineError(DATABASE_NOT_FOUND, (
+            raise EngineError(Reason.DATABASE_NOT_FOUND, (
                 f'database "{database}" does not exist on server {server}; correct the '
                 "session's spec.databaseName (or create the database)"))
         if not state.database_allows:
             database = request.database.replace('"', '""')
-            raise EngineError(INSUFFICIENT_PRIVILEGE, (
+            raise EngineError(Reason.INSUFFICIENT_PRIVILEGE, (
                 f'database "{database}" on server {server} does not allow connections '
                 "(pg_database.datallowconn is false)"))
         if state.exists and not state.is_managed:
-            raise EngineError(USER_CONFLICT, (
+            raise EngineError(Reason.USER_CONFLICT, (
                 f'a PostgreSQL role named "{name}" already exists and is not managed by pgjit '
                 f'(not a member of "{managed}"); pgjit will not modify it. Rename or drop that '
                 f'role, or GRANT "{managed}" TO it if pgjit should take it over'))
         if state.ledger.identity not in (None, request.identity):
-            raise EngineError(USER_CONFLICT, (
+            raise EngineError(Reason.USER_CONFLICT, (
                 f'the PostgreSQL user "{name}" belongs to the identity '
                 f'"{state.ledger.identity}", not "{request.identity}"'))
         if state.missing_roles:
-            raise EngineError(MISSING_DATABASE_ROLE, (
+            raise EngineError(Reason.MISSING_DATABASE_ROLE, (
                 "database role(s) " + ", ".join(f'"{r}"' for r in state.missing_roles) +
                 " do not exist on the server; create them or remove them from the Role"))
         refused = refusals(state.privileged, request.grantable_by_name)
         if refused:
-            raise EngineError(PRIVILEGED_ROLE, refusal_message(
+            raise EngineError(Reason.PRIVILEGED_ROLE, refusal_message(
                 refused, request.database_object or f"server {server}"))
         ungrantable = [r for r in state.ungrantable_roles
                        if r in wanted or (r == managed and state.managed_role_exists)]
         if ungrantable:
             roles, admin = _admin_name_sql(self.config.admin_user, *ungrantable)
-            raise EngineError(INSUFFICIENT_PRIVILEGE, (
+            raise EngineError(Reason.INSUFFICIENT_PRIVILEGE, (
                 f"the admin {admin} cannot grant {roles}; run as a superuser: "
                 f"GRANT {roles} TO {admin} WITH ADMIN OPTION;"))
 
@@ -254,10 +267,12 @@ class UserLifecycle:
         elif others:
             changed = [o for o in others if set(o.roles) != set(wanted)]
             if changed:
-                raise EngineError(ROLES_CHANGED, (
+                raise EngineError(Reason.ROLES_CHANGED, (
                     f'"{name}" is in use by {len(others)} other live session(s) with database '
                     f"roles [{', '.join(changed[0].roles)}], not [{', '.join(wanted)}]; end "
                     "those sessions or request the same roles, then retry"))
+            if not request.shared_password_known:
+                return self._plan_step_back(name, request, state)
             # Sharing: roles already match; the password stays, so live credentials keep working.
             if not state.can_login:
                 batch.add(S.enable_login(name, None, valid_until))
@@ -278,6 +293,20 @@ class UserLifecycle:
                            drift=tuple(drift)), batch, verify)
 
     @staticmethod
+    def _plan_step_back(name: str, request: ActivationRequest, state: UserState
+                        ) -> tuple[EngineError, Batch, bool]:
+        """Refuse to share a user whose password the caller cannot hand out; nothing changes
+        but the removal of the session's own lease from an earlier attempt, should it hold one
+        (two such sessions would otherwise each wait for the other to hand out a password)."""
+        batch = Batch()
+        if request.session_id in state.ledger.leases:
+            batch.add(S.comment_on_role(
+                name, state.ledger.without({request.session_id}).render()))
+        return EngineError(Reason.USER_SHARED, (
+            f'PostgreSQL user "{name}" is being activated by another session of the same '
+            "user; retrying"), transient=True), batch, False
+
+    @staticmethod
     def _replace_memberships(batch: Batch, name: str, state: UserState,
                              wanted: tuple[str, ...], drift: list[str]) -> bool:
         """Make the memberships exactly ``wanted`` (the managed role aside); True when a REVOKE
@@ -292,14 +321,14 @@ class UserLifecycle:
 
     async def _verify_memberships(self, conn, name: str, wanted: tuple[str, ...]) -> None:
         """A REVOKE of a membership granted by someone else only warns; check it took effect."""
-        cur = await conn.execute(S.USER_STATE, self._state_params(name))
+        cur = await self._read(conn, S.PREPARED_USER_STATE, self._state_params(name))
         state = UserState.from_row(await cur.fetchone())
         self.stats.round_trips += 1
         left = sorted(state.memberships - set(wanted))
         if left:
             quoted = lambda n: '"' + n.replace('"', '""') + '"'  # noqa: E731 - advice text only
             revokes = " ".join(f"REVOKE {quoted(r)} FROM {quoted(name)};" for r in left)
-            raise EngineError(INSUFFICIENT_PRIVILEGE, (
+            raise EngineError(Reason.INSUFFICIENT_PRIVILEGE, (
                 f'memberships of "{name}" in ' + ", ".join(f'"{r}"' for r in left) +
                 " were granted by another role and the admin cannot revoke them; no session "
                 f"can use this user until a superuser runs: {revokes}"))

@@ -7,17 +7,18 @@ import logging
 import kopf
 
 from .. import GROUP, VERSION
-from ..api.database import Database
+from ..api.database import AdminPrivileges, Database, DatabaseStatus
 from ..core.policy import bound_violations, roles_granted_on
 from ..core.credentials_secret import SESSION_LABEL, session_label_value
 from ..engine import EngineError, SweepIncomplete
 from ..settings import Settings
 from ..vocabulary import Reason
 from . import metrics
+from .triggers import on_spec
 from .indexes import valid_roles
 from .lease_loop import supervise_leases
 from .opening import report_drift
-from .status import set_conditions
+from .status import set_conditions, written
 
 RESOURCE = (GROUP, VERSION, Database.plural)
 log = logging.getLogger(__name__)
@@ -62,8 +63,8 @@ async def _check(body, namespace: str, name: str, patch: kopf.Patch, memo: kopf.
     database = Database.model_validate(body)
     generation = body.get("metadata", {}).get("generation")
     live = _live_sessions(live_sessions_by_database, namespace, name)
-    patch.status["activeSessions"] = len(live)
-    patch.status["observedGeneration"] = generation
+    patch.status.update(written(DatabaseStatus, active_sessions=len(live),
+                                observed_generation=generation))
 
     def report(ready: bool, reason: str, message: str, *, stalled: bool = False,
                settled: bool = False) -> None:
@@ -75,9 +76,9 @@ async def _check(body, namespace: str, name: str, patch: kopf.Patch, memo: kopf.
     try:
         engine = await memo.engines.engine_for(database, namespace, refresh=refresh)
         roles = valid_roles(roles_by_namespace, namespace)
-        patch.status["policyViolations"] = [
+        patch.status.update(written(DatabaseStatus, policy_violations=[
             {"role": v.role, "kind": v.kind, "name": v.name, "reason": v.reason}
-            for v in bound_violations(database, roles)[:256]] or None
+            for v in bound_violations(database, roles)[:256]] or None))
         pre = await engine.preflight(databases=database.spec.databases or (),
                                      roles=roles_granted_on(database, roles),
                                      terminate_connections=database.spec.terminate_connections)
@@ -86,15 +87,15 @@ async def _check(body, namespace: str, name: str, patch: kopf.Patch, memo: kopf.
         retry = 30 if error.transient else 120
         raise kopf.TemporaryError(error.message, delay=min(memo.settings.health_seconds, retry))
 
-    patch.status["serverVersion"] = pre.server_version
-    patch.status["readOnly"] = pre.read_only
-    patch.status["adminPrivileges"] = {
-        "superuser": pre.admin_is_superuser, "createRole": pre.admin_can_create_roles,
-        "signalBackend": pre.can_signal_backends,
-        # Not a reason to refuse every session: only those given these roles fail, each with
-        # the GRANT in its message. Listed here so a DBA sees it before anyone asks.
-        "rolesWithoutAdminOption": list(pre.roles_without_admin_option[:256]),
-        "summary": "; ".join(pre.summary())[:4096]}
+    patch.status.update(written(
+        DatabaseStatus, server_version=pre.server_version, read_only=pre.read_only,
+        admin_privileges=AdminPrivileges(
+            superuser=pre.admin_is_superuser, create_role=pre.admin_can_create_roles,
+            signal_backend=pre.can_signal_backends,
+            # Not a reason to refuse every session: only those given these roles fail, each
+            # with the GRANT in its message. Listed here so a DBA sees it before anyone asks.
+            roles_without_admin_option=list(pre.roles_without_admin_option[:256]),
+            summary="; ".join(pre.summary())[:4096])))
     if pre.read_only:
         report(False, Reason.READ_ONLY, "the server is read-only (a standby or a reader "
                "endpoint); point spec.host at the primary", stalled=True)
@@ -171,9 +172,7 @@ async def _remove_secrets_of(memo: kopf.Memo, session_id: str) -> None:
         log.info("[%s/%s] deleted Secret %s of the swept session", namespace, name, secret)
 
 
-@kopf.on.resume(*RESOURCE, id="connect")
-@kopf.on.create(*RESOURCE, id="connect")
-@kopf.on.update(*RESOURCE, id="connect", field="spec")  # type: ignore[arg-type]  # index kwargs
+@on_spec(*RESOURCE, id="connect")
 async def connect(body, namespace, name, patch, memo, live_sessions_by_database,
                   roles_by_namespace, **_):
     with metrics.reconcile("database") as reconciliation:
@@ -199,7 +198,7 @@ def register(settings: Settings) -> None:
 @kopf.on.delete(*RESOURCE, id="release")  # type: ignore[arg-type]  # index kwargs
 async def release(body, namespace, name, patch, memo, live_sessions_by_database, **_):
     live = _live_sessions(live_sessions_by_database, namespace, name)
-    patch.status["activeSessions"] = len(live)
+    patch.status.update(written(DatabaseStatus, active_sessions=len(live)))
     if live:
         message = (f"deletion waits: {len(live)} DatabaseSession(s) still use this Database; it "
                    "is deleted once they have ended (delete them to end them now)")

@@ -15,13 +15,13 @@ from datetime import datetime, timezone
 import kopf
 
 from ..api.database import Database
-from ..api.session import DatabaseSession
+from ..api.session import DatabaseSession, DatabaseSessionStatus
 from ..core import policy
 from ..core.conditions import rfc3339
 from ..core.traits import user_traits
 from ..vocabulary import TERMINAL_PHASES, Reason, SessionPhase
-from .status import set_conditions
-from .indexes import valid_roles
+from .status import set_conditions, written
+from .indexes import Unparsed, database_in, valid_roles
 
 log = logging.getLogger(__name__)
 #: Seconds between looks at a Database a session is waiting for (missing, suspended, not ready).
@@ -34,6 +34,11 @@ def utc_now() -> datetime:
 
 #: A status timestamp, as the API server writes metav1.Time (the rule lives in core.conditions).
 ts = rfc3339
+
+
+def to_second(value: datetime) -> datetime:
+    """A time as status shows it: metav1.Time keeps whole seconds."""
+    return value.replace(microsecond=0)
 
 
 def parse_ts(value: str) -> datetime:
@@ -68,9 +73,9 @@ def set_session_conditions(body, status: dict, ready: bool, reason: str, message
 
 def apply_outcome(body, status: dict, outcome: Outcome) -> None:
     if outcome.phase:
-        status["phase"] = outcome.phase
-    if outcome.phase in TERMINAL_PHASES:
-        status.setdefault("endedAt", ts(utc_now()))
+        status.update(written(DatabaseSessionStatus, phase=outcome.phase))
+    if outcome.phase in TERMINAL_PHASES and "endedAt" not in status:
+        status.update(written(DatabaseSessionStatus, ended_at=to_second(utc_now())))
     set_session_conditions(body, status, False, outcome.reason, outcome.message,
                     terminal=outcome.terminal or outcome.phase in (SessionPhase.EXPIRED,
                                                                       SessionPhase.ENDED))
@@ -78,28 +83,30 @@ def apply_outcome(body, status: dict, outcome: Outcome) -> None:
 
 def database_for(databases_by_name, namespace: str, name: str, *, opening: bool = True) -> Database:
     """The session's Database, if sessions can be opened on it (``opening``) or at all."""
-    body = next(iter(databases_by_name.get((namespace, name), ())), None)
-    if body is None:
+    database = database_in(databases_by_name, namespace, name)
+    if database is None:
         raise Outcome(SessionPhase.PENDING, Reason.DATABASE_NOT_READY,
                       f'Database "{name}" does not exist in namespace "{namespace}"',
                       retry=DATABASE_WAIT)
-    if opening and body.get("metadata", {}).get("deletionTimestamp"):
+    if isinstance(database, Unparsed):
+        raise Outcome(SessionPhase.PENDING, Reason.DATABASE_NOT_READY,
+                      f'Database "{name}" is invalid ({database.problem}); the session waits '
+                      "until it is corrected", retry=DATABASE_WAIT)
+    if opening and database.metadata.deletion_timestamp:
         raise Outcome(SessionPhase.FAILED, Reason.DATABASE_NOT_READY,
                       f'Database "{name}" is being deleted; no new sessions are opened on it',
                       terminal=True)
-    database = Database.model_validate(body)
-    ready = next((c for c in body.get("status", {}).get("conditions") or ()
-                  if c.get("type") == "Ready"), None)
+    ready = next((c for c in database.status.conditions or () if c.type == "Ready"), None)
     if database.spec.suspended:
         raise Outcome(SessionPhase.PENDING, Reason.DATABASE_NOT_READY,
                       f'Database "{name}" is suspended; the session waits until it is resumed',
                       retry=DATABASE_WAIT)
-    if ready is not None and ready.get("status") != "True" and ready.get("reason") in (
+    if ready is not None and ready.status != "True" and ready.reason in (
             Reason.READ_ONLY, Reason.INSUFFICIENT_PRIVILEGE, Reason.AUTHENTICATION_FAILED,
             Reason.UNREACHABLE):
         raise Outcome(SessionPhase.PENDING, Reason.DATABASE_NOT_READY,
-                      f'Database "{name}" is not ready ({ready.get("reason")}): '
-                      f'{ready.get("message")}', retry=DATABASE_WAIT)
+                      f'Database "{name}" is not ready ({ready.reason}): '
+                      f'{ready.message}', retry=DATABASE_WAIT)
     return database
 
 

@@ -8,13 +8,14 @@ from typing import Any
 import kopf
 
 from ..api.database import Database
-from ..api.session import DatabaseSession
+from ..api.session import DatabaseSession, DatabaseSessionStatus
 from ..engine import EngineError
 from ..engine.results import Untouched
 from ..vocabulary import SessionPhase, TeardownAction
 from . import metrics
-from .indexes import session_id
-from .decisions import all_of, ts, utc_now
+from .indexes import database_in, session_id
+from .decisions import all_of, to_second, utc_now
+from .status import written
 
 log = logging.getLogger(__name__)
 
@@ -26,12 +27,10 @@ async def end_lease(body, namespace: str, name: str, uid: str, memo, databases_b
     status = body.get("status", {})
     teardown: dict[str, Any] = {"action": TeardownAction.RELEASED,
                                 "reason": "the session never held a PostgreSQL user"}
-    db_body = next(iter(databases_by_name.get((namespace, session.spec.database_ref.name), ())),
-                   None)
+    database = database_in(databases_by_name, namespace, session.spec.database_ref.name)
     if status.get("username") or status.get("phase") in (None, SessionPhase.PENDING,
                                                          SessionPhase.ACTIVE):
-        if db_body is not None:
-            database = Database.model_validate(db_body)
+        if isinstance(database, Database):
             engine = await memo.engines.engine_for(database, namespace)
             try:
                 result = await engine.end(session.spec.user, session_id(namespace, name, uid),
@@ -49,8 +48,9 @@ async def end_lease(body, namespace: str, name: str, uid: str, memo, databases_b
                                           for database, count in result.reassigned]
             metrics.POSTGRES_OPERATIONS.labels("end", "success").inc()
         elif status.get("username"):
+            why = "is gone" if database is None else f"is invalid ({database.problem})"
             raise kopf.TemporaryError(
-                f'Database "{session.spec.database_ref.name}" is gone; the PostgreSQL user '
+                f'Database "{session.spec.database_ref.name}" {why}; the PostgreSQL user '
                 "cannot be ended (its VALID UNTIL still applies)", delay=60)
     log.info("[%s/%s] lease ended (%s); deleting Secret %s", namespace, name,
              teardown["action"], session.credentials_secret_name)
@@ -61,4 +61,4 @@ async def end_lease(body, namespace: str, name: str, uid: str, memo, databases_b
     await all_of(removals)
     if status.get("phase") == SessionPhase.ACTIVE:
         metrics.ACTIVE_SESSIONS.dec()
-    return {"teardown": teardown, "endedAt": ts(utc_now())}
+    return written(DatabaseSessionStatus, teardown=teardown, ended_at=to_second(utc_now()))

@@ -12,11 +12,14 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Iterable, Mapping
+from dataclasses import dataclass
+from typing import TypeVar
 
 import kopf
 from pydantic import ValidationError
 
 from .. import GROUP, VERSION
+from ..api.common import KOPF_STATUS_FIELD, KindModel
 from ..api.database import Database
 from ..api.labels import ObjectLabelRule
 from ..api.role import Role
@@ -26,39 +29,66 @@ from ..vocabulary import TERMINAL_PHASES, SessionPhase
 log = logging.getLogger(__name__)
 
 
-
 def session_id(namespace: str, name: str, uid: str) -> str:
     """The lease key in PostgreSQL: unique across recreations of a same-named session."""
     return f"{namespace}/{name}/{uid}"
 
 
+M = TypeVar("M", bound=KindModel)
+
+
+@dataclass(frozen=True)
+class Unparsed:
+    """A Database whose object does not parse: indexed so that a session waiting for it says
+    so, rather than that it does not exist. Its own status says why."""
+
+    name: str
+    problem: str
+
+
+def _parse(model: type[M], body) -> M | None:
+    try:
+        return model.model_validate(body)
+    except ValidationError as error:
+        log.debug("[%s/%s] invalid %s skipped: %s", body.get("metadata", {}).get("namespace"),
+                  body.get("metadata", {}).get("name"), model.__name__, error)
+        return None
+
+
 @kopf.index(GROUP, VERSION, Role.plural)
 def roles_by_namespace(namespace, body, **_):
-    return {namespace: body}
+    """Each namespace's Roles, parsed once per change. An invalid one is left out: it grants
+    nothing and stops nothing, its own status says why (handlers/roles.py)."""
+    role = _parse(Role, body)
+    return {namespace: role} if role is not None else {}
 
 
 @kopf.index(GROUP, VERSION, ObjectLabelRule.plural)
 def label_rules_by_namespace(namespace, body, **_):
-    return {namespace: body}
+    """Each namespace's ObjectLabelRules, parsed; an invalid one gives no labels."""
+    rule = _parse(ObjectLabelRule, body)
+    return {namespace: rule} if rule is not None else {}
 
 
-def valid_roles(roles_by_namespace: Mapping[str, Iterable[Mapping]], namespace: str
+def valid_roles(roles_by_namespace: Mapping[str, Iterable[Role]], namespace: str
                 ) -> list[Role]:
-    """The namespace's Roles that parse. An invalid one grants nothing and stops nothing: its
-    own status says why (handlers/roles.py), and every decision about sessions goes on."""
-    roles = []
-    for body in roles_by_namespace.get(namespace, ()):
-        try:
-            roles.append(Role.model_validate(body))
-        except ValidationError:
-            log.debug("[%s/%s] invalid Role skipped", namespace,
-                      body.get("metadata", {}).get("name"))
-    return roles
+    return list(roles_by_namespace.get(namespace, ()))
 
 
 @kopf.index(GROUP, VERSION, Database.plural)
 def databases_by_name(namespace, name, body, **_):
-    return {(namespace, name): body}
+    """Each Database, parsed once per change (its status included)."""
+    try:
+        return {(namespace, name): Database.model_validate(body)}
+    except ValidationError as error:
+        problem = "; ".join(f"{'.'.join(map(str, e['loc']))}: {e['msg']}"
+                            for e in error.errors()[:3])
+        return {(namespace, name): Unparsed(name, problem)}
+
+
+def database_in(databases_by_name: Mapping[tuple[str, str], Iterable[Database | Unparsed]],
+                namespace: str, name: str) -> Database | Unparsed | None:
+    return next(iter(databases_by_name.get((namespace, name), ())), None)
 
 
 @kopf.index(GROUP, VERSION, DatabaseSession.plural)
@@ -84,17 +114,29 @@ def active_sessions_by_user(namespace, name, spec, status, **_):
 
 @kopf.index(GROUP, VERSION, DatabaseSession.plural)
 def active_sessions_by_database(namespace, spec, status, body, **_):
-    """Active sessions per (namespace, Database): what each Database's lease loop watches."""
+    """Active sessions per (namespace, Database), parsed: what each Database's lease loop
+    watches. One that does not parse is left out (it cannot have been opened as such)."""
     if status.get("phase") != SessionPhase.ACTIVE:
         return {}
-    return {(namespace, spec.get("databaseRef", {}).get("name")): _slim(body)}
+    session = _parse(DatabaseSession, _slim(body))
+    if session is None:
+        return {}
+    return {(namespace, spec.get("databaseRef", {}).get("name")): session}
 
 
 def _slim(body) -> dict:
-    """What the lease loop and the end of a session read, without managedFields and Kopf's
-    annotations: a full body costs several times more memory, per Active session."""
+    """What the lease loop and the end of a session read, without managedFields, annotations
+    and Kopf's bookkeeping: a full body costs several times more memory, per Active session."""
     metadata = body.get("metadata", {})
     return {"apiVersion": body.get("apiVersion"), "kind": body.get("kind"),
-            "metadata": {key: metadata.get(key) for key in
-                         ("name", "namespace", "uid", "generation", "creationTimestamp")},
-            "spec": dict(body.get("spec", {})), "status": dict(body.get("status", {}))}
+            "metadata": {key: metadata[key] for key in
+                         ("name", "namespace", "uid", "generation", "creationTimestamp")
+                         if key in metadata},
+            "spec": body.get("spec", {}),
+            "status": {key: value for key, value in body.get("status", {}).items()
+                       if key != KOPF_STATUS_FIELD}}
+
+
+def body_of(session: DatabaseSession) -> dict:
+    """An indexed session as a body again, for the handlers' helpers and Kopf's events."""
+    return session.model_dump(mode="json", by_alias=True, exclude_none=True)

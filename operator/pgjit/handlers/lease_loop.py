@@ -8,16 +8,17 @@ import time
 from datetime import datetime
 
 import kopf
-from pydantic import ValidationError
 
 from .. import GROUP, VERSION
-from ..api.database import Database
-from ..api.session import DatabaseSession
+from ..api.database import Database, DatabaseStatus
+from ..api.session import DatabaseSession, DatabaseSessionStatus
 from ..core.traits import user_traits
 from ..vocabulary import Reason, SessionPhase
-from .decisions import (Outcome, database_for, decide, load_traits_data, parse_ts,
+from .decisions import (Outcome, database_for, decide, load_traits_data,
                         set_session_conditions, ts, utc_now)
 from .ending import end_lease
+from .indexes import body_of, database_in
+from .status import written
 
 log = logging.getLogger(__name__)
 
@@ -40,27 +41,22 @@ async def supervise_leases(namespace: str, database_name: str, memo, stopped,
         now = utc_now()
         revalidate = time.monotonic() - last_revalidation >= memo.settings.revalidate_seconds
         traits_data = await load_traits_data(memo) if revalidate else None
-        active = list(active_sessions_by_database.get((namespace, database_name), ()))
-        for body in active:
-            name = body["metadata"]["name"]
+        active: list[DatabaseSession] = list(
+            active_sessions_by_database.get((namespace, database_name), ()))
+        for session in active:
+            name = str(session.metadata.name)
             if name in ending:
                 continue
-            try:
-                end = _due_end(body, now, namespace, databases_by_name, roles_by_namespace,
-                               traits_data if revalidate else None)
-            except ValidationError as error:
-                log.warning("[%s/%s] not checked for expiry or revocation: %s", namespace, name,
-                            error)
-                continue
+            end = _due_end(session, now, namespace, databases_by_name, roles_by_namespace,
+                           traits_data if revalidate else None)
             if end is not None:
                 ending[name] = asyncio.create_task(_finish(
-                    body, name, namespace, body["metadata"]["uid"], memo, stopped,
-                    databases_by_name, *end))
+                    session, namespace, memo, stopped, databases_by_name, *end))
         if revalidate:
             last_revalidation = time.monotonic()
         # Forget a finished end only once the index no longer shows the session Active, so
         # one end is never started twice for the same session.
-        still_active = {b["metadata"]["name"] for b in active}
+        still_active = {session.metadata.name for session in active}
         for name in [n for n, task in ending.items() if task.done() and n not in still_active]:
             ending.pop(name)
         await count.follow(memo, databases_by_name, live_sessions_by_database)
@@ -83,40 +79,41 @@ class _SessionCount:
 
     async def follow(self, memo, databases_by_name, live_sessions_by_database) -> None:
         key = (self.namespace, self.database_name)
-        body = next(iter(databases_by_name.get(key, ())), None)
-        if body is None:
+        database = database_in(databases_by_name, *key)
+        if not isinstance(database, Database):
             return
         live = len(set(live_sessions_by_database.get(key, ())))
-        shown = (body.get("status") or {}).get("activeSessions")
+        shown = database.status.active_sessions
         if shown == self._written:
             self._written = None  # caught up
         if live == (shown if self._written is None else self._written):
             return
         await memo.kube.patch_status(GROUP, VERSION, Database.plural, self.namespace,
-                                     self.database_name, {"activeSessions": live})
+                                     self.database_name,
+                                     written(DatabaseStatus, active_sessions=live))
         self._written = live
 
 
-def _due_end(body, now: datetime, namespace: str, databases_by_name, roles_by_namespace,
-             traits_data) -> tuple[str, str, str] | None:
+def _due_end(session: DatabaseSession, now: datetime, namespace: str, databases_by_name,
+             roles_by_namespace, traits_data) -> tuple[str, str, str] | None:
     """How an Active session must end now, if it must: expired, or (when ``traits_data`` is
     given, on a revalidation tick) no longer allowed."""
-    expires_at = parse_ts(body["status"]["expiresAt"])
-    if expires_at <= now:
+    expires_at = session.status.expires_at
+    if expires_at is not None and expires_at <= now:
         return (SessionPhase.EXPIRED, Reason.EXPIRED, f"the session expired at {ts(expires_at)}")
     if traits_data is not None:
-        return _revoked(body, namespace, databases_by_name, roles_by_namespace, traits_data)
+        return _revoked(session, namespace, databases_by_name, roles_by_namespace, traits_data)
     return None
 
 
-def _revoked(body, namespace, databases_by_name, roles_by_namespace, traits_data):
-    session = DatabaseSession.model_validate(body)
+def _revoked(session: DatabaseSession, namespace, databases_by_name, roles_by_namespace,
+             traits_data):
     try:
         # A Database being deleted waits for its sessions; it does not end them.
         database = database_for(databases_by_name, namespace, session.spec.database_ref.name,
-                             opening=False)
+                                opening=False)
         decide(session, database, roles_by_namespace, namespace,
-                user_traits(traits_data, session.spec.user))
+               user_traits(traits_data, session.spec.user))
     except Outcome as outcome:
         if outcome.terminal:
             return (SessionPhase.ENDED, Reason.ACCESS_REVOKED,
@@ -124,8 +121,10 @@ def _revoked(body, namespace, databases_by_name, roles_by_namespace, traits_data
     return None
 
 
-async def _finish(body, name, namespace, uid, memo, stopped, databases_by_name, phase, reason,
-                  message):
+async def _finish(session: DatabaseSession, namespace, memo, stopped, databases_by_name, phase,
+                  reason, message):
+    body = body_of(session)
+    name, uid = body["metadata"]["name"], body["metadata"]["uid"]
     attempt = 0
     while True:
         try:
@@ -138,7 +137,7 @@ async def _finish(body, name, namespace, uid, memo, stopped, databases_by_name, 
             attempt += 1
             if stopped:
                 return  # the operator is stopping; the daemon starts again with it
-    status["phase"] = phase
+    status.update(written(DatabaseSessionStatus, phase=phase))
     # Stalled, not merely not-ready: the lease will not progress again until a person deletes
     # (and re-creates) the session. kstatus then reports Failed, so a Flux `wait` on a session
     # in Git fails at once instead of timing out on an InProgress that can never change.

@@ -26,6 +26,13 @@ PROVISIONING_LATENCY = Histogram(
     "pgjit_session_provisioning_seconds",
     "From DatabaseSession creation to Active (credentials written)",
     buckets=(0.05, 0.1, 0.15, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60))
+#: Read from the index of sessions at each scrape (handlers/approvals.py sets the function).
+AWAITING_APPROVAL = Gauge("pgjit_sessions_awaiting_approval",
+                          "DatabaseSessions waiting for reviewers' approval")
+APPROVAL_LATENCY = Histogram(
+    "pgjit_session_approval_seconds",
+    "From DatabaseSession creation to the approval that completed it",
+    buckets=(5, 15, 30, 60, 120, 300, 600, 1800, 3600, 7200, 14400, 28800, 86400))
 POSTGRES_OPERATIONS = Counter("pgjit_postgres_operations_total",
                               "Engine operations by kind and outcome", ["operation", "outcome"])
 LEADER = Gauge("pgjit_leader",

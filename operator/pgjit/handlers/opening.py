@@ -8,9 +8,8 @@ from datetime import datetime
 
 import kopf
 
-from .. import GROUP, VERSION
 from ..api.database import Database
-from ..api.session import DatabaseSession
+from ..api.session import DatabaseSession, DatabaseSessionStatus
 from ..core import policy
 from ..core.boundaries import exact_names
 from ..core.object_labels import assignments_for
@@ -25,10 +24,11 @@ from ..kube.client import NotOwned
 from ..vocabulary import CredentialsType, Reason, SessionPhase, SSLMode
 from . import metrics
 from .indexes import session_id
+from .approval_gate import approval_start
 from .decisions import (Outcome, all_of, database_for, decide, parse_ts,
-                        set_session_conditions, traits_of, ts, utc_now)
-from .object_labels import valid_rules as valid_label_rules
+                        set_session_conditions, to_second, traits_of, ts, utc_now)
 from .passwords import own_password, server_key, shared_password
+from .status import written
 
 log = logging.getLogger(__name__)
 
@@ -40,6 +40,7 @@ class Plan:
     session: DatabaseSession
     database: Database
     decision: policy.Decision
+    #: When the session's time started: its creation, or its approval.
     created: datetime
     expires_at: datetime
 
@@ -55,37 +56,50 @@ class Credentials:
 
 
 async def open_session(body, name, namespace, uid, memo, indexes, status: dict, *,
-                       first_attempt: bool = False) -> None:
+                       first_attempt: bool = False, reviews=()) -> None:
     """Open one session, step by step; every step raises an :class:`Outcome` to stop."""
-    databases_by_name, roles_by_namespace, active_sessions_by_user, label_rules = indexes
-    plan = await _plan(body, namespace, memo, databases_by_name, roles_by_namespace)
+    (databases_by_name, roles_by_namespace, active_sessions_by_user, label_rules,
+     live_sessions_by_database) = indexes
+    plan = await _plan(body, namespace, memo, databases_by_name, roles_by_namespace, reviews,
+                       status)
     activation, password = await _activate(body, plan, session_id(namespace, name, uid), memo,
                                            namespace, databases_by_name, active_sessions_by_user,
                                            label_rules, first_attempt=first_attempt)
     credentials = await _credentials(plan, activation.username, password, memo, namespace)
-    await _ensure_still_exists(memo, namespace, name, uid)
+    _ensure_still_exists(live_sessions_by_database, plan, namespace, name, uid)
     await _publish(body, plan, credentials, memo, namespace, name, uid, activation.username)
     message = f"PostgreSQL user {activation.username} is active until " \
               f"{ts(credentials.expires_at)}"
     if credentials.notes:
         message += f" ({'; '.join(credentials.notes)})"
-    status.update({
-        "phase": SessionPhase.ACTIVE, "username": activation.username,
-        "databaseRoles": list(activation.roles), "permissions": activation.permissions_summary,
-        "userProvisioning": str(plan.decision.mode),
-        "matchedRoles": list(plan.decision.matched_roles),
-        "expiresAt": ts(credentials.expires_at),
-        "secretName": plan.session.credentials_secret_name})
+    status.update(written(
+        DatabaseSessionStatus, phase=SessionPhase.ACTIVE, username=activation.username,
+        database_roles=list(activation.roles), permissions=activation.permissions_summary,
+        user_provisioning=plan.decision.mode, matched_roles=list(plan.decision.matched_roles),
+        expires_at=to_second(credentials.expires_at),
+        secret_name=plan.session.credentials_secret_name))
     set_session_conditions(body, status, True, Reason.ACTIVE, message)
     metrics.PROVISIONING_LATENCY.observe(max(0.0, (utc_now() - plan.created).total_seconds()))
 
 
-async def _plan(body, namespace: str, memo, databases_by_name, roles_by_namespace) -> Plan:
+async def _plan(body, namespace: str, memo, databases_by_name, roles_by_namespace, reviews,
+                status: dict) -> Plan:
     session = DatabaseSession.model_validate(body)
     database = database_for(databases_by_name, namespace, session.spec.database_ref.name)
     traits = await traits_of(memo, session.spec.user)
-    decision = decide(session, database, roles_by_namespace, namespace, traits)
-    created = parse_ts(body["metadata"]["creationTimestamp"])
+    try:
+        decision = decide(session, database, roles_by_namespace, namespace, traits)
+    except Outcome as refusal:
+        if refusal.reason != Reason.ACCESS_DENIED:
+            raise
+        # Refusing is for good, and the index may not have seen yet a Role applied together
+        # with the session (one `kubectl apply` or GitOps sync): decide once more on the
+        # namespace's Roles as the API server has them now. A request on refusals only.
+        current = {namespace: await memo.kube.list_roles(namespace)}
+        decision = decide(session, database, current, namespace, traits)
+    # A session that needs approval waits in the gate, and its time starts at the approval.
+    created = approval_start(body, session, decision, reviews, status) or \
+        parse_ts(body["metadata"]["creationTimestamp"])
     expires_at = created + decision.duration
     if expires_at <= utc_now():
         # Possibly after holding a lease (the operator stopped mid-activation): end it too.
@@ -109,8 +123,13 @@ async def _activate(body, plan: Plan, lease_id: str, memo, namespace: str, datab
     async with memo.shared_passwords.lock(user_key):
         # Serialized per user, so that a session sharing the user finds the password the one
         # activating it has just set (in memory: the index learns it is Active only later).
-        password = None if passwordless else await own_password(
-            memo, namespace, session, first_attempt=first_attempt)
+        password = shared = None
+        if not passwordless:
+            password = await own_password(memo, namespace, session, first_attempt=first_attempt)
+            # What this session would hand out should the engine find the user shared, known
+            # before it acts: the engine refuses to share a user whose password is unknown.
+            shared = await shared_password(memo, namespace, session, database, username,
+                                           databases_by_name, active_sessions_by_user)
         if plan.expires_at <= utc_now():
             # It expired while it waited (for the server, or for this lock): an expired
             # session, not the invalid request the engine would call it.
@@ -124,13 +143,16 @@ async def _activate(body, plan: Plan, lease_id: str, memo, namespace: str, datab
             permissions=_with_object_labels(decision.permissions, database, label_rules),
             password=password,
             grantable_by_name=exact_names(database.spec.grantable_roles),
-            database_object=database.metadata.name)
+            database_object=database.metadata.name,
+            shared_password_known=passwordless or shared is not None)
         try:
             activation = await engine.activate(request)
         except EngineError as error:
             metrics.POSTGRES_OPERATIONS.labels("activate", "error").inc()
             if error.transient:
-                raise Outcome(SessionPhase.PENDING, error.reason, error.message, retry=10)
+                # Another session of the user is being opened: it hands out the password soon.
+                retry = 2 if error.reason == Reason.USER_SHARED else 10
+                raise Outcome(SessionPhase.PENDING, error.reason, error.message, retry=retry)
             raise Outcome(SessionPhase.FAILED, error.reason, error.message, terminal=True)
         metrics.POSTGRES_OPERATIONS.labels("activate", "success").inc()
         if activation.drift:
@@ -139,17 +161,8 @@ async def _activate(body, plan: Plan, lease_id: str, memo, namespace: str, datab
         if password is not None:
             if activation.shared:
                 # The user kept the password it had (live credentials must keep working).
-                password = await shared_password(memo, namespace, session, database, username,
-                                                 databases_by_name, active_sessions_by_user)
-            if password is None:
-                # Other sessions hold the user and none has handed out its password yet (they
-                # are being opened, or were when the operator stopped). Step back so that one of
-                # them (or this one, on retry) activates it and sets the password.
-                await engine.end(session.spec.user, request.session_id, mode=str(decision.mode),
-                                 terminate_connections=False)
-                raise Outcome(SessionPhase.PENDING, Reason.USER_SHARED,
-                              f'PostgreSQL user "{username}" is being '
-                              "activated by another session of the same user; retrying", retry=2)
+                password = shared
+            assert password is not None  # the engine shares only a user whose password is known
             memo.shared_passwords.remember(user_key, password)
     return activation, password
 
@@ -193,11 +206,19 @@ async def _credentials(plan: Plan, username: str, password: str | None, memo,
     return Credentials(data, expires_at, tuple(notes))
 
 
-async def _ensure_still_exists(memo, namespace: str, name: str, uid: str) -> None:
-    if not await memo.kube.exists(GROUP, VERSION, DatabaseSession.plural, namespace, name, uid):
-        # Deleted meanwhile, possibly without this operator ever running its delete handler: a
-        # DELETE that races with the finalizer being added removes the object anyway. Nothing
-        # may outlive it: release the lease now, and write no credentials.
+def _ensure_still_exists(live_sessions_by_database, plan: Plan, namespace: str, name: str,
+                         uid: str) -> None:
+    """Refuse to write credentials for a session the watch has seen go.
+
+    Kopf runs this handler only once its finalizer is on the session, so a session can vanish
+    meanwhile only if someone strips the finalizer by hand. The index, which drops a session
+    on its DELETED event, says so without a request to the API server; should the event come
+    only after the Secret is written, the Secret goes with its owner (garbage collection) and
+    the health check's sweep ends the lease.
+    """
+    live = live_sessions_by_database.get((namespace, plan.session.spec.database_ref.name), ())
+    if session_id(namespace, name, uid) not in live:
+        # Nothing may outlive it: release the lease now, and write no credentials.
         log.info("[%s/%s] deleted while being opened; releasing its lease", namespace, name)
         raise Outcome(SessionPhase.ENDED, Reason.DELETED,
                       "the session was deleted while it was being opened",
@@ -227,13 +248,13 @@ async def _publish(body, plan: Plan, credentials: Credentials, memo, namespace: 
                       "(the default is <session name>-credentials)", terminal=True, release=True)
 
 
-def _with_object_labels(permissions, database: Database, label_rule_bodies):
+def _with_object_labels(permissions, database: Database, label_rules):
     """The permission rules with the labels the Database's ObjectLabelRules give, when some
     rule selects objects by label (computed against the catalog at activation)."""
     if not permissions.match_labels:
         return permissions
     return replace(permissions, object_labels=assignments_for(
-        database, valid_label_rules(label_rule_bodies)))
+        database, list(label_rules)))
 
 
 def report_drift(session_body, username: str, removed) -> None:

@@ -13,6 +13,7 @@ import asyncio
 from ..api.database import Database
 from ..api.session import DatabaseSession
 from ..core.credentials import generate_password
+from .indexes import database_in
 
 
 class SharedPasswords:
@@ -77,9 +78,9 @@ async def shared_password(memo, namespace: str, session: DatabaseSession, databa
             (namespace, session.spec.user), ()):
         if other_name == session.metadata.name or not secret_name:
             continue
-        other = next(iter(databases_by_name.get((namespace, other_db), ())), None)
-        if other is None or (other.get("spec", {}).get("host"), other.get("spec", {}).get(
-                "port", 5432)) != (database.spec.host, database.spec.port):
+        other = database_in(databases_by_name, namespace, other_db)
+        if not isinstance(other, Database) or server_key(other, username) != server_key(
+                database, username):
             continue  # another server: another PostgreSQL role of that name
         data = await memo.kube.read_secret(namespace, secret_name)
         if data and data.get("password"):

@@ -7,11 +7,13 @@ from pydantic import ValidationError
 
 from .. import GROUP, VERSION
 from ..api.database import Database
-from ..api.role import Role
+from ..api.role import Role, RoleStatus
 from ..core import conditions
 from ..core.permissions import PermissionError_, PermissionRule
 from ..vocabulary import Reason
 from . import metrics
+from .triggers import on_spec
+from .status import conditions_of, written
 
 RESOURCE = (GROUP, VERSION, Role.plural)
 
@@ -42,29 +44,35 @@ def _role_status(body, namespace: str, databases_by_name) -> tuple[dict, list[st
     except ValidationError as exc:
         problems = [f"{'.'.join(map(str, e['loc']))}: {e['msg']}" for e in exc.errors()]
         role = None
-    status: dict = {"observedGeneration": generation}
     if problems or role is None:
         message = "; ".join(problems)[:2048]
+        status = written(RoleStatus, observed_generation=generation)
         status["conditions"] = conditions.stalled(previous, generation, Reason.INVALID_ROLE,
                                                   message)
         return status, problems
     if databases_by_name is None:
+        status = written(RoleStatus, observed_generation=generation)
         status["conditions"] = conditions.ready(previous, generation, Reason.VALID, "valid")
         return status, problems
+    return _selection_status(role, previous, namespace, databases_by_name), problems
+
+
+def _selection_status(role: Role, previous, namespace: str, databases_by_name) -> dict:
+    """A valid Role's status: the Databases its allow selects."""
+    generation = role.metadata.generation
     selector = role.spec.allow.database_selector if role.spec.allow else None
-    status["selectedDatabases"] = sorted(
-        name for (ns, name), bodies in databases_by_name.items() if ns == namespace
+    selected = sorted(
+        name for (ns, name), databases in databases_by_name.items() if ns == namespace
         and selector is not None
-        and any(selector.matches(b.get("metadata", {}).get("labels") or {}) for b in bodies))
-    status["conditions"] = conditions.ready(
-        previous, generation, Reason.VALID,
-        f"selects {len(status['selectedDatabases'])} Database(s)")
-    return status, problems
+        and any(isinstance(d, Database) and selector.matches(d.metadata.labels)
+                for d in databases))
+    status = written(RoleStatus, observed_generation=generation, selected_databases=selected)
+    status["conditions"] = conditions.ready(previous, generation, Reason.VALID,
+                                            f"selects {len(selected)} Database(s)")
+    return status
 
 
-@kopf.on.resume(*RESOURCE, id="validate")
-@kopf.on.create(*RESOURCE, id="validate")
-@kopf.on.update(*RESOURCE, id="validate", field="spec")  # type: ignore[arg-type]  # index kwargs
+@on_spec(*RESOURCE, id="validate")
 async def validate(body, namespace, patch, memo, databases_by_name, **_):
     with metrics.reconcile("role") as reconciliation:
         # A shard sees only its own Databases; the coverage report writes the selection from
@@ -92,13 +100,13 @@ async def refresh_selections(namespace, memo, roles_by_namespace, databases_by_n
     """
     if memo.shard.sharded:
         return  # see validate
-    for body in list(roles_by_namespace.get(namespace, ())):
-        current = body.get("status") or {}
-        ready = conditions.find_condition(current.get("conditions"), "Ready") or {}
+    for role in list(roles_by_namespace.get(namespace, ())):
+        previous = conditions_of(role)
+        ready = conditions.find_condition(previous, "Ready") or {}
         if ready.get("reason") != Reason.VALID or \
-                current.get("observedGeneration") != body.get("metadata", {}).get("generation"):
+                role.status.observed_generation != role.metadata.generation:
             continue  # not validated yet (or invalid): the validate handler writes its status
-        status, _problems = _role_status(body, namespace, databases_by_name)
-        if status.get("selectedDatabases") != current.get("selectedDatabases"):
+        status = _selection_status(role, previous, namespace, databases_by_name)
+        if status["selectedDatabases"] != (role.status.selected_databases or []):
             await memo.kube.patch_status(GROUP, VERSION, Role.plural, namespace,
-                                         body["metadata"]["name"], status)
+                                         role.metadata.name, status)

@@ -7,6 +7,7 @@ is retried, or re-run after the operator was killed at any instruction, converge
 The Kopf handlers are here; the work is split by job:
 
 - ``decisions``: the session's Database and what the Roles allow (``Outcome`` when it stops);
+- ``approval_gate``: a session that needs approval waits there (``approvals``: the reviews);
 - ``passwords``: the password-sharing protocol of sessions that share a PostgreSQL user;
 - ``opening``: activating the user and writing the credentials;
 - ``ending``: releasing the lease and removing the Secret;
@@ -31,7 +32,8 @@ RESOURCE = (GROUP, VERSION, DatabaseSession.plural)
 @kopf.on.resume(*RESOURCE, id="lease")
 @kopf.on.create(*RESOURCE, id="lease")  # type: ignore[arg-type]  # index kwargs
 async def open_lease(body, name, namespace, uid, patch, memo, databases_by_name,
-                     roles_by_namespace, active_sessions_by_user, label_rules_by_namespace, **_):
+                     roles_by_namespace, active_sessions_by_user, label_rules_by_namespace,
+                     live_sessions_by_database, reviews_by_session, **_):
     phase = body.get("status", {}).get("phase")
     if phase in TERMINAL_PHASES:
         return
@@ -47,8 +49,10 @@ async def open_lease(body, name, namespace, uid, patch, memo, databases_by_name,
         try:
             await open_session(body, name, namespace, uid, memo,
                                (databases_by_name, roles_by_namespace, active_sessions_by_user,
-                                label_rules_by_namespace.get(namespace, ())), status,
-                               first_attempt=not body.get("status") and not _.get("retry"))
+                                label_rules_by_namespace.get(namespace, ()),
+                                live_sessions_by_database), status,
+                               first_attempt=not body.get("status") and not _.get("retry"),
+                               reviews=reviews_by_session.get((namespace, name), ()))
         except Outcome as outcome:
             if outcome.terminal:
                 reconciliation.failed_terminally()

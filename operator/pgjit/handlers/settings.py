@@ -8,6 +8,7 @@ from dataclasses import dataclass, field
 import kopf
 
 from .. import GROUP
+from ..api.common import KOPF_STATUS_FIELD
 from ..kube.client import Kube, load_client
 from ..kube.engines import EngineRegistry
 from ..settings import Settings
@@ -38,9 +39,11 @@ async def configure(settings: kopf.OperatorSettings, memo: OperatorMemo, **_) ->
     # Everything Kopf stores on objects lives under pgjit's own API group, not Kopf's defaults,
     # so other Kopf operators never touch pgjit's finalizer or progress (conventions §1.3-1.4).
     settings.persistence.finalizer = FINALIZER
-    settings.persistence.progress_storage = kopf.AnnotationsProgressStorage(prefix=GROUP)
-    settings.persistence.diffbase_storage = kopf.AnnotationsDiffBaseStorage(
-        prefix=GROUP, key="last-handled-configuration")
+    # Kopf's bookkeeping goes in status.pgjit, next to the status the handlers write: the
+    # patch that records a handler as done is then one status patch, not a status patch plus
+    # a patch of the object's annotations (one API write less per session opened).
+    settings.persistence.progress_storage = kopf.StatusProgressStorage(name=KOPF_STATUS_FIELD)
+    settings.persistence.diffbase_storage = kopf.StatusDiffBaseStorage(name=KOPF_STATUS_FIELD)
     settings.posting.reporting_component = "pgjit"
     settings.posting.reporting_instance = memo.settings.pod_name
     settings.watching.server_timeout = 300
@@ -54,7 +57,8 @@ async def configure(settings: kopf.OperatorSettings, memo: OperatorMemo, **_) ->
     if memo.settings.namespaced:
         settings.scanning.disabled = True
     memo.kube = Kube(load_client())
-    memo.engines = EngineRegistry(memo.kube)
+    memo.engines = EngineRegistry(memo.kube,
+                                  prepared_statements=memo.settings.prepared_statements)
     if memo.settings.metrics_port:
         metrics.serve(memo.settings.metrics_port)
 
@@ -64,3 +68,6 @@ async def close_engines(memo: OperatorMemo, **_) -> None:
     engines = getattr(memo, "engines", None)
     if engines is not None:
         await engines.close()
+    kube = getattr(memo, "kube", None)
+    if kube is not None:
+        await kube.close()

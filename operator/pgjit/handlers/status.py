@@ -6,11 +6,20 @@ from typing import MutableMapping
 
 import kopf
 
+from ..api.common import KindModel, KindStatus
 from ..core import conditions
 from ..vocabulary import Reason
 
 # Reasons that end an object's work normally: reported as Normal Events, not Warnings.
-NORMAL_REASONS = frozenset({Reason.EXPIRED, Reason.SUSPENDED, Reason.SESSIONS_ACTIVE})
+NORMAL_REASONS = frozenset({Reason.EXPIRED, Reason.SUSPENDED, Reason.SESSIONS_ACTIVE,
+                            Reason.AWAITING_APPROVAL})
+
+
+def written(status_model: type[KindStatus], **fields: object) -> dict:
+    """Status fields as the API server will hold them: checked against the kind's status model
+    (the CRD's own schema), by their JSON names. Only the fields given are written; a field
+    given as None is removed."""
+    return status_model(**fields).model_dump(mode="json", by_alias=True, exclude_unset=True)
 
 
 def set_conditions(body, status: MutableMapping, ready: bool, reason: str, message: str, *,
@@ -37,3 +46,11 @@ def set_conditions(body, status: MutableMapping, ready: bool, reason: str, messa
                    reason=reason, message=message)
     status["conditions"] = new
     status["observedGeneration"] = generation
+
+
+def conditions_of(model: KindModel) -> list[dict]:
+    """An indexed object's conditions as the API server holds them, for ``core.conditions``
+    (which keeps a condition's lastTransitionTime when its status does not change)."""
+    status = getattr(model, "status", None)
+    return [c.model_dump(mode="json", by_alias=True, exclude_none=True)
+            for c in getattr(status, "conditions", None) or ()]

@@ -7,10 +7,11 @@ what they connect with changes (spec or the referenced Secrets' content).
 from __future__ import annotations
 
 import asyncio
+from dataclasses import replace
 
 from ..api.database import Database
 from ..engine import Engine, ServerConfig
-from ..engine.errors import INVALID_REQUEST, EngineError
+from ..engine.errors import EngineError
 from ..vocabulary import CredentialsType, Reason, SSLMode
 from .client import Kube
 
@@ -62,12 +63,13 @@ async def server_config(kube: Kube, database: Database, namespace: str) -> Serve
             implicit_roles=(RDS_IAM_ROLE,) if iam_users else (),
             label=f"{namespace}/{database.metadata.name}")
     except (TypeError, ValueError) as exc:
-        raise EngineError(INVALID_REQUEST, f"invalid Database spec: {exc}") from exc
+        raise EngineError(Reason.INVALID_REQUEST, f"invalid Database spec: {exc}") from exc
 
 
 class EngineRegistry:
-    def __init__(self, kube: Kube):
+    def __init__(self, kube: Kube, *, prepared_statements: bool = True):
         self.kube = kube
+        self.prepared_statements = prepared_statements
         self._engines: dict[str, tuple[ServerConfig, Engine]] = {}
         self._lock = asyncio.Lock()
 
@@ -80,7 +82,8 @@ class EngineRegistry:
         # says something else (a rotated password), not at the next health check only.
         if current is not None and not refresh and not current[1].admin_refused:
             return current[1]
-        config = await server_config(self.kube, database, namespace)
+        config = replace(await server_config(self.kube, database, namespace),
+                         prepared_statements=self.prepared_statements)
         async with self._lock:
             current = self._engines.get(key)
             if current is not None and current[0] == config:

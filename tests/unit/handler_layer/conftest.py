@@ -22,8 +22,11 @@ from .fakes import FakeKube, StubEngine, StubEngines, World
 @pytest.fixture
 def world(monkeypatch: pytest.MonkeyPatch) -> Iterator[World]:
     events: list[dict[str, Any]] = []
-    monkeypatch.setattr(kopf, "event", lambda body, **kw: events.append(kw))
-    monkeypatch.setattr(kopf, "warn", lambda body, **kw: events.append(kw))
+    # Each Event with the kind and name of the object it is about, as "kind/name".
+    def post(body, **kw):
+        events.append({**kw, "about": f"{body.get('kind')}/{body['metadata']['name']}"})
+    monkeypatch.setattr(kopf, "event", post)
+    monkeypatch.setattr(kopf, "warn", post)
     kube, engine = FakeKube(), StubEngine()
     # Ticks fast enough for a test to see several; revalidation on every tick.
     memo = OperatorMemo(Settings(expiry_tick_seconds=0.01, revalidate_seconds=0.0))

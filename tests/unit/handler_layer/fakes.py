@@ -23,8 +23,11 @@ from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import NameOID
 
+from pgjit.engine.errors import EngineError
+from pgjit.handlers import indexes
 from pgjit.engine.results import Activation, Teardown
 from pgjit.kube.client import NotOwned
+from pgjit.vocabulary import Reason
 
 NAMESPACE = "team-a"
 
@@ -82,6 +85,29 @@ def session_body(name: str = "alice-orders", *, user: str = "alice", database: s
             "status": status or {}}
 
 
+def review_body(session: str = "alice-orders", *, reviewer: str = "bob",
+                decision: str = "Approve", created: datetime | None = None,
+                name: str | None = None, groups: list[str] | None = None,
+                reason: str | None = None, owner_uid: str | None = None) -> dict[str, Any]:
+    """A DatabaseSessionReview as the API server stores it (spec.reviewer bound to its
+    creator by the admission policy, which the handlers take as given)."""
+    name = name or f"{session}-{reviewer}"
+    spec: dict[str, Any] = {"sessionRef": {"name": session}, "decision": decision,
+                            "reviewer": reviewer}
+    if groups:
+        spec["reviewerGroups"] = groups
+    if reason:
+        spec["reason"] = reason
+    metadata: dict[str, Any] = {"name": name, "namespace": NAMESPACE, "uid": f"uid-{name}",
+                                "creationTimestamp": ts(created or now())}
+    if owner_uid:
+        metadata["ownerReferences"] = [{"apiVersion": "pgjit.dev/v1alpha1",
+                                        "kind": "DatabaseSession", "name": session,
+                                        "uid": owner_uid}]
+    return {"apiVersion": "pgjit.dev/v1alpha1", "kind": "DatabaseSessionReview",
+            "metadata": metadata, "spec": spec}
+
+
 def client_ca(not_after: datetime) -> dict[str, bytes]:
     """A client CA Secret's data (tls.crt, tls.key) for a CA valid until ``not_after``."""
     key = ec.generate_private_key(ec.SECP256R1())
@@ -121,8 +147,22 @@ class FakeKube:
     access: dict[tuple[str, str], str] = field(default_factory=dict)
     #: (plural, namespace, name, status) of every status patch, in order.
     status_patches: list[tuple[str, str, str, dict]] = field(default_factory=list)
+    #: uids of sessions whose DELETED event the watch has delivered (gone from the index).
     deleted_objects: set[str] = field(default_factory=set)
     configmaps: dict[tuple[str, str], dict[str, str]] = field(default_factory=dict)
+    #: (plural, namespace, name, annotations) of every annotation patch, in order.
+    annotations: list[tuple[str, str, str, dict]] = field(default_factory=list)
+
+    #: The Role bodies the API server holds, when they differ from the index (a watch that
+    #: has not delivered a new Role yet); None: the same as the index.
+    roles_in_api: list[dict] | None = None
+    #: Set by the World: the index's Role bodies.
+    indexed_roles: list[dict] = field(default_factory=list)
+
+    async def list_roles(self, namespace: str) -> list[Any]:
+        bodies = self.indexed_roles if self.roles_in_api is None else self.roles_in_api
+        return [r for b in bodies for r in indexes.roles_by_namespace(
+            namespace=namespace, body=b).values()]
 
     async def read_secret(self, namespace: str, name: str) -> dict[str, bytes] | None:
         stored = self.secrets.get((namespace, name))
@@ -154,13 +194,13 @@ class FakeKube:
         if self.access.get((namespace, name)) == owner_uid:
             del self.access[(namespace, name)]
 
-    async def exists(self, group: str, version: str, plural: str, namespace: str, name: str,
-                     uid: str) -> bool:
-        return uid not in self.deleted_objects
-
     async def patch_status(self, group: str, version: str, plural: str, namespace: str,
                            name: str, status: dict) -> None:
         self.status_patches.append((plural, namespace, name, dict(status)))
+
+    async def annotate(self, group: str, version: str, plural: str, namespace: str,
+                       name: str, annotations: dict[str, str]) -> None:
+        self.annotations.append((plural, namespace, name, dict(annotations)))
 
     async def delete_owned_secrets(self, namespace: str, label_selector: str,
                                    owner_uid: str) -> list[str]:
@@ -183,6 +223,9 @@ class StubEngine:
 
     async def activate(self, request: Any) -> Activation:
         self.activations.append(request)
+        if self.shared and not request.shared_password_known:
+            raise EngineError(Reason.USER_SHARED, "the password in effect is unknown",
+                              transient=True)
         return Activation(username=request.identity, roles=request.roles, created=True,
                           shared=self.shared, password_set=request.password is not None,
                           valid_until=request.expires_at)
@@ -225,6 +268,16 @@ class Stopped:
         return self._event.is_set()
 
 
+def _indexed(index_function: Any, bodies: list[dict]) -> dict:
+    """What Kopf's index holds for ``bodies``: the production index function's entries."""
+    index: dict = {}
+    for body in bodies:
+        entries = index_function(namespace=NAMESPACE, name=body["metadata"]["name"], body=body)
+        for key, value in entries.items():
+            index.setdefault(key, []).append(value)
+    return index
+
+
 @dataclass
 class World:
     """One namespace's objects as Kopf's indexes would hold them, and the fakes behind memo."""
@@ -237,28 +290,59 @@ class World:
     roles: list[dict] = field(default_factory=list)
     active_sessions: list[dict] = field(default_factory=list)
     live_sessions: dict[str, list[str]] = field(default_factory=dict)
+    #: DatabaseSessionReview bodies, indexed by the session they name.
+    reviews: list[dict] = field(default_factory=list)
+
+    def __post_init__(self) -> None:
+        self.kube.indexed_roles = self.roles  # the API server agrees with the index
 
     @property
     def databases_by_name(self) -> dict:
-        return {(NAMESPACE, b["metadata"]["name"]): [b] for b in self.databases}
+        return _indexed(indexes.databases_by_name, self.databases)
 
     @property
     def roles_by_namespace(self) -> dict:
-        return {NAMESPACE: list(self.roles)} if self.roles else {}
+        return _indexed(indexes.roles_by_namespace, self.roles)
 
     def active_sessions_by_database(self) -> dict:
         index: dict = {}
         for body in self.active_sessions:
-            index.setdefault((NAMESPACE, body["spec"]["databaseRef"]["name"]), []).append(body)
+            entries = indexes.active_sessions_by_database(
+                namespace=NAMESPACE, spec=body["spec"], status=body.get("status", {}), body=body)
+            for key, value in entries.items():
+                index.setdefault(key, []).append(value)
         return index
 
     def live_sessions_by_database(self) -> dict:
         return {(NAMESPACE, db): list(ids) for db, ids in self.live_sessions.items() if ids}
 
+    def reviews_by_session(self) -> dict:
+        from pgjit.handlers.approvals import reviews_by_session
+
+        index: dict = {}
+        for body in self.reviews:
+            for key, value in reviews_by_session(
+                    namespace=NAMESPACE, name=body["metadata"]["name"],
+                    uid=body["metadata"]["uid"], spec=body["spec"],
+                    meta=body["metadata"]).items():
+                index.setdefault(key, []).append(value)
+        return index
+
+    def open_lease_kwargs(self, body: dict) -> dict[str, Any]:
+        """The indexes the create handler gets for ``body``, which Kopf's live index holds as
+        it would, unless its DELETED event has been delivered (``kube.deleted_objects``)."""
+        meta = body["metadata"]
+        live = self.live_sessions.setdefault(body["spec"]["databaseRef"]["name"], [])
+        session = f"{NAMESPACE}/{meta['name']}/{meta['uid']}"
+        if meta["uid"] not in self.kube.deleted_objects and session not in live:
+            live.append(session)
+        return {**self.indexes(), "live_sessions_by_database": self.live_sessions_by_database()}
+
     def indexes(self) -> dict[str, Any]:
         return {"databases_by_name": self.databases_by_name,
                 "roles_by_namespace": self.roles_by_namespace,
-                "active_sessions_by_user": {}, "label_rules_by_namespace": {}}
+                "active_sessions_by_user": {}, "label_rules_by_namespace": {},
+                "reviews_by_session": self.reviews_by_session()}
 
 
 async def eventually(condition: Any, *, timeout: float = 5.0, what: str = "condition") -> None:

@@ -1,90 +1,193 @@
-"""The Kubernetes adapter puts what the handlers give it into the objects it sends."""
+"""The Kubernetes adapter puts what the handlers give it into the requests it sends, and reads
+the API server's answers the way the handlers expect.
+
+It runs against a small HTTP server on the loopback interface that answers like the API server
+(the paths, verbs and status codes the adapter uses); the cluster layer runs the same adapter
+against a real kube-apiserver.
+"""
 
 from __future__ import annotations
 
-from types import SimpleNamespace
+import base64
+import json
+from collections.abc import AsyncIterator
 
 import kubernetes
 import pytest
-from kubernetes.client.rest import ApiException
+from aiohttp import web
 
 from pgjit.kube import client
 from pgjit.kube.client import Kube
 
+OWNER = {"apiVersion": "pgjit.dev/v1alpha1", "kind": "DatabaseSession", "name": "s",
+         "uid": "uid-s"}
 
-class RecordingCoreApi:
+
+class FakeApiServer:
+    """Keeps objects by path; records every request (method, path, headers, body)."""
+
     def __init__(self) -> None:
-        self.created: list[dict] = []
+        self.objects: dict[str, dict] = {}
+        self.requests: list[tuple[str, str, dict, dict | None]] = []
+        self.raw_paths: list[str] = []
+        self.answer_reads_with: int | None = None
+        self.uids = 0
 
-    def create_namespaced_secret(self, namespace: str, body: dict) -> SimpleNamespace:
-        self.created.append(body)
-        return SimpleNamespace(metadata=SimpleNamespace(uid="uid-secret"))
+    async def handle(self, request: web.Request) -> web.Response:
+        body = json.loads(await request.text()) if request.can_read_body else None
+        self.requests.append((request.method, request.path, dict(request.headers), body))
+        self.raw_paths.append(request.raw_path)
+        path = request.path
+        if request.method == "GET" and self.answer_reads_with:
+            return web.json_response({"message": "as told"}, status=self.answer_reads_with)
+        if request.method == "POST":
+            target = f"{path}/{body['metadata']['name']}"
+            if target in self.objects:
+                return web.json_response({"message": "already exists"}, status=409)
+            self.uids += 1
+            stored = {**body, "metadata": {**body["metadata"], "uid": f"uid-{self.uids}",
+                                           "resourceVersion": "1"}}
+            if "stringData" in stored:
+                stored["data"] = {k: base64.b64encode(v.encode()).decode()
+                                  for k, v in stored.pop("stringData").items()}
+            self.objects[target] = stored
+            return web.json_response(stored, status=201)
+        if request.method == "GET" and path in self.objects:
+            return web.json_response(self.objects[path])
+        if request.method == "GET" and request.query.get("labelSelector") is not None:
+            return web.json_response({"items": [o for p, o in self.objects.items()
+                                                if p.startswith(path + "/")]})
+        if request.method == "DELETE" and path in self.objects:
+            if body["preconditions"]["uid"] != self.objects[path]["metadata"]["uid"]:
+                return web.json_response({"message": "uid precondition"}, status=409)
+            return web.json_response(self.objects.pop(path))
+        if request.method == "PUT" and path in self.objects:
+            self.objects[path] = body
+            return web.json_response(body)
+        if request.method == "PATCH" and path.removesuffix("/status") in self.objects:
+            return web.json_response({})
+        return web.json_response({"message": "not found"}, status=404)
 
-    # Only needed when the create conflicts, which it does not here.
-    def read_namespaced_secret(self, name: str, namespace: str) -> None:
-        raise AssertionError("not expected")
 
-    replace_namespaced_secret = read_namespaced_secret
+@pytest.fixture
+async def server() -> AsyncIterator[tuple[FakeApiServer, Kube]]:
+    fake = FakeApiServer()
+    app = web.Application()
+    app.router.add_route("*", "/{tail:.*}", fake.handle)
+    runner = web.AppRunner(app)
+    await runner.setup()
+    site = web.TCPSite(runner, "127.0.0.1", 0)
+    await site.start()
+    port = site._server.sockets[0].getsockname()[1]  # type: ignore[union-attr]
+    configuration = kubernetes.client.Configuration()
+    configuration.host = f"http://127.0.0.1:{port}"
+    # Where the kubeconfig loader files a token (kubernetes.config's _set_config).
+    configuration.api_key = {"BearerToken": "Bearer secret-token"}
+    kube = Kube(configuration)
+    try:
+        yield fake, kube
+    finally:
+        await kube.close()
+        await runner.cleanup()
 
 
-async def _inline(function, *args, **kwargs):
-    return function(*args, **kwargs)
+SECRET = "/api/v1/namespaces/team-a/secrets/s-credentials"
 
 
-async def test_written_secret_carries_labels_annotations_and_owner(monkeypatch):
-    # Calls run inline, not in asyncio's worker threads: a thread left behind would receive the
-    # signals other unit tests send to this process (test_client_connect.py).
-    monkeypatch.setattr(client.asyncio, "to_thread", _inline)
-    kube = Kube(kubernetes.client.ApiClient())
-    core = RecordingCoreApi()
-    kube.core = core  # type: ignore[assignment]
+async def test_written_secret_carries_labels_annotations_owner_and_the_token(server):
+    fake, kube = server
     await kube.write_secret("team-a", "s-credentials", {"username": "alice"},
                             labels={"pgjit.dev/session": "s"},
-                            annotations={"pgjit.dev/session": "s"},
-                            owner={"apiVersion": "pgjit.dev/v1alpha1", "kind": "DatabaseSession",
-                                   "name": "s", "uid": "uid-s"})
-    (body,) = core.created
+                            annotations={"pgjit.dev/session": "s"}, owner=OWNER)
+    ((method, path, headers, body),) = fake.requests
+    assert (method, path) == ("POST", "/api/v1/namespaces/team-a/secrets")
+    assert headers["Authorization"] == "Bearer secret-token"
     assert body["metadata"]["annotations"] == {"pgjit.dev/session": "s"}
     assert body["metadata"]["labels"] == {"pgjit.dev/session": "s"}
     assert body["metadata"]["ownerReferences"][0]["uid"] == "uid-s"
     assert body["stringData"] == {"username": "alice"}
+    assert await kube.read_secret("team-a", "s-credentials") == {"username": b"alice"}
 
 
-class AnsweringCoreApi(RecordingCoreApi):
-    """Answers every read with the given HTTP status."""
-
-    def __init__(self, status: int) -> None:
-        super().__init__()
-        self.status = status
-
-    def read_namespaced_secret(self, name: str, namespace: str) -> None:
-        raise ApiException(status=self.status, reason="test")
-
-    read_namespaced_config_map = read_namespaced_secret
-
-
-def _kube_answering(monkeypatch, status: int) -> Kube:
-    monkeypatch.setattr(client.asyncio, "to_thread", _inline)
-    kube = Kube(kubernetes.client.ApiClient())
-    kube.core = AnsweringCoreApi(status)  # type: ignore[assignment]
-    return kube
+async def test_a_retry_replaces_its_own_secret_and_refuses_someone_elses(server):
+    fake, kube = server
+    await kube.write_secret("team-a", "s-credentials", {"password": "one"}, labels={},
+                            owner=OWNER)
+    await kube.write_secret("team-a", "s-credentials", {"password": "two"}, labels={},
+                            owner=OWNER)
+    assert [m for m, *_ in fake.requests] == ["POST", "POST", "GET", "PUT"]
+    assert fake.objects[SECRET]["stringData"] == {"password": "two"}
+    with pytest.raises(client.NotOwned, match='Secret "s-credentials" already exists'):
+        await kube.write_secret("team-a", "s-credentials", {}, labels={},
+                                owner={**OWNER, "uid": "uid-other"})
 
 
-async def test_absent_objects_read_as_none(monkeypatch):
-    kube = _kube_answering(monkeypatch, 404)
+async def test_deletes_carry_the_uid_precondition_and_spare_others_objects(server):
+    fake, kube = server
+    await kube.write_secret("team-a", "s-credentials", {}, labels={}, owner=OWNER)
+    await kube.delete_secret("team-a", "s-credentials", "uid-other")  # not its owner
+    assert SECRET in fake.objects
+    await kube.delete_secret("team-a", "s-credentials", "uid-s")
+    method, path, _headers, body = fake.requests[-1]
+    assert (method, path, body["preconditions"]) == ("DELETE", SECRET, {"uid": "uid-1"})
+    assert SECRET not in fake.objects
+
+
+async def test_access_objects_are_created_role_first_and_removed(server):
+    fake, kube = server
+    role = {"apiVersion": "rbac.authorization.k8s.io/v1", "kind": "Role",
+            "metadata": {"name": "s-credentials"}, "rules": []}
+    binding = {"apiVersion": "rbac.authorization.k8s.io/v1", "kind": "RoleBinding",
+               "metadata": {"name": "s-credentials"}, "subjects": [], "roleRef": {}}
+    await kube.grant_secret_access("team-a", role, binding, owner=OWNER)
+    assert [p for _, p, *_ in fake.requests] == [
+        "/apis/rbac.authorization.k8s.io/v1/namespaces/team-a/roles",
+        "/apis/rbac.authorization.k8s.io/v1/namespaces/team-a/rolebindings"]
+    await kube.revoke_secret_access("team-a", "s-credentials", "uid-s")
+    assert not fake.objects
+
+
+async def test_absent_objects_read_as_none(server):
+    fake, kube = server
     assert await kube.read_secret("team-a", "missing") is None
     assert await kube.read_configmap("team-a", "missing") is None
 
 
-async def test_an_unreadable_traits_configmap_reads_as_none(monkeypatch):
+async def test_an_unreadable_traits_configmap_reads_as_none(server):
     # The chart grants the ConfigMap read only when traits are configured.
-    assert await _kube_answering(monkeypatch, 403).read_configmap("team-a", "traits") is None
+    fake, kube = server
+    fake.answer_reads_with = 403
+    assert await kube.read_configmap("team-a", "traits") is None
 
 
-async def test_other_failures_reach_the_caller_as_the_client_raised_them(monkeypatch):
-    kube = _kube_answering(monkeypatch, 500)
-    with pytest.raises(ApiException) as raised:
+async def test_other_failures_reach_the_caller_with_their_status(server):
+    fake, kube = server
+    fake.answer_reads_with = 500
+    with pytest.raises(client.ApiError) as raised:
         await kube.read_secret("team-a", "s")
-    assert raised.value.status == 500
+    assert raised.value.status == 500 and "as told" in str(raised.value)
+    fake.answer_reads_with = 403
     with pytest.raises(client.Forbidden):
-        await _kube_answering(monkeypatch, 403).read_secret("team-a", "s")
+        await kube.read_secret("team-a", "s")
+
+
+async def test_names_are_quoted_into_paths(server):
+    fake, kube = server
+    await kube.read_secret("team-a", "odd/name")
+    assert fake.raw_paths[-1] == "/api/v1/namespaces/team-a/secrets/odd%2Fname"
+
+
+async def test_annotate_merge_patches_the_annotations_and_ignores_a_vanished_object(server):
+    fake, kube = server
+    path = "/apis/pgjit.dev/v1alpha1/namespaces/team-a/databasesessions/s"
+    fake.objects[path] = {"metadata": {"name": "s"}}
+    await kube.annotate("pgjit.dev", "v1alpha1", "databasesessions", "team-a", "s",
+                        {"approval.pgjit.dev/check": "reviews:1"})
+    method, seen, headers, body = fake.requests[-1]
+    assert (method, seen) == ("PATCH", path)
+    assert headers["Content-Type"] == "application/merge-patch+json"
+    assert body == {"metadata": {"annotations": {"approval.pgjit.dev/check": "reviews:1"}}}
+    # Deleted meanwhile: nothing left to poke, and no error for the caller.
+    await kube.annotate("pgjit.dev", "v1alpha1", "databasesessions", "team-a", "gone",
+                        {"approval.pgjit.dev/check": "reviews:1"})
+    assert fake.requests[-1][1].endswith("/gone")

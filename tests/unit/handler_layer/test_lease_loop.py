@@ -94,3 +94,25 @@ async def test_unchanged_session_count_is_not_rewritten(world: World):
     finally:
         stopped.stop()
         await asyncio.wait_for(task, 5)
+
+
+async def test_a_session_that_does_not_parse_is_left_out_and_the_others_still_end(world: World):
+    """The index holds parsed sessions; one whose status does not parse (an expiresAt written
+    by hand) is not in it, so no ValidationError can reach the loop."""
+    world.databases.append(database_body())
+    world.roles.append(role_body())
+    broken = active("broken", expires_in=timedelta(hours=1))
+    broken["status"]["expiresAt"] = "next tuesday"
+    world.active_sessions += [broken, active("due", expires_in=timedelta(seconds=-1))]
+    assert [s.metadata.name for s in world.active_sessions_by_database()[(NAMESPACE, "orders")]
+            ] == ["due"]
+    stopped = Stopped()
+    task = await run_loop(world, stopped)
+    try:
+        await eventually(lambda: task.done() or world.kube.patches_of("databasesessions", "due"),
+                         what="the expired session's end")
+        assert not task.done(), task.exception()
+        assert world.kube.patches_of("databasesessions", "due")[-1]["phase"] == "Expired"
+    finally:
+        stopped.stop()
+        await asyncio.wait_for(task, 5)

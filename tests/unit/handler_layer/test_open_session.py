@@ -18,7 +18,7 @@ async def open_session(world: World, body: dict) -> dict:
     patch = kopf.Patch()
     await sessions.open_lease(body=body, name=body["metadata"]["name"], namespace=NAMESPACE,
                               uid=body["metadata"]["uid"], patch=patch, memo=world.memo,
-                              **world.indexes())
+                              **world.open_lease_kwargs(body))
     return dict(patch.status)
 
 
@@ -124,16 +124,6 @@ async def test_someone_elses_secret_is_a_terminal_conflict_and_left_alone(world:
     assert world.engine.ends  # the lease taken for it is released
 
 
-async def test_shared_user_whose_password_is_unknown_steps_back_and_retries(world: World):
-    world.databases.append(database_body())
-    world.roles.append(role_body())
-    world.engine.shared = True  # other sessions hold the user, none has handed out a password
-    with pytest.raises(kopf.TemporaryError):
-        await open_session(world, session_body())
-    assert len(world.engine.ends) == 1  # stepped back
-    assert not world.kube.secrets
-
-
 async def test_a_client_ca_that_cannot_issue_fails_the_session(world: World):
     world.kube.add_secret(NAMESPACE, "orders-client-ca", {"tls.crt": b"junk", "tls.key": b"junk"})
     world.databases.append(database_body(credentials="clientCertificate"))
@@ -164,7 +154,72 @@ async def test_a_first_attempt_reads_no_secret_and_a_retry_keeps_the_password_it
     body = session_body()
     await sessions.open_lease(body=body, name=body["metadata"]["name"], namespace=NAMESPACE,
                               uid=body["metadata"]["uid"], patch=patch, memo=world.memo,
-                              retry=1, **world.indexes())
+                              retry=1, **world.open_lease_kwargs(body))
     assert "alice-orders-credentials" in reads
     assert world.kube.secrets[(NAMESPACE, "alice-orders-credentials")].data["password"] \
         == written
+
+
+async def test_a_shared_user_whose_password_is_unknown_is_decided_before_activation(world: World):
+    """The engine is told the password is unknown and refuses inside its transaction: nothing
+    is activated and then ended again (the old activate-end-retry)."""
+    world.databases.append(database_body())
+    world.roles.append(role_body())
+    world.engine.shared = True  # other sessions hold the user, none has handed out a password
+    with pytest.raises(kopf.TemporaryError):
+        await open_session(world, session_body())
+    assert [r.shared_password_known for r in world.engine.activations] == [False]
+    assert world.engine.ends == []
+    assert not world.kube.secrets
+
+
+async def test_a_shared_user_hands_out_the_password_this_process_set(world: World):
+    world.databases.append(database_body())
+    world.roles.append(role_body())
+    first = await open_session(world, session_body())
+    world.engine.shared = True
+    second = await open_session(world, session_body(name="alice-reports"))
+    assert (first["phase"], second["phase"]) == ("Active", "Active")
+    # The first knew no password and needed none; the second knew the one the first set.
+    assert [r.shared_password_known for r in world.engine.activations] == [False, True]
+    passwords = {name: world.kube.secrets[(NAMESPACE, f"{name}-credentials")].data["password"]
+                 for name in ("alice-orders", "alice-reports")}
+    assert passwords["alice-orders"] == passwords["alice-reports"]
+
+
+async def test_a_session_on_a_database_that_does_not_parse_waits_and_says_why(world: World):
+    """The index holds parsed models; a Database that does not parse is there as such, so the
+    session names the problem instead of saying the Database does not exist."""
+    broken = database_body()
+    broken["spec"]["port"] = "not a port"
+    world.databases.append(broken)
+    world.roles.append(role_body())
+    with pytest.raises(kopf.TemporaryError, match=r'Database "orders" is invalid \(spec\.port'):
+        await open_session(world, session_body())
+    assert world.engine.activations == []
+
+
+async def test_an_invalid_role_next_to_a_valid_one_grants_nothing_and_stops_nothing(world):
+    world.databases.append(database_body())
+    world.roles.append(role_body())
+    world.roles.append(role_body(name="broken", spec={"allow": {"databaseRoles": "not-a-list"}}))
+    assert len(world.roles_by_namespace[NAMESPACE]) == 1  # left out of the index
+    status = await open_session(world, session_body())
+    assert status["phase"] == "Active" and status["matchedRoles"] == ["analysts"]
+
+
+async def test_a_role_applied_with_the_session_and_not_yet_indexed_still_allows_it(world):
+    """One `kubectl apply` of a Role and a session: the operator may see the session first.
+    Before refusing for good it decides again on the Roles the API server has."""
+    world.databases.append(database_body())
+    world.kube.roles_in_api = [role_body()]  # the index has no Role yet
+    status = await open_session(world, session_body())
+    assert status["phase"] == "Active" and status["matchedRoles"] == ["analysts"]
+
+
+async def test_a_session_no_role_allows_is_refused_after_asking_the_api_server(world: World):
+    world.databases.append(database_body())
+    world.kube.roles_in_api = []
+    status = await open_session(world, session_body())
+    assert (status["phase"], ready(status)["reason"]) == ("Failed", "AccessDenied")
+    assert world.engine.activations == []

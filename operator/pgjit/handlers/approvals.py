@@ -1,0 +1,128 @@
+"""Reviews: what wakes a session that waits for approval (the gate is approval_gate.py).
+
+A session that needs approval is opened by the same handler as any other; the gate stops it
+while it waits and the handler is done. Two things bring it back, each by changing the session's
+``approval.pgjit.dev/check`` annotation, which the ``approval`` update handler below watches:
+
+- a review of it is created (or deleted): the event handler on reviews writes a digest of the
+  session's reviews, so the same reviews never poke twice (a restart lists them all again);
+- its deadline passes: a daemon per waiting session sleeps until ``status.approval.deadline``.
+
+The handler then re-runs the opening, which re-reads every review from the index: one writer
+of the session's status (Kopf serializes one object's handlers), and no state in memory. The
+operator only reads reviews (list, watch): Kopf writes nothing onto an object that has only
+index and event handlers.
+
+The annotation is not under ``pgjit.dev/``: should Kopf's bookkeeping move back to annotations
+with that prefix, Kopf would leave it out of the diff that update handlers see.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+from typing import Awaitable, cast
+
+import kopf
+
+from .. import GROUP, VERSION
+from ..api.review import DatabaseSessionReview
+from ..api.session import DatabaseSession
+from ..vocabulary import TERMINAL_PHASES, Reason, SessionPhase
+from . import metrics
+from .approval_gate import review_entry
+from .decisions import parse_ts, utc_now
+from .sessions import open_lease
+
+log = logging.getLogger(__name__)
+SESSIONS = (GROUP, VERSION, DatabaseSession.plural)
+REVIEWS = (GROUP, VERSION, DatabaseSessionReview.plural)
+CHECK_ANNOTATION = "approval.pgjit.dev/check"
+#: Past the deadline by this much before poking: creation timestamps have whole seconds.
+DEADLINE_MARGIN = 0.05
+#: Longest sleep before the deadline is read again (a Role changed meanwhile may move it).
+DEADLINE_RECHECK = 60.0
+
+
+@kopf.index(*REVIEWS)
+def reviews_by_session(namespace, name, uid, spec, meta, **_):
+    """Reviews per (namespace, session name): what the gate counts."""
+    session = (spec.get("sessionRef") or {}).get("name")
+    if not session:
+        return {}
+    return {(namespace, session): review_entry(namespace, name, uid, spec, meta)}
+
+
+def _awaiting(status) -> bool:
+    ready: dict = next((c for c in status.get("conditions") or () if c.get("type") == "Ready"), {})
+    return status.get("phase") == SessionPhase.PENDING and \
+        ready.get("reason") == Reason.AWAITING_APPROVAL
+
+
+@kopf.index(*SESSIONS)
+def unopened_sessions(namespace, name, uid, status, meta, **_):
+    """Sessions a review may still decide: neither Active nor over, nor being deleted."""
+    if status.get("phase") in TERMINAL_PHASES or status.get("phase") == SessionPhase.ACTIVE \
+            or meta.get("deletionTimestamp"):
+        return {}
+    return {(namespace, name): {"uid": uid,
+                                "check": (meta.get("annotations") or {}).get(CHECK_ANNOTATION)}}
+
+
+@kopf.index(*SESSIONS)
+def awaiting_approval(namespace, name, status, **_):
+    """Sessions waiting for approval, one key each: the gauge is the index's length."""
+    return {(namespace, name): True} if _awaiting(status) else {}
+
+
+def reviews_digest(entries) -> str:
+    """Changes whenever a session's set of reviews does, and only then."""
+    names = sorted(f"{entry.get('name')}/{entry.get('uid')}" for entry in entries)
+    return "reviews:" + hashlib.sha256("\n".join(names).encode()).hexdigest()[:16]
+
+
+@kopf.on.event(*REVIEWS)  # type: ignore[arg-type]  # index kwargs
+async def review_changed(namespace, spec, memo, reviews_by_session, unopened_sessions, **_):
+    """Poke the session a review names, if a review can still decide it."""
+    session = (spec.get("sessionRef") or {}).get("name")
+    target = next(iter(unopened_sessions.get((namespace, session), ())), None)
+    if target is None:
+        return
+    check = reviews_digest(reviews_by_session.get((namespace, session), ()))
+    if target["check"] == check:
+        return
+    await memo.kube.annotate(*SESSIONS, namespace, session, {CHECK_ANNOTATION: check})
+
+
+@kopf.daemon(*SESSIONS, id="approval-deadline", cancellation_timeout=5.0,
+             when=lambda status, **_: _awaiting(status))
+async def approval_deadline(namespace, name, status, memo, stopped, **_):
+    """Poke a waiting session when its request expires, so the gate fails it then."""
+    while not stopped:
+        deadline = (status.get("approval") or {}).get("deadline")
+        if not deadline:
+            return  # not written by this version's gate: the next evaluation writes it
+        remaining = (parse_ts(deadline) - utc_now()).total_seconds() + DEADLINE_MARGIN
+        if remaining > 0:
+            # ``status`` is Kopf's live view: a changed deadline is read on the next round.
+            await stopped.wait(min(remaining, DEADLINE_RECHECK))
+            continue
+        await memo.kube.annotate(*SESSIONS, namespace, name,
+                                 {CHECK_ANNOTATION: f"deadline:{deadline}"})
+        return
+
+
+@kopf.on.update(*SESSIONS, id="approval", field=("metadata", "annotations", CHECK_ANNOTATION))
+async def reconsider(body, **kwargs):
+    """A waiting session was poked: open it, fail it, or let it wait on (the gate decides)."""
+    if not _awaiting(body.get("status") or {}):
+        return  # opened, ended or still being opened by its create handler
+    # The same handler as on creation (Kopf's decorator hides that it is a coroutine).
+    await cast(Awaitable[object], open_lease(body=body, **kwargs))
+
+
+@kopf.on.startup()  # type: ignore[arg-type]  # index kwargs
+async def count_waiting(awaiting_approval, **_):
+    """The gauge reads the index's length at each scrape (from the metrics server's thread,
+    where ``len`` of the index's dict is safe): no count to keep in step."""
+    metrics.AWAITING_APPROVAL.set_function(lambda: len(awaiting_approval))
