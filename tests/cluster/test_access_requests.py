@@ -122,8 +122,14 @@ def bed(tmp_path_factory) -> Iterator[Bed]:
         plane.kubectl("wait", "--for=condition=Established", "--timeout=60s",
                       *(f"crd/{p}.{GROUP}" for p in PLURALS.values()))
         # Established is not yet served: for a moment after it the API server still answers
-        # 503 "Resource kind ... not found" (it says so itself). Served is when a list works.
+        # 503 "Resource kind ... not found" (it says so itself), and the chart's admission
+        # policies keep answering it to creates a while after lists work. Served is when a
+        # list works and a session's create (a dry run) gets through admission.
         custom = kubernetes.client.CustomObjectsApi(plane.api)
+        probe = {"apiVersion": f"{GROUP}/{VERSION}", "kind": "DatabaseSession",
+                 "metadata": {"name": "served-probe"},
+                 "spec": {"user": "probe", "databaseRef": {"name": "db"},
+                          "databaseName": "app"}}
 
         def served() -> bool:
             try:
@@ -134,6 +140,14 @@ def bed(tmp_path_factory) -> Iterator[Bed]:
                 if error.status != 503:
                     raise
                 return False
+            try:
+                custom.create_namespaced_custom_object(GROUP, VERSION, RELEASE_NS,
+                                                       PLURALS["DatabaseSession"], probe,
+                                                       dry_run="All")
+            except ApiException as error:
+                # A policy's refusal (the identity binding's, say) is an answer: it could type
+                # the session.
+                return error.status != 503
             return True
         wait_for("the kinds served", served, TIMEOUT)
         # carol reviews everywhere (pgjit requests -A), the others namespace by namespace.
