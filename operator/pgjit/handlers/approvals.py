@@ -33,6 +33,7 @@ from . import metrics
 from .approval_gate import review_entry
 from .decisions import parse_ts, utc_now
 from .sessions import open_lease
+from .triggers import index
 
 log = logging.getLogger(__name__)
 SESSIONS = (GROUP, VERSION, DatabaseSession.plural)
@@ -44,7 +45,7 @@ DEADLINE_MARGIN = 0.05
 DEADLINE_RECHECK = 60.0
 
 
-@kopf.index(*REVIEWS)
+@index(*REVIEWS)
 def reviews_by_session(namespace, name, uid, spec, meta, **_):
     """Reviews per (namespace, session name): what the gate counts."""
     session = (spec.get("sessionRef") or {}).get("name")
@@ -59,7 +60,7 @@ def _awaiting(status) -> bool:
         ready.get("reason") == Reason.AWAITING_APPROVAL
 
 
-@kopf.index(*SESSIONS)
+@index(*SESSIONS)
 def unopened_sessions(namespace, name, uid, status, meta, **_):
     """Sessions a review may still decide: neither Active nor over, nor being deleted."""
     if status.get("phase") in TERMINAL_PHASES or status.get("phase") == SessionPhase.ACTIVE \
@@ -69,7 +70,7 @@ def unopened_sessions(namespace, name, uid, status, meta, **_):
                                 "check": (meta.get("annotations") or {}).get(CHECK_ANNOTATION)}}
 
 
-@kopf.index(*SESSIONS)
+@index(*SESSIONS)
 def awaiting_approval(namespace, name, status, **_):
     """Sessions waiting for approval, one key each: the gauge is the index's length."""
     return {(namespace, name): True} if _awaiting(status) else {}

@@ -15,7 +15,6 @@ from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from typing import TypeVar
 
-import kopf
 from pydantic import ValidationError
 
 from .. import GROUP, VERSION
@@ -25,6 +24,7 @@ from ..api.labels import ObjectLabelRule
 from ..api.role import Role
 from ..api.session import DatabaseSession
 from ..vocabulary import TERMINAL_PHASES, SessionPhase
+from .triggers import index
 
 log = logging.getLogger(__name__)
 
@@ -55,7 +55,7 @@ def _parse(model: type[M], body) -> M | None:
         return None
 
 
-@kopf.index(GROUP, VERSION, Role.plural)
+@index(GROUP, VERSION, Role.plural)
 def roles_by_namespace(namespace, body, **_):
     """Each namespace's Roles, parsed once per change. An invalid one is left out: it grants
     nothing and stops nothing, its own status says why (handlers/roles.py)."""
@@ -63,7 +63,7 @@ def roles_by_namespace(namespace, body, **_):
     return {namespace: role} if role is not None else {}
 
 
-@kopf.index(GROUP, VERSION, ObjectLabelRule.plural)
+@index(GROUP, VERSION, ObjectLabelRule.plural)
 def label_rules_by_namespace(namespace, body, **_):
     """Each namespace's ObjectLabelRules, parsed; an invalid one gives no labels."""
     rule = _parse(ObjectLabelRule, body)
@@ -75,7 +75,7 @@ def valid_roles(roles_by_namespace: Mapping[str, Iterable[Role]], namespace: str
     return list(roles_by_namespace.get(namespace, ()))
 
 
-@kopf.index(GROUP, VERSION, Database.plural)
+@index(GROUP, VERSION, Database.plural)
 def databases_by_name(namespace, name, body, **_):
     """Each Database, parsed once per change (its status included)."""
     try:
@@ -91,7 +91,7 @@ def database_in(databases_by_name: Mapping[tuple[str, str], Iterable[Database | 
     return next(iter(databases_by_name.get((namespace, name), ())), None)
 
 
-@kopf.index(GROUP, VERSION, DatabaseSession.plural)
+@index(GROUP, VERSION, DatabaseSession.plural)
 def live_sessions_by_database(namespace, name, uid, spec, status, **_):
     """Sessions that hold (or are about to hold) a lease: every one not in a terminal phase."""
     if status.get("phase") in TERMINAL_PHASES:
@@ -99,7 +99,7 @@ def live_sessions_by_database(namespace, name, uid, spec, status, **_):
     return {(namespace, spec.get("databaseRef", {}).get("name")): session_id(namespace, name, uid)}
 
 
-@kopf.index(GROUP, VERSION, DatabaseSession.plural)
+@index(GROUP, VERSION, DatabaseSession.plural)
 def active_sessions_by_user(namespace, name, spec, status, **_):
     """Active sessions per (namespace, user): where a shared user's password lives.
 
@@ -112,7 +112,7 @@ def active_sessions_by_user(namespace, name, spec, status, **_):
                                             spec.get("databaseRef", {}).get("name"))}
 
 
-@kopf.index(GROUP, VERSION, DatabaseSession.plural)
+@index(GROUP, VERSION, DatabaseSession.plural)
 def active_sessions_by_database(namespace, spec, status, body, **_):
     """Active sessions per (namespace, Database), parsed: what each Database's lease loop
     watches. One that does not parse is left out (it cannot have been opened as such)."""
