@@ -6,7 +6,10 @@ while it waits and the handler is done. Two things bring it back, each by changi
 
 - a review of it is created (or deleted): the event handler on reviews writes a digest of the
   session's reviews, so the same reviews never poke twice (a restart lists them all again);
-- its deadline passes: a daemon per waiting session sleeps until ``status.approval.deadline``.
+- its deadline passes: the lease loop of the session's Database (lease_loop.py) pokes it once
+  ``status.approval.deadline`` is behind it (:func:`poke_expired_requests`). Not a Kopf daemon
+  per session: a kind with daemons makes Kopf keep every object's latest body in memory, and
+  check its daemons on every event of every session, waiting or not.
 
 The handler then re-runs the opening, which re-reads every review from the index: one writer
 of the session's status (Kopf serializes one object's handlers), and no state in memory. The
@@ -21,6 +24,8 @@ from __future__ import annotations
 
 import hashlib
 import logging
+from dataclasses import dataclass
+from datetime import datetime, timedelta
 from typing import Awaitable, cast
 
 import kopf
@@ -31,7 +36,7 @@ from ..api.session import DatabaseSession
 from ..vocabulary import TERMINAL_PHASES, Reason, SessionPhase
 from . import metrics
 from .approval_gate import review_entry
-from .decisions import parse_ts, utc_now
+from .decisions import parse_ts
 from .sessions import open_lease
 from .triggers import index
 
@@ -40,9 +45,7 @@ SESSIONS = (GROUP, VERSION, DatabaseSession.plural)
 REVIEWS = (GROUP, VERSION, DatabaseSessionReview.plural)
 CHECK_ANNOTATION = "approval.pgjit.dev/check"
 #: Past the deadline by this much before poking: creation timestamps have whole seconds.
-DEADLINE_MARGIN = 0.05
-#: Longest sleep before the deadline is read again (a Role changed meanwhile may move it).
-DEADLINE_RECHECK = 60.0
+DEADLINE_MARGIN = timedelta(seconds=0.05)
 
 
 @index(*REVIEWS)
@@ -70,10 +73,53 @@ def unopened_sessions(namespace, name, uid, status, meta, **_):
                                 "check": (meta.get("annotations") or {}).get(CHECK_ANNOTATION)}}
 
 
+@dataclass(frozen=True)
+class Waiting:
+    """A session waiting for approval: its Database (whose lease loop watches the deadline)
+    and the deadline its gate wrote (None until it has)."""
+
+    database: str
+    deadline: str | None
+
+
 @index(*SESSIONS)
-def awaiting_approval(namespace, name, status, **_):
+def awaiting_approval(namespace, name, spec, status, **_):
     """Sessions waiting for approval, one key each: the gauge is the index's length."""
-    return {(namespace, name): True} if _awaiting(status) else {}
+    if not _awaiting(status):
+        return {}
+    return {(namespace, name): Waiting((spec.get("databaseRef") or {}).get("name"),
+                                       (status.get("approval") or {}).get("deadline"))}
+
+
+def _deadline_check(deadline: str) -> str:
+    return f"deadline:{deadline}"
+
+
+def expired_requests(awaiting_approval, unopened_sessions, namespace: str, database: str,
+                     now: datetime) -> list[tuple[str, str]]:
+    """The waiting sessions of a Database whose deadline has passed and that were not poked for
+    it yet: (session name, the check to write)."""
+    due = []
+    for (ns, name), entries in list(awaiting_approval.items()):
+        waiting = next(iter(entries), None)
+        if ns != namespace or waiting is None or waiting.database != database or \
+                not waiting.deadline or parse_ts(waiting.deadline) + DEADLINE_MARGIN > now:
+            continue
+        check = _deadline_check(waiting.deadline)
+        target = next(iter(unopened_sessions.get((ns, name), ())), None)
+        if target is not None and target["check"] != check:
+            due.append((name, check))
+    return due
+
+
+async def poke_expired_requests(memo, namespace: str, database: str, awaiting_approval,
+                                unopened_sessions, now: datetime) -> None:
+    """Poke each waiting session of the Database whose request expired: its gate then fails it
+    (``ApprovalExpired``). The poke is the annotation, so a session is poked once per deadline
+    (a restart sees the annotation in the index)."""
+    for name, check in expired_requests(awaiting_approval, unopened_sessions, namespace,
+                                        database, now):
+        await memo.kube.annotate(*SESSIONS, namespace, name, {CHECK_ANNOTATION: check})
 
 
 def reviews_digest(entries) -> str:
@@ -93,24 +139,6 @@ async def review_changed(namespace, spec, memo, reviews_by_session, unopened_ses
     if target["check"] == check:
         return
     await memo.kube.annotate(*SESSIONS, namespace, session, {CHECK_ANNOTATION: check})
-
-
-@kopf.daemon(*SESSIONS, id="approval-deadline", cancellation_timeout=5.0,
-             when=lambda status, **_: _awaiting(status))
-async def approval_deadline(namespace, name, status, memo, stopped, **_):
-    """Poke a waiting session when its request expires, so the gate fails it then."""
-    while not stopped:
-        deadline = (status.get("approval") or {}).get("deadline")
-        if not deadline:
-            return  # not written by this version's gate: the next evaluation writes it
-        remaining = (parse_ts(deadline) - utc_now()).total_seconds() + DEADLINE_MARGIN
-        if remaining > 0:
-            # ``status`` is Kopf's live view: a changed deadline is read on the next round.
-            await stopped.wait(min(remaining, DEADLINE_RECHECK))
-            continue
-        await memo.kube.annotate(*SESSIONS, namespace, name,
-                                 {CHECK_ANNOTATION: f"deadline:{deadline}"})
-        return
 
 
 @kopf.on.update(*SESSIONS, id="approval", field=("metadata", "annotations", CHECK_ANNOTATION))

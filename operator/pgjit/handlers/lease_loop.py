@@ -16,6 +16,7 @@ from ..core.traits import user_traits
 from ..vocabulary import Reason, SessionPhase
 from .decisions import (Outcome, database_for, decide, load_traits_data,
                         set_session_conditions, ts, utc_now)
+from .approvals import poke_expired_requests
 from .ending import end_lease
 from .indexes import body_of, database_in
 from .status import written
@@ -25,9 +26,11 @@ log = logging.getLogger(__name__)
 
 async def supervise_leases(namespace: str, database_name: str, memo, stopped,
                            active_sessions_by_database, databases_by_name,
-                           roles_by_namespace, *, live_sessions_by_database) -> None:
+                           roles_by_namespace, *, live_sessions_by_database,
+                           awaiting_approval=None, unopened_sessions=None) -> None:
     """End a Database's Active sessions at expiresAt, or when no Role allows them any more, and
-    keep the Database's ``activeSessions`` (the SESSIONS column) following its sessions.
+    keep the Database's ``activeSessions`` (the SESSIONS column) following its sessions; poke
+    its sessions whose access request expired while they waited for approval (approvals.py).
 
     One loop per Database rather than one Kopf daemon per session: the work per tick is a
     pass over the Database's Active sessions in the index, and memory does not grow with a
@@ -60,7 +63,20 @@ async def supervise_leases(namespace: str, database_name: str, memo, stopped,
         for name in [n for n, task in ending.items() if task.done() and n not in still_active]:
             ending.pop(name)
         await count.follow(memo, databases_by_name, live_sessions_by_database)
+        if awaiting_approval is not None:
+            await _poke_expired_requests(memo, namespace, database_name, awaiting_approval,
+                                         unopened_sessions or {}, now)
         await stopped.wait(memo.settings.expiry_tick_seconds)
+
+
+async def _poke_expired_requests(memo, namespace, database_name, awaiting_approval,
+                                 unopened_sessions, now) -> None:
+    try:
+        await poke_expired_requests(memo, namespace, database_name, awaiting_approval,
+                                    unopened_sessions, now)
+    except Exception as error:  # noqa: BLE001 - the API server may be away; the next tick retries
+        log.warning("[%s/%s] poking sessions whose access request expired failed: %s",
+                    namespace, database_name, error)
 
 
 class _SessionCount:

@@ -10,7 +10,7 @@ import kopf
 import pytest
 from prometheus_client import REGISTRY
 
-from pgjit.handlers import approvals, metrics, sessions
+from pgjit.handlers import approvals, lease_loop, metrics, sessions
 
 from .fakes import (NAMESPACE, Stopped, World, database_body, eventually, now, review_body,
                     role_body, session_body, ts)
@@ -301,41 +301,63 @@ def awaiting_status(deadline) -> dict:
             "conditions": [{"type": "Ready", "status": "False", "reason": "AwaitingApproval"}]}
 
 
-async def test_the_deadline_daemon_pokes_the_session_when_the_request_expires(world: World):
+def waiting_indexes(body: dict, check: str | None = None) -> tuple[dict, dict]:
+    """The awaiting and unopened indexes as Kopf would hold them for one waiting session."""
+    meta = body["metadata"]
+    awaiting = approvals.awaiting_approval(namespace=NAMESPACE, name=meta["name"],
+                                           spec=body["spec"], status=body["status"])
+    unopened = {(NAMESPACE, meta["name"]): [{"uid": meta["uid"], "check": check}]}
+    return {key: [value] for key, value in awaiting.items()}, unopened
+
+
+def test_a_request_is_due_once_its_deadline_is_behind_it():
+    deadline = now().replace(microsecond=0) - timedelta(seconds=1)
+    body = session(status=awaiting_status(deadline))
+    awaiting, unopened = waiting_indexes(body)
+    check = f"deadline:{ts(deadline)}"
+    assert approvals.expired_requests(awaiting, unopened, NAMESPACE, "orders", now()) == [
+        (SESSION, check)]
+    # Not before the deadline, not for another Database or namespace, not twice.
+    assert approvals.expired_requests(awaiting, unopened, NAMESPACE, "orders",
+                                      deadline - timedelta(seconds=1)) == []
+    assert approvals.expired_requests(awaiting, unopened, NAMESPACE, "billing", now()) == []
+    assert approvals.expired_requests(awaiting, unopened, "other", "orders", now()) == []
+    poked = waiting_indexes(body, check=check)
+    assert approvals.expired_requests(*poked, NAMESPACE, "orders", now()) == []
+    # Being deleted (no longer in the unopened index): nothing to poke.
+    assert approvals.expired_requests(awaiting, {}, NAMESPACE, "orders", now()) == []
+
+
+async def test_the_lease_loop_pokes_a_waiting_session_when_its_request_expires(world: World):
     deadline = now().replace(microsecond=0) + timedelta(seconds=1)
+    awaiting, unopened = waiting_indexes(session(status=awaiting_status(deadline)))
     stopped = Stopped()
-    task = asyncio.create_task(approvals.approval_deadline(
-        namespace=NAMESPACE, name=SESSION, status=awaiting_status(deadline), memo=world.memo,
-        stopped=stopped))
+    task = asyncio.create_task(lease_loop.supervise_leases(
+        NAMESPACE, "orders", world.memo, stopped, {}, world.databases_by_name,
+        world.roles_by_namespace, live_sessions_by_database={},
+        awaiting_approval=awaiting, unopened_sessions=unopened))
     try:
         await asyncio.sleep(0)
         assert world.kube.annotations == []  # not before the deadline
-        await eventually(lambda: task.done(), what="the poke at the deadline")
+        await eventually(lambda: task.done() or world.kube.annotations,
+                         what="the poke at the deadline")
+        assert not task.done()
         assert now() >= deadline
-        assert world.kube.annotations == [("databasesessions", NAMESPACE, SESSION,
-                                           {approvals.CHECK_ANNOTATION:
-                                            f"deadline:{ts(deadline)}"})]
+        expected = ("databasesessions", NAMESPACE, SESSION,
+                    {approvals.CHECK_ANNOTATION: f"deadline:{ts(deadline)}"})
+        assert world.kube.annotations == [expected]
     finally:
         stopped.stop()
-
-
-async def test_the_deadline_daemon_stops_without_poking_when_told_to(world: World):
-    stopped = Stopped()
-    task = asyncio.create_task(approvals.approval_deadline(
-        namespace=NAMESPACE, name=SESSION, status=awaiting_status(now() + timedelta(hours=1)),
-        memo=world.memo, stopped=stopped))
-    await asyncio.sleep(0)
-    stopped.stop()
-    await asyncio.wait_for(task, 5)
-    assert world.kube.annotations == []
+        await asyncio.wait_for(task, 5)
 
 
 def test_which_sessions_wait_and_which_a_review_may_still_decide():
     waiting = session(status=awaiting_status(now()))
     meta = waiting["metadata"]
-    assert approvals.awaiting_approval(namespace=NAMESPACE, name=SESSION,
-                                       status=waiting["status"]) == {(NAMESPACE, SESSION): True}
-    assert approvals.awaiting_approval(namespace=NAMESPACE, name=SESSION,
+    assert approvals.awaiting_approval(
+        namespace=NAMESPACE, name=SESSION, spec=waiting["spec"], status=waiting["status"]) == {
+        (NAMESPACE, SESSION): approvals.Waiting("orders", waiting["status"]["approval"]["deadline"])}
+    assert approvals.awaiting_approval(namespace=NAMESPACE, name=SESSION, spec=waiting["spec"],
                                        status={"phase": "Pending"}) == {}
     assert approvals.unopened_sessions(namespace=NAMESPACE, name=SESSION, uid=meta["uid"],
                                        status={}, meta=meta) == {
