@@ -78,7 +78,7 @@ class Waiting:
     """A session waiting for approval: its Database (whose lease loop watches the deadline)
     and the deadline its gate wrote (None until it has)."""
 
-    database: str
+    database: str | None
     deadline: str | None
 
 
