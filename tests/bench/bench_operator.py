@@ -436,6 +436,32 @@ def signal_snapshot(operator: Operator, path: Path, timeout: float = 300) -> Pat
     return snapshot
 
 
+#: The chart's policies on DatabaseSessions, as `helm install` puts them in a cluster that
+#: serves MutatingAdmissionPolicy: what every session goes through where users run pgjit.
+SESSION_POLICIES = ("templates/session-finalizer.yaml", "templates/session-database-label.yaml")
+
+
+def apply_session_admission(cp: ControlPlane, kubectl: list[str], root: Path, custom) -> None:
+    """Apply the chart's session admission policies and wait until they act on a session."""
+    rendered = subprocess.run(
+        [str(cp.binaries.helm), "template", "pgjit", str(root / "charts" / "pgjit"),
+         "--namespace", "pgjit-system", "--api-versions",
+         "admissionregistration.k8s.io/v1/MutatingAdmissionPolicy",
+         *(arg for template in SESSION_POLICIES for arg in ("--show-only", template))],
+        check=True, capture_output=True, text=True).stdout
+    subprocess.run([*kubectl, "apply", "-f", "-"], input=rendered, check=True,
+                   capture_output=True, text=True)
+    deadline = time.monotonic() + 60
+    while True:
+        probe = custom.create_namespaced_custom_object(
+            GROUP, VERSION, NS, PLURAL, session_body("admission-probe", "probe"), dry_run="All")
+        if probe["metadata"].get("finalizers") and probe["metadata"].get("labels"):
+            return
+        if time.monotonic() > deadline:
+            raise TimeoutError("the chart's session admission policies never acted")
+        time.sleep(0.5)
+
+
 def ms(seconds: float, n: int) -> str:
     return f"{seconds * 1000 / n:.1f}"
 
@@ -450,6 +476,9 @@ def main() -> int:
     parser.add_argument("--no-secret-access", action="store_true",
                         help="run the operator with PGJIT_SECRET_ACCESS=false (no per-session "
                         "Role and RoleBinding), to measure what credential access costs")
+    parser.add_argument("--no-admission", action="store_true",
+                        help="leave out the chart's session admission policies (the finalizer "
+                        "and the pgjit.dev/database label), to measure what they save or cost")
     parser.add_argument("--profile", action="store_true",
                         help="py-spy the operator over one burst, then tracemalloc a second "
                         "operator between 0 and N live sessions (both slow the operator: the "
@@ -489,6 +518,8 @@ def main() -> int:
         custom = kubernetes.client.CustomObjectsApi(api)
         raw = Api(cp)
         core.create_namespace({"metadata": {"name": NS}})
+        if not args.no_admission:
+            apply_session_admission(cp, kubectl, root, custom)
         core.create_namespaced_secret(NS, {"metadata": {"name": "admin"},
                                            "stringData": {"password": pg.admin_password}})
         custom.create_namespaced_custom_object(GROUP, VERSION, NS, "databases", {
@@ -665,7 +696,8 @@ def main() -> int:
     lines += ["", f"Run {started_at:%Y-%m-%d %H:%M} UTC on {os.cpu_count()} CPUs, load average "
               f"{load_before[0]:.1f} at the start, {load_after[0]:.1f} at the end "
               f"(1-minute); SCRAM iterations {args.scram_iterations}, {args.clients} client "
-              f"threads, credential access {'off' if args.no_secret_access else 'on'}."]
+              f"threads, credential access {'off' if args.no_secret_access else 'on'}, the "
+              f"chart's session admission policies {'left out' if args.no_admission else 'in'}."]
     report_text = "\n".join(lines)
     out = root / ".cache" / "bench"
     out.mkdir(parents=True, exist_ok=True)

@@ -283,6 +283,36 @@ def test_session_database_label_policies(helm) -> None:
     assert one(served, "MutatingAdmissionPolicyBinding", name)["spec"]["policyName"] == name
 
 
+MUTATING = ["--api-versions", "admissionregistration.k8s.io/v1/MutatingAdmissionPolicy"]
+
+
+def test_session_finalizer_policy(helm) -> None:
+    """pgjit's finalizer set at admission, so the operator opens a session on its first event
+    instead of first patching the finalizer on: only where every matched session is served."""
+    from pgjit.handlers.settings import FINALIZER
+
+    name = "pgjit-session-finalizer"
+    assert find(helm.render(), "MutatingAdmissionPolicy", name) == []
+    policy = one(helm.render(extra=MUTATING), "MutatingAdmissionPolicy", name)["spec"]
+    # Kopf adds the finalizer itself when the policy cannot run: never a refusal.
+    assert policy["failurePolicy"] == "Ignore"
+    [rule] = policy["matchConstraints"]["resourceRules"]
+    assert (rule["resources"], rule["operations"]) == (["databasesessions"], ["CREATE"])
+    assert "namespaceSelector" not in policy["matchConstraints"]  # cluster-wide: every one
+    # The operator's own finalizer, spelled once (handlers/settings.py).
+    assert f'"{FINALIZER}"' in policy["mutations"][0]["jsonPatch"]["expression"]
+    assert f"'{FINALIZER}'" in policy["matchConditions"][0]["expression"]
+    namespaced = one(helm.render(NAMESPACED, extra=MUTATING), "MutatingAdmissionPolicy", name)
+    assert namespaced["spec"]["matchConstraints"]["namespaceSelector"] == {"matchExpressions": [
+        {"key": "kubernetes.io/metadata.name", "operator": "In", "values": ["team-a", "team-b"]}]}
+    # A shard serves a session only if its Database's labels match, which admission cannot see:
+    # a finalizer that no shard removes would keep the session from being deleted.
+    sharded = helm.render({"shard.databaseSelector": {"matchLabels": {"tier": "a"}}},
+                          extra=MUTATING)
+    assert find(sharded, "MutatingAdmissionPolicy", name) == []
+    assert find(sharded, "MutatingAdmissionPolicy", "pgjit-session-database-label")
+
+
 def test_image_tag_and_digest(helm) -> None:
     [container] = one(helm.render({"image.tag": "0.2.0"}), "Deployment")["spec"]["template"][
         "spec"]["containers"]

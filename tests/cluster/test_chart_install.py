@@ -174,6 +174,18 @@ def grant_credentials_read(api: kubernetes.client.ApiClient, namespace: str, sec
         "subjects": [{"apiGroup": "rbac.authorization.k8s.io", "kind": "User", "name": user}]})
 
 
+def admitted_finalizers(plane, namespace: str) -> list[str]:
+    """The finalizers a new session in ``namespace`` gets at admission (a dry run: admission
+    runs, nothing is stored, and no operator has seen it)."""
+    created = kubernetes.client.CustomObjectsApi(plane.api).create_namespaced_custom_object(
+        GROUP, VERSION, namespace, PLURALS["DatabaseSession"],
+        {"apiVersion": f"{GROUP}/{VERSION}", "kind": "DatabaseSession",
+         "metadata": {"name": f"admission-{token()}"},
+         "spec": {"user": "probe", "databaseRef": {"name": "db"}, "databaseName": "app"}},
+        dry_run="All")
+    return created["metadata"].get("finalizers") or []
+
+
 @pytest.fixture(scope="module")
 def plane(tmp_path_factory):
     plane = Plane(tmp_path_factory.mktemp("chart-plane"))
@@ -221,6 +233,16 @@ def test_install_cluster_wide(plane, story):
     with pytest.raises(ApiException) as refused:
         plane.core.create_namespaced_pod(RELEASE_NS, body, dry_run="All")
     assert refused.value.status == 403 and "restricted" in refused.value.body
+
+
+def test_admission_puts_the_finalizer_on_sessions(plane, story):
+    """The chart's MutatingAdmissionPolicy: a session carries the operator's finalizer from its
+    creation, so the operator opens it on its first event (no finalizer PATCH first)."""
+    # The API server types a new CRD's objects for policies a moment after it serves them;
+    # until then the policy is skipped (failurePolicy Ignore) and Kopf adds the finalizer.
+    wait_for("the finalizer policy in effect",
+             lambda: FINALIZER in admitted_finalizers(plane, RELEASE_NS), 60)
+    assert admitted_finalizers(plane, RELEASE_NS).count(FINALIZER) == 1
 
 
 def test_session_lifecycle_under_the_chart_identity_cluster_wide(plane, story, postgres16):
@@ -314,6 +336,15 @@ def test_upgrade_to_namespaced_mode(plane, story):
     assert deployment["metadata"]["generation"] > revision_before
     args = deployment["spec"]["template"]["spec"]["containers"][0]["args"]
     assert f"--namespace={story.team_a}" in args and "--all-namespaces" not in args
+
+
+def test_namespaced_release_finalizes_only_its_own_namespaces(plane, story):
+    # A finalizer in a namespace no operator watches would keep that session from going. The
+    # API server picks up the upgraded policy (now with a namespaceSelector) a moment later.
+    wait_for("the upgraded finalizer policy in effect",
+             lambda: FINALIZER not in admitted_finalizers(plane, RELEASE_NS), 60)
+    for namespace in (story.team_a, story.team_b):
+        assert FINALIZER in admitted_finalizers(plane, namespace)
 
 
 def test_session_lifecycle_under_the_chart_identity_namespaced(plane, story, postgres16):
