@@ -13,7 +13,6 @@ from ..api.session import DatabaseSession, DatabaseSessionStatus
 from ..core import policy
 from ..core.boundaries import exact_names
 from ..core.object_labels import assignments_for
-from ..core.certificates import issue_client_certificate
 from ..core.credential_access import secret_reader_binding, secret_reader_role
 from ..core.credentials_secret import (ConnectionTarget, certificate_secret_data,
                                        iam_secret_data, password_secret_data, secret_annotations,
@@ -190,6 +189,10 @@ async def _credentials(plan: Plan, username: str, password: str | None, memo,
                       "the client CA Secret of the Database "
                       "(credentials.clientCASecretRef, keys tls.crt and tls.key) is missing",
                       retry=30)
+    # Imported here, not at the top: `cryptography` is 8 MB of RSS that an operator whose
+    # Databases hand out passwords never needs (README, Performance).
+    from ..core.certificates import issue_client_certificate
+
     try:
         issued = issue_client_certificate(ca["tls.crt"], ca["tls.key"], username, expires_at)
     except ValueError as exc:
