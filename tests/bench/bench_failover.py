@@ -24,11 +24,9 @@ A benchmark, not a test: it prints the figures and writes them to .cache/bench/f
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import signal
 import statistics
-import subprocess
 import sys
 import tempfile
 import time
@@ -38,7 +36,9 @@ from pathlib import Path
 import kubernetes
 
 HERE = Path(__file__).resolve().parent
-sys.path[:0] = [str(HERE.parent / "faults"), str(HERE.parent / "cluster")]
+sys.path[:0] = [str(HERE), str(HERE.parent / "faults"), str(HERE.parent / "cluster")]
+
+from bench_operator import install_crds, write_report  # noqa: E402
 
 from faultkit import DEFAULT_TIMINGS, RELEASE_NS, OperatorPod, Pods  # noqa: E402
 from operatorkit import wait_for  # noqa: E402
@@ -187,12 +187,7 @@ def main() -> int:
     root = find_repo_root()
     with ControlPlane() as cp, start_postgres("16", workdir / "pg16") as pg:
         prepare_demo_postgres(pg, dbname="app", table="items")
-        kubectl = [str(cp.binaries.kubectl), f"--kubeconfig={cp.kubeconfig()}"]
-        subprocess.run([*kubectl, "apply", "--server-side", "-f", str(root / "crds")],
-                       check=True, capture_output=True)
-        subprocess.run([*kubectl, "wait", "--for=condition=Established", "--timeout=60s",
-                        "crd/databases.pgjit.dev", "crd/roles.pgjit.dev",
-                        "crd/databasesessions.pgjit.dev"], check=True, capture_output=True)
+        install_crds(cp, root)
         bench = Bench(cp, pg, workdir)
         bench.setup()
         pods = bench.pods(probe=True)
@@ -230,10 +225,7 @@ def main() -> int:
                      results["handover"])
     text = "\n".join(lines)
     print("\n" + text)
-    out = root / ".cache" / "bench"
-    out.mkdir(parents=True, exist_ok=True)
-    (out / "failover.md").write_text(text + "\n")
-    (out / "failover.json").write_text(json.dumps(results, indent=2) + "\n")
+    write_report(root, "failover", text, results)
     return 0
 
 

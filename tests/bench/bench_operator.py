@@ -462,6 +462,42 @@ def apply_session_admission(cp: ControlPlane, kubectl: list[str], root: Path, cu
         time.sleep(0.5)
 
 
+#: The kinds whose CRDs every bench waits for before it starts.
+BENCH_CRDS = ("databases", "roles", "databasesessions")
+
+
+def install_crds(cp: ControlPlane, root: Path) -> list[str]:
+    """Apply the repository's CRDs and wait until they are Established; kubectl for ``cp``."""
+    kubectl = [str(cp.binaries.kubectl), f"--kubeconfig={cp.kubeconfig()}"]
+    subprocess.run([*kubectl, "apply", "--server-side", "-f", str(root / "crds")], check=True,
+                   capture_output=True)
+    subprocess.run([*kubectl, "wait", "--for=condition=Established", "--timeout=60s",
+                    *(f"crd/{plural}.{GROUP}" for plural in BENCH_CRDS)],
+                   check=True, capture_output=True)
+    return kubectl
+
+
+def bench_namespace(cp: ControlPlane, pg, clients: int):
+    """The bench's client (two connections per client thread), its namespace and the admin's
+    password Secret there: (api client, CoreV1Api, CustomObjectsApi)."""
+    api = kubernetes.config.new_client_from_config(config_file=str(cp.kubeconfig()))
+    api.configuration.connection_pool_maxsize = clients * 2
+    core, custom = kubernetes.client.CoreV1Api(api), kubernetes.client.CustomObjectsApi(api)
+    core.create_namespace({"metadata": {"name": NS}})
+    core.create_namespaced_secret(NS, {"metadata": {"name": "admin"},
+                                       "stringData": {"password": pg.admin_password}})
+    return api, core, custom
+
+
+def write_report(root: Path, stem: str, text: str, data) -> None:
+    """``.cache/bench/<stem>.md``, and the raw figures as ``<stem>.json`` for re-reading a run
+    without re-running it."""
+    out = root / ".cache" / "bench"
+    out.mkdir(parents=True, exist_ok=True)
+    (out / f"{stem}.md").write_text(text + "\n")
+    (out / f"{stem}.json").write_text(json.dumps(data, indent=1) + "\n")
+
+
 def ms(seconds: float, n: int) -> str:
     return f"{seconds * 1000 / n:.1f}"
 
@@ -506,22 +542,11 @@ def main() -> int:
     with ControlPlane() as cp, start_postgres("16", workdir / "pg16",
                                               settings={"max_connections": "200"}) as pg:
         prepare_demo_postgres(pg, dbname="app", table="items")
-        kubectl = [str(cp.binaries.kubectl), f"--kubeconfig={cp.kubeconfig()}"]
-        subprocess.run([*kubectl, "apply", "--server-side", "-f", str(root / "crds")], check=True,
-                       capture_output=True)
-        subprocess.run([*kubectl, "wait", "--for=condition=Established", "--timeout=60s",
-                        "crd/databases.pgjit.dev", "crd/roles.pgjit.dev",
-                        "crd/databasesessions.pgjit.dev"], check=True, capture_output=True)
-        api = kubernetes.config.new_client_from_config(config_file=str(cp.kubeconfig()))
-        api.configuration.connection_pool_maxsize = args.clients * 2
-        core = kubernetes.client.CoreV1Api(api)
-        custom = kubernetes.client.CustomObjectsApi(api)
+        kubectl = install_crds(cp, root)
+        api, core, custom = bench_namespace(cp, pg, args.clients)
         raw = Api(cp)
-        core.create_namespace({"metadata": {"name": NS}})
         if not args.no_admission:
             apply_session_admission(cp, kubectl, root, custom)
-        core.create_namespaced_secret(NS, {"metadata": {"name": "admin"},
-                                           "stringData": {"password": pg.admin_password}})
         custom.create_namespaced_custom_object(GROUP, VERSION, NS, "databases", {
             "apiVersion": f"{GROUP}/{VERSION}", "kind": "Database",
             "metadata": {"name": "db", "labels": {"env": "bench"}},
@@ -699,15 +724,11 @@ def main() -> int:
               f"threads, credential access {'off' if args.no_secret_access else 'on'}, the "
               f"chart's session admission policies {'left out' if args.no_admission else 'in'}."]
     report_text = "\n".join(lines)
-    out = root / ".cache" / "bench"
-    out.mkdir(parents=True, exist_ok=True)
-    name = "operator-profile.md" if args.profile else (
-        "operator-no-secret-access.md" if args.no_secret_access else "operator.md")
-    (out / name).write_text(report_text + "\n")
-    # The raw figures, for re-reading a run without re-running it.
-    (out / name).with_suffix(".json").write_text(json.dumps(_jsonable(
+    stem = "operator-profile" if args.profile else (
+        "operator-no-secret-access" if args.no_secret_access else "operator")
+    write_report(root, stem, report_text, _jsonable(
         {"results": results, "sizes_at_rest": sizes_at_rest, "base_rss": base_rss,
-         "idle_cpu": idle_cpu}), indent=1))
+         "idle_cpu": idle_cpu}))
     print(report_text)
     return 0
 

@@ -19,7 +19,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import subprocess
 import sys
 import tempfile
 import threading
@@ -28,14 +27,14 @@ from concurrent.futures import ThreadPoolExecutor
 from datetime import UTC, datetime
 from pathlib import Path
 
-import kubernetes
 import psycopg
 
 HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE))
 
 from bench_operator import (GROUP, NS, PLURAL, VERSION, Operator, PhaseWatch,  # noqa: E402
-                            rss_mb, session_body, settle)
+                            bench_namespace, install_crds, rss_mb, session_body, settle,
+                            write_report)
 from pgjit.devstack.controlplane import ControlPlane  # noqa: E402
 from pgjit.devstack.kube_binaries import find_repo_root  # noqa: E402
 from pgjit.devstack.postgres import start_postgres  # noqa: E402
@@ -126,18 +125,8 @@ def main() -> int:
     with ControlPlane() as cp, start_postgres("16", workdir / "pg16",
                                               settings={"max_connections": "200"}) as pg:
         prepare_demo_postgres(pg, dbname="app", table="items")
-        kubectl = [str(cp.binaries.kubectl), f"--kubeconfig={cp.kubeconfig()}"]
-        subprocess.run([*kubectl, "apply", "--server-side", "-f", str(root / "crds")],
-                       check=True, capture_output=True)
-        subprocess.run([*kubectl, "wait", "--for=condition=Established", "--timeout=60s",
-                        "crd/databases.pgjit.dev", "crd/databasesessions.pgjit.dev"],
-                       check=True, capture_output=True)
-        api = kubernetes.config.new_client_from_config(config_file=str(cp.kubeconfig()))
-        api.configuration.connection_pool_maxsize = args.clients * 2
-        core, custom = kubernetes.client.CoreV1Api(api), kubernetes.client.CustomObjectsApi(api)
-        core.create_namespace({"metadata": {"name": NS}})
-        core.create_namespaced_secret(NS, {"metadata": {"name": "admin"},
-                                           "stringData": {"password": pg.admin_password}})
+        install_crds(cp, root)
+        api, core, custom = bench_namespace(cp, pg, args.clients)
         custom.create_namespaced_custom_object(GROUP, VERSION, NS, "databases", {
             "apiVersion": f"{GROUP}/{VERSION}", "kind": "Database",
             "metadata": {"name": "db", "labels": {"env": "bench"}},
@@ -201,11 +190,7 @@ def main() -> int:
              "- seconds to open each wave: " + ", ".join(f"{w['open_s']:.0f}" for w in waves)]
     text = "\n".join(lines)
     print("\n" + text)
-    out = root / ".cache" / "bench"
-    out.mkdir(parents=True, exist_ok=True)
-    (out / "soak.md").write_text(text + "\n")
-    (out / "soak.json").write_text(json.dumps({"waves": waves, "samples": sampler.samples},
-                                              indent=2) + "\n")
+    write_report(root, "soak", text, {"waves": waves, "samples": sampler.samples})
     return 0
 
 
