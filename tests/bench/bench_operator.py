@@ -489,6 +489,16 @@ def bench_namespace(cp: ControlPlane, pg, clients: int):
     return api, core, custom
 
 
+def create_bench_role(custom, database_selector: dict, database_names: list[str]) -> None:
+    """The Role every bench session is opened under: group ``bench`` gets ``reader``."""
+    custom.create_namespaced_custom_object(GROUP, VERSION, NS, "roles", {
+        "apiVersion": f"{GROUP}/{VERSION}", "kind": "Role", "metadata": {"name": "bench"},
+        "spec": {"subjects": [{"kind": "Group", "name": "bench"}],
+                 "userProvisioning": "best_effort_drop",
+                 "allow": {"databaseSelector": database_selector,
+                           "databaseNames": database_names, "databaseRoles": ["reader"]}}})
+
+
 def write_report(root: Path, stem: str, text: str, data) -> None:
     """``.cache/bench/<stem>.md``, and the raw figures as ``<stem>.json`` for re-reading a run
     without re-running it."""
@@ -553,12 +563,7 @@ def main() -> int:
             "spec": {"host": pg.host, "port": pg.port, "admin": {
                 "username": pg.admin_user, "passwordSecretRef": {"name": "admin", "key": "password"}},
                 "credentials": {"scramIterations": args.scram_iterations}}})
-        custom.create_namespaced_custom_object(GROUP, VERSION, NS, "roles", {
-            "apiVersion": f"{GROUP}/{VERSION}", "kind": "Role", "metadata": {"name": "bench"},
-            "spec": {"subjects": [{"kind": "Group", "name": "bench"}],
-                     "userProvisioning": "best_effort_drop",
-                     "allow": {"databaseSelector": {}, "databaseNames": ["*"],
-                               "databaseRoles": ["reader"]}}})
+        create_bench_role(custom, {}, ["*"])
         operator = Operator(cp, workdir, not args.no_secret_access, "operator")
         watch = PhaseWatch(api)
         try:

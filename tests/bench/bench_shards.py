@@ -34,7 +34,8 @@ HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE))
 
 from bench_operator import (GROUP, NS, PLURAL, VERSION, PhaseWatch,  # noqa: E402
-                            bench_namespace, cpu_seconds, install_crds, settle, write_report)
+                            bench_namespace, cpu_seconds, create_bench_role, install_crds, settle,
+                            write_report)
 from pgjit.devstack.controlplane import ControlPlane  # noqa: E402
 from pgjit.devstack.kube_binaries import find_repo_root  # noqa: E402
 from pgjit.devstack.postgres import start_postgres  # noqa: E402
@@ -148,12 +149,7 @@ def main() -> int:
                 "spec": {"host": pg.host, "port": pg.port, "managedRole": f"pgjit-{name}",
                          "admin": {"username": pg.admin_user,
                                    "passwordSecretRef": {"name": "admin", "key": "password"}}}})
-        custom.create_namespaced_custom_object(GROUP, VERSION, NS, "roles", {
-            "apiVersion": f"{GROUP}/{VERSION}", "kind": "Role", "metadata": {"name": "bench"},
-            "spec": {"subjects": [{"kind": "Group", "name": "bench"}],
-                     "userProvisioning": "best_effort_drop",
-                     "allow": {"databaseSelector": {"matchLabels": {"env": "bench"}},
-                               "databaseNames": ["app"], "databaseRoles": ["reader"]}}})
+        create_bench_role(custom, {"matchLabels": {"env": "bench"}}, ["app"])
         watch = PhaseWatch(api)
         try:
             for sharded, tag in ((False, "one"), (True, "two")):

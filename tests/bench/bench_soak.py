@@ -33,8 +33,8 @@ HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE))
 
 from bench_operator import (GROUP, NS, PLURAL, VERSION, Operator, PhaseWatch,  # noqa: E402
-                            bench_namespace, install_crds, rss_mb, session_body, settle,
-                            write_report)
+                            bench_namespace, create_bench_role, install_crds, rss_mb, session_body,
+                            settle, write_report)
 from pgjit.devstack.controlplane import ControlPlane  # noqa: E402
 from pgjit.devstack.kube_binaries import find_repo_root  # noqa: E402
 from pgjit.devstack.postgres import start_postgres  # noqa: E402
@@ -133,12 +133,7 @@ def main() -> int:
             "spec": {"host": pg.host, "port": pg.port, "admin": {
                 "username": pg.admin_user,
                 "passwordSecretRef": {"name": "admin", "key": "password"}}}})
-        custom.create_namespaced_custom_object(GROUP, VERSION, NS, "roles", {
-            "apiVersion": f"{GROUP}/{VERSION}", "kind": "Role", "metadata": {"name": "bench"},
-            "spec": {"subjects": [{"kind": "Group", "name": "bench"}],
-                     "userProvisioning": "best_effort_drop",
-                     "allow": {"databaseSelector": {"matchLabels": {"env": "bench"}},
-                               "databaseNames": ["app"], "databaseRoles": ["reader"]}}})
+        create_bench_role(custom, {"matchLabels": {"env": "bench"}}, ["app"])
         operator = Operator(cp, workdir, secret_access=True, name="soak")
         watch = PhaseWatch(api)
         sampler = Sampler(operator.pid, pg, watch)
