@@ -174,13 +174,16 @@ def grant_credentials_read(api: kubernetes.client.ApiClient, namespace: str, sec
         "subjects": [{"apiGroup": "rbac.authorization.k8s.io", "kind": "User", "name": user}]})
 
 
-def admitted_finalizers(plane, namespace: str) -> list[str]:
-    """The finalizers a new session in ``namespace`` gets at admission (a dry run: admission
-    runs, nothing is stored, and no operator has seen it)."""
+def admitted_finalizers(plane, namespace: str, finalizers: list[str] | None = None) -> list[str]:
+    """The finalizers a new session in ``namespace`` (created with ``finalizers``) has after
+    admission (a dry run: admission runs, nothing is stored, and no operator has seen it)."""
+    metadata: dict = {"name": f"admission-{token()}"}
+    if finalizers is not None:
+        metadata["finalizers"] = finalizers
     created = kubernetes.client.CustomObjectsApi(plane.api).create_namespaced_custom_object(
         GROUP, VERSION, namespace, PLURALS["DatabaseSession"],
         {"apiVersion": f"{GROUP}/{VERSION}", "kind": "DatabaseSession",
-         "metadata": {"name": f"admission-{token()}"},
+         "metadata": metadata,
          "spec": {"user": "probe", "databaseRef": {"name": "db"}, "databaseName": "app"}},
         dry_run="All")
     return created["metadata"].get("finalizers") or []
@@ -243,6 +246,11 @@ def test_admission_puts_the_finalizer_on_sessions(plane, story):
     wait_for("the finalizer policy in effect",
              lambda: FINALIZER in admitted_finalizers(plane, RELEASE_NS), 60)
     assert admitted_finalizers(plane, RELEASE_NS).count(FINALIZER) == 1
+    # Someone else's finalizers are kept, and ours is never there twice.
+    assert admitted_finalizers(plane, RELEASE_NS, ["example.com/keep"]) == [
+        "example.com/keep", FINALIZER]
+    assert admitted_finalizers(plane, RELEASE_NS, [FINALIZER, "example.com/keep"]) == [
+        FINALIZER, "example.com/keep"]
 
 
 def test_session_lifecycle_under_the_chart_identity_cluster_wide(plane, story, postgres16):
