@@ -24,11 +24,14 @@ import asyncio
 import logging
 import urllib.parse
 from collections.abc import Callable
+from typing import TYPE_CHECKING
 
 import aiohttp.web
-import kubernetes
 
 from . import GROUP, VERSION
+
+if TYPE_CHECKING:
+    from .kube.transport import RestClient
 
 KINDS = ("databases", "roles", "databasesessions", "databasesessionreviews")
 RETRY_SECONDS = 2.0
@@ -54,12 +57,12 @@ class Readiness:
         """
         await started.wait()
         if lister is None:
-            from .kube.client import load_api_client
+            from .kube.transport import RestClient, load_connection
 
-            api = kubernetes.client.CustomObjectsApi(load_api_client())
+            rest = RestClient(load_connection())
 
             def lister(plural: str, namespace: str | None) -> None:
-                self._list(api, plural, namespace)
+                self._list(rest, plural, namespace)
 
         while True:
             try:
@@ -77,12 +80,10 @@ class Readiness:
             return
 
     @staticmethod
-    def _list(api: kubernetes.client.CustomObjectsApi, plural: str, namespace: str | None) -> None:
-        if namespace is None:
-            api.list_cluster_custom_object(GROUP, VERSION, plural, limit=1, _request_timeout=10)
-        else:
-            api.list_namespaced_custom_object(GROUP, VERSION, namespace, plural, limit=1,
-                                              _request_timeout=10)
+    def _list(rest: RestClient, plural: str, namespace: str | None) -> None:
+        scope = f"/namespaces/{namespace}" if namespace else ""
+        rest.request("GET", f"/apis/{GROUP}/{VERSION}{scope}/{plural}", params={"limit": "1"},
+                     timeout=10)
 
     async def _respond(self, request: aiohttp.web.Request) -> aiohttp.web.Response:
         role = {"role": self.role} if self.role else {}

@@ -81,7 +81,7 @@ def _election(settings: Settings, readiness: str | None):
     this process who it is: the readiness server's /leader, at the pod's IP."""
     import urllib.parse
 
-    from .kube.client import load_api_client
+    from .kube.transport import RestClient, load_connection
     from .kube.leadership import SHARD_ANNOTATION, ElectionConfig, LeaderElector, new_identity
 
     endpoint = None
@@ -100,7 +100,7 @@ def _election(settings: Settings, readiness: str | None):
         retry_period=settings.retry_period_seconds, endpoint=endpoint,
         probe=settings.leader_probe,
         annotations={SHARD_ANNOTATION: settings.shard_database_selector or ""})
-    return LeaderElector(load_api_client(), config)
+    return LeaderElector(RestClient(load_connection()), config)
 
 
 async def _stand_by(elector) -> bool:
@@ -122,25 +122,20 @@ async def _stand_by(elector) -> bool:
 async def _served(shard, namespaces: list[str], clusterwide: bool) -> frozenset[tuple[str, str]]:
     """The Databases the shard selector matches now, listed before Kopf starts so that its
     session watch is right from the first list (handlers/shard.py)."""
-    import kubernetes
-
     from . import GROUP, VERSION
-    from .kube.client import load_api_client
+    from .kube.transport import RestClient, load_connection
 
-    api = kubernetes.client.CustomObjectsApi(load_api_client())
-    selector = shard.render()
+    rest = RestClient(load_connection())
+    params = {"labelSelector": shard.render()}
+    api = f"/apis/{GROUP}/{VERSION}"
+    paths = [f"{api}/databases"] if clusterwide else [
+        f"{api}/namespaces/{namespace}/databases" for namespace in namespaces]
 
     def listed() -> frozenset[tuple[str, str]]:
-        if clusterwide:
-            items = api.list_cluster_custom_object(GROUP, VERSION, "databases",
-                                                   label_selector=selector,
-                                                   _request_timeout=60)["items"]
-        else:
-            items = [item for namespace in namespaces for item in api.list_namespaced_custom_object(
-                GROUP, VERSION, namespace, "databases", label_selector=selector,
-                _request_timeout=60)["items"]]
         return frozenset((item["metadata"]["namespace"], item["metadata"]["name"])
-                         for item in items)
+                         for path in paths
+                         for item in rest.request("GET", path, params=params,
+                                                  timeout=60)["items"])
 
     while True:
         try:
@@ -226,11 +221,11 @@ async def _operate(settings: Settings, shard_selector, *, namespaces: list[str],
 async def _coverage(settings: Settings, watched: list[str] | None) -> None:
     """The leader's share of the coverage report (kube/coverage.py): every instance runs it,
     the one whose Lease sorts first writes it."""
-    from .kube.client import load_api_client
     from .kube.coverage import CoverageReport
+    from .kube.transport import RestClient, load_connection
 
     assert settings.namespace and settings.leader_election_lease
-    report = CoverageReport(load_api_client(), lease=settings.leader_election_lease,
+    report = CoverageReport(RestClient(load_connection()), lease=settings.leader_election_lease,
                             namespace=settings.namespace, reporting_instance=settings.pod_name,
                             watched=watched)
     await report.run(settings.health_seconds)

@@ -15,54 +15,57 @@ import threading
 from types import SimpleNamespace
 
 import pytest
-from kubernetes.client.rest import ApiException
 
+from pgjit.kube.transport import Conflict, NotFound
 from pgjit.kube.leadership import (ENDPOINT_ANNOTATION, LEASE_LABEL, SHARD_ANNOTATION,
                                    ElectionConfig, LeaderElector, LeaseLost, new_identity)
 
 
 class FakeLeases:
-    """read/create/replace of one namespace's Leases, as CoordinationV1Api answers them."""
+    """GET, POST and PUT of one namespace's Leases, answered as the API server answers them
+    (through the RestClient interface the elector uses)."""
+
+    PATH = "/apis/coordination.k8s.io/v1/namespaces/ns/leases"
 
     def __init__(self):
         self.objects: dict[str, dict] = {}
         self.version = 0
         self.down = False
 
-    def _answer(self, obj):
-        return SimpleNamespace(data=json.dumps(obj).encode())
-
-    def _check(self):
+    def request(self, method, path, body=None, **_):
         if self.down:
             raise ConnectionError("the API server is away")
-
-    def read_namespaced_lease(self, name, namespace, **_):
-        self._check()
-        if name not in self.objects:
-            raise ApiException(status=404)
-        return self._answer(self.objects[name])
+        if method == "POST":
+            assert path == self.PATH
+            return self._create(body)
+        assert path.startswith(self.PATH + "/"), path
+        name = path.removeprefix(self.PATH + "/")
+        if method == "GET":
+            if name not in self.objects:
+                raise NotFound(404, "Not Found")
+            return copy.deepcopy(self.objects[name])
+        assert method == "PUT", method
+        return self._replace(name, body)
 
     def _store(self, name, body):
         self.version += 1
         stored = copy.deepcopy(body)
         stored["metadata"]["resourceVersion"] = str(self.version)
         self.objects[name] = stored
-        return self._answer(stored)
+        return copy.deepcopy(stored)
 
-    def create_namespaced_lease(self, namespace, body, **_):
-        self._check()
+    def _create(self, body):
         name = body["metadata"]["name"]
         if name in self.objects:
-            raise ApiException(status=409)
+            raise Conflict(409, "Conflict")
         return self._store(name, body)
 
-    def replace_namespaced_lease(self, name, namespace, body, **_):
-        self._check()
+    def _replace(self, name, body):
         current = self.objects.get(name)
         if current is None:
-            raise ApiException(status=404)
+            raise NotFound(404, "Not Found")
         if body["metadata"].get("resourceVersion") != current["metadata"]["resourceVersion"]:
-            raise ApiException(status=409)
+            raise Conflict(409, "Conflict")
         return self._store(name, body)
 
     def holder(self, name="pgjit"):
@@ -88,7 +91,7 @@ def world():
         settings.update(config)
         elector = LeaderElector(None, ElectionConfig(**settings), clock=clock,
                                 on_lost=lambda message: lost.append((name, message)))
-        elector._api = leases
+        elector._rest = leases
         return elector
 
     return SimpleNamespace(leases=leases, clock=clock, lost=lost, elector=elector)
@@ -170,13 +173,13 @@ def test_renew_deadline_is_counted_from_the_start_of_the_renewal(world):
     assert leader.try_acquire()
     world.clock.now += 2
     started = world.clock.now
-    original = world.leases.replace_namespaced_lease
+    original = world.leases._replace
 
     def slow_replace(*args, **kwargs):
         answer = original(*args, **kwargs)
         world.clock.now += 30  # stopped while the answer was on its way
         return answer
-    world.leases.replace_namespaced_lease = slow_replace
+    world.leases._replace = slow_replace
     assert not leader.renew_pass()  # renewed, but too late to act on: it gives up
     assert leader.last_renewed == started
     assert world.lost and "renewDeadline" in world.lost[0][1]
@@ -227,8 +230,9 @@ def test_two_standbys_racing_for_an_expired_lease_one_wins(world):
     # Both read the same expired Lease; only the first write with its resourceVersion wins.
     lease = copy.deepcopy(world.leases.objects["pgjit"])
     assert one.try_acquire()
-    world.leases.read_namespaced_lease = lambda *a, **k: SimpleNamespace(
-        data=json.dumps(lease).encode())
+    stale_read = world.leases.request
+    world.leases.request = lambda method, *args, **kwargs: (
+        copy.deepcopy(lease) if method == "GET" else stale_read(method, *args, **kwargs))
     assert not two.try_acquire()
     assert world.leases.holder() == "b"
 

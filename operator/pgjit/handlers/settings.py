@@ -9,8 +9,9 @@ import kopf
 
 from .. import GROUP
 from ..api.common import KOPF_STATUS_FIELD
-from ..kube.client import Kube, load_client
+from ..kube.client import Kube
 from ..kube.engines import EngineRegistry
+from ..kube.transport import load_connection
 from ..settings import Settings
 from . import metrics
 from .passwords import SharedPasswords
@@ -32,6 +33,13 @@ class OperatorMemo:
     shard: ShardState = field(default_factory=ShardState)
     #: Gives the leader-election Lease up (None without election; handlers/leadership.py).
     release_leadership: Callable[[], None] | None = None
+
+
+@kopf.on.login()
+def login(**_) -> kopf.ConnectionInfo:
+    """Kopf's credentials, found as pgjit's own client finds them (kube/transport.py). Kopf
+    calls it again after a 401: a rotated ServiceAccount token is read afresh."""
+    return load_connection().info
 
 
 @kopf.on.startup()
@@ -56,7 +64,7 @@ async def configure(settings: kopf.OperatorSettings, memo: OperatorMemo, **_) ->
     settings.execution.default_backoff = 10
     if memo.settings.namespaced:
         settings.scanning.disabled = True
-    memo.kube = Kube(load_client())
+    memo.kube = Kube(load_connection())
     memo.engines = EngineRegistry(memo.kube,
                                   prepared_statements=memo.settings.prepared_statements)
     if memo.settings.metrics_port:

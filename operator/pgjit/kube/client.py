@@ -3,10 +3,9 @@
 They go straight to the API server over one pooled aiohttp session, on the event loop, as
 plain JSON: no worker threads and no generated models. The `kubernetes` package's client cost
 about 4-9 ms of CPU per session in threads, validation wrappers and model conversion for six
-small requests (README, Performance). Credentials still come from the `kubernetes` package's
-configuration loader (the ServiceAccount in a Pod, else the kubeconfig), the one Kopf logs in
-with too; a bearer token is read from it for every request, so a rotated ServiceAccount token
-is picked up as the loader refreshes it.
+small requests (README, Performance). The credentials are the operator's
+:class:`~.transport.Connection`, the one Kopf logs in with too; its headers are read for every
+request, so a rotated ServiceAccount token is picked up.
 """
 
 from __future__ import annotations
@@ -14,17 +13,16 @@ from __future__ import annotations
 import asyncio
 import base64
 import json
-import ssl
 from collections.abc import Mapping
 from typing import Any
 from urllib.parse import quote
 
 import aiohttp
-import kubernetes
 from pydantic import ValidationError
 
 from .. import GROUP, VERSION
 from ..api.role import Role
+from .transport import Conflict, Connection, Forbidden, NotFound, raise_for
 
 #: Connections to the API server this client keeps open at most: enough for the handlers'
 #: parallel writes, and a bound on the TLS buffers each one holds (about 128 KiB).
@@ -33,22 +31,6 @@ REQUEST_TIMEOUT = aiohttp.ClientTimeout(total=30)
 
 _CORE = "/api/v1"
 _RBAC = "/apis/rbac.authorization.k8s.io/v1"
-
-
-def load_client() -> kubernetes.client.Configuration:
-    """In a pod: the ServiceAccount; elsewhere: the current kubeconfig (KUBECONFIG)."""
-    configuration = kubernetes.client.Configuration()
-    try:
-        kubernetes.config.load_incluster_config(client_configuration=configuration)
-    except kubernetes.config.ConfigException:
-        kubernetes.config.load_kube_config(client_configuration=configuration)
-    return configuration
-
-
-def load_api_client() -> kubernetes.client.ApiClient:
-    """The `kubernetes` package's client on the same credentials, for the calls made outside
-    the event loop's hot path (leader election, the shard coverage report, readiness)."""
-    return kubernetes.client.ApiClient(load_client())
 
 
 class NotOwned(Exception):
@@ -60,45 +42,13 @@ class NotOwned(Exception):
         self.kind, self.namespace, self.name = kind, namespace, name
 
 
-class ApiError(Exception):
-    """The API server answered with an error status; ``status`` and its ``reason`` say which."""
-
-    def __init__(self, status: int, reason: str, message: str = ""):
-        super().__init__(f"{status} {reason}" + (f": {message}" if message else ""))
-        self.status, self.reason = status, reason
-
-
-class NotFound(ApiError):
-    """The API server answered 404."""
-
-
-class Conflict(ApiError):
-    """The API server answered 409: the object exists, or a precondition (uid) failed."""
-
-
-class Forbidden(ApiError):
-    """The API server answered 403."""
-
-
-_TRANSLATED: dict[int, type[ApiError]] = {404: NotFound, 409: Conflict, 403: Forbidden}
-
-
-def _ssl_context(configuration: kubernetes.client.Configuration) -> ssl.SSLContext | bool:
-    if not configuration.verify_ssl:
-        return False
-    context = ssl.create_default_context(cafile=configuration.ssl_ca_cert or None)
-    if configuration.cert_file:
-        context.load_cert_chain(configuration.cert_file, configuration.key_file)
-    return context
-
-
 def _owner_uids(obj: Mapping[str, Any]) -> set[str]:
     return {ref.get("uid") for ref in obj.get("metadata", {}).get("ownerReferences") or ()}
 
 
 class Kube:
-    def __init__(self, configuration: kubernetes.client.Configuration):
-        self.configuration = configuration
+    def __init__(self, connection: Connection):
+        self.connection = connection
         self._session: aiohttp.ClientSession | None = None
         #: uid of each object this process created or replaced for a session, keyed by
         #: (kind, namespace, name, owner uid): ending the session then deletes it in one request.
@@ -109,10 +59,10 @@ class Kube:
     def _http(self) -> aiohttp.ClientSession:
         # Made on first use, inside the running event loop that will use it.
         if self._session is None or self._session.closed:
-            connector = aiohttp.TCPConnector(ssl=_ssl_context(self.configuration),
+            connector = aiohttp.TCPConnector(ssl=self.connection.ssl_context(),
                                              limit=CONNECTION_LIMIT)
             self._session = aiohttp.ClientSession(
-                self.configuration.host.rstrip("/") + "/", connector=connector,
+                self.connection.server + "/", connector=connector,
                 timeout=REQUEST_TIMEOUT, json_serialize=json.dumps)
         return self._session
 
@@ -120,11 +70,7 @@ class Kube:
         headers = {"Accept": "application/json"}
         if content_type:
             headers["Content-Type"] = content_type
-        # The loader's own view of its credentials (the key it files a token under differs
-        # between client versions); reading it per request lets it refresh a rotated token.
-        for auth in self.configuration.auth_settings().values():
-            if auth.get("in") == "header" and auth.get("value"):
-                headers[auth["key"]] = auth["value"]
+        headers.update(self.connection.headers())
         return headers
 
     async def _request(self, method: str, path: str, body: Any = None, *,
@@ -137,13 +83,7 @@ class Kube:
                 method, path.lstrip("/"), data=data, params=params,
                 headers=self._headers(content_type if body is not None else None)) as response:
             text = await response.text()
-            if response.status >= 400:
-                try:
-                    message = json.loads(text).get("message", "")
-                except (ValueError, AttributeError):
-                    message = text[:200]
-                error = _TRANSLATED.get(response.status, ApiError)
-                raise error(response.status, response.reason or "", message)
+            raise_for(response.status, response.reason or "", text)
             return json.loads(text) if text else {}
 
     async def close(self) -> None:

@@ -25,13 +25,10 @@ done while no instance is sharded.
 from __future__ import annotations
 
 import asyncio
-import json
 import logging
 from datetime import datetime, timezone
 from typing import Any
 
-import kubernetes
-from kubernetes.client.rest import ApiException
 from pydantic import ValidationError
 
 from .. import GROUP, VERSION
@@ -41,16 +38,15 @@ from ..core.sharding import (SESSION_DATABASE_LABEL, Instance, database_label_va
                              live_instances, not_served_message)
 from ..vocabulary import TERMINAL_PHASES, Reason, SessionPhase
 from .leadership import LEASE_LABEL, SHARD_ANNOTATION
+from .transport import ApiError, Conflict, Forbidden, NotFound, RestClient
 
 log = logging.getLogger("pgjit.coverage")
 
 
 class CoverageReport:
-    def __init__(self, api_client: kubernetes.client.ApiClient, *, lease: str, namespace: str,
+    def __init__(self, rest: RestClient, *, lease: str, namespace: str,
                  reporting_instance: str, watched: list[str] | None = None):
-        self.custom = kubernetes.client.CustomObjectsApi(api_client)
-        self.core = kubernetes.client.CoreV1Api(api_client)
-        self.coordination = kubernetes.client.CoordinationV1Api(api_client)
+        self.rest = rest
         self.lease_id = f"{namespace}/{lease}"
         self.namespace = namespace
         self.reporting_instance = reporting_instance
@@ -61,29 +57,25 @@ class CoverageReport:
     # -- reading ---------------------------------------------------------------------------
 
     def _leases(self) -> list[dict[str, Any]]:
-        selector = f"{LEASE_LABEL}=true"
+        params = {"labelSelector": f"{LEASE_LABEL}=true"}
         try:
-            response = self.coordination.list_lease_for_all_namespaces(
-                label_selector=selector, _preload_content=False, _request_timeout=30)
-        except ApiException as error:
-            if error.status != 403:
-                raise
+            listed = self.rest.request("GET", "/apis/coordination.k8s.io/v1/leases",
+                                       params=params)
+        except Forbidden:
             # A namespaced installation may list Leases in its own namespace only: it then
             # sees the instances installed there.
-            response = self.coordination.list_namespaced_lease(
-                self.namespace, label_selector=selector, _preload_content=False,
-                _request_timeout=30)
-        return json.loads(response.data)["items"]
+            listed = self.rest.request(
+                "GET", f"/apis/coordination.k8s.io/v1/namespaces/{self.namespace}/leases",
+                params=params)
+        return listed["items"]
 
-    def _list(self, plural: str, **options: Any) -> list[dict[str, Any]]:
-        if self.watched is None:
-            responses = [self.custom.list_cluster_custom_object(
-                GROUP, VERSION, plural, _preload_content=False, _request_timeout=60, **options)]
-        else:
-            responses = [self.custom.list_namespaced_custom_object(
-                GROUP, VERSION, namespace, plural, _preload_content=False, _request_timeout=60,
-                **options) for namespace in self.watched]
-        return [item for response in responses for item in json.loads(response.data)["items"]]
+    def _list(self, plural: str, label_selector: str = "") -> list[dict[str, Any]]:
+        params = {"labelSelector": label_selector} if label_selector else None
+        api = f"/apis/{GROUP}/{VERSION}"
+        paths = ([f"{api}/{plural}"] if self.watched is None else
+                 [f"{api}/namespaces/{namespace}/{plural}" for namespace in self.watched])
+        return [item for path in paths
+                for item in self.rest.request("GET", path, params=params, timeout=60)["items"]]
 
     # -- one pass --------------------------------------------------------------------------
 
@@ -170,14 +162,13 @@ class CoverageReport:
 
     def _patch(self, plural: str, namespace: str, name: str, patch: dict[str, Any], *,
                status: bool = False) -> bool:
-        call = (self.custom.patch_namespaced_custom_object_status if status
-                else self.custom.patch_namespaced_custom_object)
+        path = f"/apis/{GROUP}/{VERSION}/namespaces/{namespace}/{plural}/{name}" + (
+            "/status" if status else "")
         try:
-            call(GROUP, VERSION, namespace, plural, name, patch, _request_timeout=30)
-        except ApiException as error:
-            if error.status in (404, 409):
-                return False  # gone, or changed since the list: the next pass looks again
-            raise
+            self.rest.request("PATCH", path, patch,
+                              content_type="application/merge-patch+json")
+        except (NotFound, Conflict):
+            return False  # gone, or changed since the list: the next pass looks again
         return True
 
     def _event(self, body: dict[str, Any], message: str) -> None:
@@ -193,8 +184,9 @@ class CoverageReport:
             "reportingInstance": self.reporting_instance, "firstTimestamp": now,
             "lastTimestamp": now, "count": 1}
         try:
-            self.core.create_namespaced_event(metadata["namespace"], event, _request_timeout=30)
-        except ApiException as error:
+            self.rest.request("POST", f"/api/v1/namespaces/{metadata['namespace']}/events",
+                              event)
+        except ApiError as error:
             log.warning("Posting the NotServed Event failed: %s", error)
 
     def _role_selections(self, databases: list[dict[str, Any]]) -> int:

@@ -51,8 +51,7 @@ from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from typing import Any
 
-import kubernetes
-from kubernetes.client.rest import ApiException
+from .transport import Conflict, NotFound, RestClient
 
 log = logging.getLogger("pgjit.leadership")
 
@@ -117,7 +116,7 @@ class ElectionConfig:
 class LeaderElector:
     """One process's side of the election. Blocking methods: call them from threads."""
 
-    def __init__(self, api_client: kubernetes.client.ApiClient, config: ElectionConfig, *,
+    def __init__(self, rest: RestClient | None, config: ElectionConfig, *,
                  clock: Callable[[], float] = time.monotonic,
                  on_lost: Callable[[str], None] = exit_now,
                  on_reconnected: Callable[[], None] | None = None):
@@ -126,7 +125,7 @@ class LeaderElector:
         #: server was away, and watch streams may have missed events meanwhile.
         self.on_reconnected = on_reconnected
         self._renewal_failed = False
-        self._api = kubernetes.client.CoordinationV1Api(api_client)
+        self._rest = rest
         self._clock = clock
         self._on_lost = on_lost
         self._lease: dict[str, Any] | None = None
@@ -146,27 +145,24 @@ class LeaderElector:
     def _timeout(self) -> float:
         return max(0.5, min(self.config.retry_period, self.config.renew_deadline / 2))
 
+    def _path(self, name: str | None = None) -> str:
+        path = f"/apis/coordination.k8s.io/v1/namespaces/{self.config.namespace}/leases"
+        return path if name is None else f"{path}/{name}"
+
     def _get(self) -> dict[str, Any] | None:
+        assert self._rest is not None
         try:
-            response = self._api.read_namespaced_lease(
-                self.config.name, self.config.namespace, _preload_content=False,
-                _request_timeout=self._timeout())
-        except ApiException as error:
-            if error.status == 404:
-                return None
-            raise
-        return json.loads(response.data)
+            return self._rest.request("GET", self._path(self.config.name),
+                                      timeout=self._timeout())
+        except NotFound:
+            return None
 
     def _write(self, body: dict[str, Any], *, create: bool) -> dict[str, Any]:
+        assert self._rest is not None
         if create:
-            response = self._api.create_namespaced_lease(
-                self.config.namespace, body, _preload_content=False,
-                _request_timeout=self._timeout())
-        else:
-            response = self._api.replace_namespaced_lease(
-                self.config.name, self.config.namespace, body, _preload_content=False,
-                _request_timeout=self._timeout())
-        return json.loads(response.data)
+            return self._rest.request("POST", self._path(), body, timeout=self._timeout())
+        return self._rest.request("PUT", self._path(self.config.name), body,
+                                  timeout=self._timeout())
 
     def _claim(self, lease: dict[str, Any] | None) -> dict[str, Any]:
         """The Lease with this process as holder, renewed now."""
@@ -200,10 +196,8 @@ class LeaderElector:
         if lease is None:
             try:
                 self._lease = self._write(self._claim(None), create=True)
-            except ApiException as error:
-                if error.status == 409:
-                    return False  # another standby created it first
-                raise
+            except Conflict:
+                return False  # another standby created it first
             self._became_leader(started, previous=None)
             return True
         spec = lease.get("spec") or {}
@@ -225,10 +219,8 @@ class LeaderElector:
                          "taking over before the lease ends", holder, unrenewed)
         try:
             self._lease = self._write(self._claim(lease), create=False)
-        except ApiException as error:
-            if error.status == 409:
-                return False  # renewed, or taken by another standby, since the read
-            raise
+        except Conflict:
+            return False  # renewed, or taken by another standby, since the read
         self._became_leader(started, previous=holder or None)
         return True
 
@@ -280,9 +272,8 @@ class LeaderElector:
         try:
             self._lease = self._write(self._claim(self._lease), create=False)
             return
-        except ApiException as error:
-            if error.status not in (404, 409):
-                raise
+        except (NotFound, Conflict):
+            pass
         # Someone else wrote the Lease (or deleted it): only a fresh read tells whether it is
         # still ours to renew.
         current = self._get()

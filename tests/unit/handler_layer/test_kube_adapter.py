@@ -12,12 +12,13 @@ import base64
 import json
 from collections.abc import AsyncIterator
 
-import kubernetes
+import kopf
 import pytest
 from aiohttp import web
 
-from pgjit.kube import client
+from pgjit.kube import client, transport
 from pgjit.kube.client import Kube
+from pgjit.kube.transport import Connection
 
 OWNER = {"apiVersion": "pgjit.dev/v1alpha1", "kind": "DatabaseSession", "name": "s",
          "uid": "uid-s"}
@@ -79,11 +80,8 @@ async def server() -> AsyncIterator[tuple[FakeApiServer, Kube]]:
     site = web.TCPSite(runner, "127.0.0.1", 0)
     await site.start()
     port = site._server.sockets[0].getsockname()[1]  # type: ignore[union-attr]
-    configuration = kubernetes.client.Configuration()
-    configuration.host = f"http://127.0.0.1:{port}"
-    # Where the kubeconfig loader files a token (kubernetes.config's _set_config).
-    configuration.api_key = {"BearerToken": "Bearer secret-token"}
-    kube = Kube(configuration)
+    kube = Kube(Connection(kopf.ConnectionInfo(server=f"http://127.0.0.1:{port}",
+                                               token="secret-token")))
     try:
         yield fake, kube
     finally:
@@ -163,11 +161,11 @@ async def test_an_unreadable_traits_configmap_reads_as_none(server):
 async def test_other_failures_reach_the_caller_with_their_status(server):
     fake, kube = server
     fake.answer_reads_with = 500
-    with pytest.raises(client.ApiError) as raised:
+    with pytest.raises(transport.ApiError) as raised:
         await kube.read_secret("team-a", "s")
     assert raised.value.status == 500 and "as told" in str(raised.value)
     fake.answer_reads_with = 403
-    with pytest.raises(client.Forbidden):
+    with pytest.raises(transport.Forbidden):
         await kube.read_secret("team-a", "s")
 
 
