@@ -95,10 +95,12 @@ def one(docs: Iterable[dict], kind: str, name: str | None = None,
 class Plane:
     """A control plane for one test module, with admin kubectl/helm and ServiceAccount logins."""
 
-    def __init__(self, workdir: Path, binaries: KubeBinaries | None = None) -> None:
+    def __init__(self, workdir: Path, binaries: KubeBinaries | None = None, *,
+                 garbage_collector: bool = True) -> None:
         self.workdir = workdir
         self.control_plane = ControlPlane(binaries or ensure_kube_binaries(),
-                                          workdir=workdir / "controlplane")
+                                          workdir=workdir / "controlplane",
+                                          garbage_collector=garbage_collector)
         self.api: kubernetes.client.ApiClient | None = None
 
     def start(self) -> None:

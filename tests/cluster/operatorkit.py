@@ -29,6 +29,9 @@ GROUP, VERSION = "pgjit.dev", "v1alpha1"
 PLURALS = {"Database": "databases", "Role": "roles", "DatabaseSession": "databasesessions",
            "ObjectLabelRule": "objectlabelrules", "DatabaseSessionReview": "databasesessionreviews"}
 SESSION_LABEL = "pgjit.dev/session"
+#: The control plane's garbage collector picks up CRDs on a 30 s discovery resync, and retries
+#: what it could not resolve before with a backoff: a bound for its first collection.
+GARBAGE_COLLECTION_TIMEOUT = 90.0
 #: The operator's Database health/sweep interval in tests (production default: 60 s).
 HEALTH_SECONDS = "3"
 #: How often a session daemon re-checks that Roles still allow it (production default: 30 s).
@@ -85,6 +88,7 @@ def _install_crds(control_plane) -> bool:
     subprocess.run([*kubectl, "wait", "--for=condition=Established", "--timeout=60s",
                     *(f"crd/{p}.{GROUP}" for p in PLURALS.values())], check=True,
                    capture_output=True)
+    control_plane.refresh_garbage_collector()
     return True
 
 
@@ -229,6 +233,11 @@ class Env:
 
     def wait_gone(self, kind: str, name: str, timeout: float = 30.0) -> None:
         self._with_log(f"{kind} {name} deleted", lambda: self.get(kind, name) is None, timeout)
+
+    def wait_secret_gone(self, name: str, timeout: float = GARBAGE_COLLECTION_TIMEOUT) -> None:
+        """A deleted session's Secret is deleted by the garbage collector once the session is
+        gone (pgjit leaves it to it), a moment later; an expired one's by pgjit at once."""
+        self._with_log(f"Secret {name} deleted", lambda: self.secret(name) is None, timeout)
 
     def secret(self, name: str) -> dict[str, str] | None:
         try:

@@ -121,6 +121,7 @@ def bed(tmp_path_factory) -> Iterator[Bed]:
                    check=True)
         plane.kubectl("wait", "--for=condition=Established", "--timeout=60s",
                       *(f"crd/{p}.{GROUP}" for p in PLURALS.values()))
+        plane.control_plane.refresh_garbage_collector()
         # Established is not yet served: for a moment after it the API server still answers
         # 503 "Resource kind ... not found" (it says so itself), and the chart's admission
         # policies keep answering it to creates a while after lists work. Served is when a

@@ -204,3 +204,23 @@ def test_kubectl_auth_can_i_reflects_rbac(kubectl: Callable[..., object]) -> Non
 def test_helm_version_runs(control_plane: ControlPlane, helm: Callable[..., object]) -> None:
     result = helm("version", "--template={{ .Version }}", check=True)
     assert result.stdout.strip() == control_plane.binaries.helm.name.removeprefix("helm-")
+
+
+GARBAGE_COLLECTION_TIMEOUT = 60.0  # its first discovery of the server's resources included
+
+
+def test_objects_whose_owner_is_deleted_are_garbage_collected(kube_api: ApiClient,
+                                                              namespace: str) -> None:
+    """pgjit leaves a deleted session's Secret to the garbage collector, as on any cluster."""
+    core = CoreV1Api(kube_api)
+    owner = core.create_namespaced_config_map(
+        namespace, {"metadata": {"name": "owner"}, "data": {}})
+    ref = {"apiVersion": "v1", "kind": "ConfigMap", "name": "owner",
+           "uid": owner.metadata.uid, "controller": True}
+    core.create_namespaced_secret(namespace, {"metadata": {"name": "owned",
+                                                           "ownerReferences": [ref]}})
+    core.create_namespaced_secret(namespace, {"metadata": {"name": "unowned"}})
+    core.delete_namespaced_config_map("owner", namespace)
+    assert wait_for_status(lambda: core.read_namespaced_secret("owned", namespace), 404,
+                           timeout=GARBAGE_COLLECTION_TIMEOUT) == 404
+    assert status_of(lambda: core.read_namespaced_secret("unowned", namespace)) == 200

@@ -47,7 +47,8 @@ def operator_image(image_builder):
 
 @pytest.fixture(scope="session")
 def plane(tmp_path_factory):
-    plane = Plane(tmp_path_factory.mktemp("node-plane"))
+    # The node runs a whole kube-controller-manager, garbage collector included.
+    plane = Plane(tmp_path_factory.mktemp("node-plane"), garbage_collector=False)
     try:
         plane.start()
     except Exception as error:

@@ -36,7 +36,7 @@ import tempfile
 import time
 import urllib.error
 import urllib.request
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Self
 
@@ -268,8 +268,12 @@ class ControlPlane(StartStop):
     the thread that started them, a PR_SET_PDEATHSIG rule: start from a long-lived thread).
     """
 
-    def __init__(self, binaries: KubeBinaries | None = None, workdir: Path | None = None) -> None:
+    def __init__(self, binaries: KubeBinaries | None = None, workdir: Path | None = None, *,
+                 garbage_collector: bool = True) -> None:
         self.binaries = binaries or ensure_kube_binaries()
+        #: kube-controller-manager running its garbage collector alone (the node bed runs a
+        #: whole controller-manager of its own instead).
+        self.garbage_collector = garbage_collector
         self._owns_workdir = workdir is None
         self.workdir = Path(workdir or tempfile.mkdtemp(prefix="pgjit-controlplane-")).resolve()
         self.log_dir = self.workdir / "logs"
@@ -328,6 +332,26 @@ class ControlPlane(StartStop):
             self._wait_ready(server, deadline)
         return time.monotonic() - began
 
+    def refresh_garbage_collector(self) -> None:
+        """Restart the garbage collector, so that it collects what the CRDs installed since it
+        started own at once: on its own it finds new kinds on a discovery resync, which took
+        40-45 s here, and collects nothing they own until then."""
+        if any(server.name == "kube-controller-manager" for server in self._servers):
+            self.restart("kube-controller-manager")
+
+    @contextlib.contextmanager
+    def garbage_collector_paused(self) -> Iterator[None]:
+        """Hold the garbage collector stopped (SIGSTOP) for a while, e.g. so that a benchmark
+        counts one client's requests alone; it catches up once resumed, as after an outage."""
+        collector = next((s for s in self._servers if s.name == "kube-controller-manager"), None)
+        if collector is None:
+            raise ControlPlaneError("this control plane runs no garbage collector")
+        collector._signal(signal.SIGSTOP)
+        try:
+            yield
+        finally:
+            collector._signal(signal.SIGCONT)
+
     def pids(self) -> dict[str, int]:
         """The running servers' process ids by name (etcd, kube-apiserver), e.g. to read their
         CPU time from /proc in a benchmark."""
@@ -353,7 +377,23 @@ class ControlPlane(StartStop):
                 self._stop_servers()
                 raise
         self._write_kubeconfigs()
+        if self.garbage_collector:
+            self._start_garbage_collector()
         self.startup_seconds = time.monotonic() - began
+
+    def _start_garbage_collector(self) -> None:
+        """Objects whose owners are gone are deleted, as on every real cluster. It needs no
+        port of its own and is not waited for: it picks up the CRDs installed later on its own
+        discovery resync (every 30 s), so what they own is collected from then on."""
+        admin = str(self.kubeconfig("admin"))
+        self._servers.append(_Server("kube-controller-manager", [
+            str(self.binaries.kube_controller_manager),
+            f"--kubeconfig={admin}",
+            "--controllers=garbagecollector",
+            "--leader-elect=false",
+            "--secure-port=0",
+            "--profiling=false",
+        ], self.log_dir / "kube-controller-manager.log"))  # fmt: skip
 
     def stop(self) -> None:
         """Stop kube-apiserver, then etcd; remove the workdir if this object created it."""

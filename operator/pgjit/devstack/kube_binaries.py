@@ -48,6 +48,7 @@ class KubeBinaries:
     etcd: Path
     kubectl: Path
     helm: Path
+    kube_controller_manager: Path
 
 
 @dataclass(frozen=True)
@@ -110,6 +111,10 @@ _BUILDS = (
         binaries={
             "kube-apiserver": "k8s.io/kubernetes/cmd/kube-apiserver",
             "kubectl": "k8s.io/kubernetes/cmd/kubectl",
+            # Its garbage collector runs with every control plane: objects owned by a deleted
+            # one go as they do on any real cluster (pgjit leaves a deleted session's Secret
+            # to it).
+            "kube-controller-manager": "k8s.io/kubernetes/cmd/kube-controller-manager",
         },
         version_stamps=_kubernetes_version_stamps,
     ),
@@ -140,7 +145,6 @@ _NODE_BUILDS = (
         version_module="k8s.io/kubernetes",
         binaries={
             "kubelet": "k8s.io/kubernetes/cmd/kubelet",
-            "kube-controller-manager": "k8s.io/kubernetes/cmd/kube-controller-manager",
             "kube-scheduler": "k8s.io/kubernetes/cmd/kube-scheduler",
         },
         version_stamps=_kubernetes_version_stamps,
@@ -333,6 +337,7 @@ def ensure_kube_binaries(repo_root: Path | None = None) -> KubeBinaries:
         etcd=paths["etcd"],
         kubectl=paths["kubectl"],
         helm=paths["helm"],
+        kube_controller_manager=paths["kube-controller-manager"],
     )
 
 
@@ -341,7 +346,7 @@ def ensure_node_binaries(repo_root: Path | None = None) -> NodeBinaries:
     paths = _ensure(_NODE_BUILDS, repo_root)
     return NodeBinaries(
         kubelet=paths["kubelet"],
-        kube_controller_manager=paths["kube-controller-manager"],
+        kube_controller_manager=ensure_kube_binaries(repo_root).kube_controller_manager,
         kube_scheduler=paths["kube-scheduler"],
     )
 

@@ -543,7 +543,7 @@ def main() -> int:
     signal.signal(signal.SIGTERM, raise_interrupt)
     builder = ImageBuilder()
     images = [builder.ensure_operator()]
-    control_plane = ControlPlane()
+    control_plane = ControlPlane(garbage_collector=False)  # the node runs its own
     control_plane.start()
     node = Node(control_plane, builder.ensure_pause(), images)
     try:

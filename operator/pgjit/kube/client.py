@@ -144,10 +144,12 @@ class Kube:
                 "metadata": {"name": name, "labels": dict(labels),
                              "annotations": dict(annotations or {})},
                 "stringData": dict(data)}
-        await self._create_or_replace_owned(namespace, body, owner, _CORE, "secrets")
+        await self._create_or_replace_owned(namespace, body, owner, _CORE, "secrets",
+                                            reclaim_garbage=True)
 
     async def _create_or_replace_owned(self, namespace: str, body: dict,
-                                       owner: Mapping[str, str], api: str, plural: str) -> None:
+                                       owner: Mapping[str, str], api: str, plural: str, *,
+                                       reclaim_garbage: bool = False) -> None:
         ref = {"apiVersion": owner["apiVersion"], "kind": owner["kind"], "name": owner["name"],
                "uid": owner["uid"], "controller": True, "blockOwnerDeletion": True}
         body = {**body, "metadata": {**body["metadata"], "ownerReferences": [ref]}}
@@ -162,10 +164,51 @@ class Kube:
             return
         existing = await self._request("GET", _path(api, namespace, plural, name))
         if owner["uid"] not in _owner_uids(existing):
-            raise NotOwned(body["kind"], namespace, name)
+            if not (reclaim_garbage and await self._garbage(namespace, existing)):
+                raise NotOwned(body["kind"], namespace, name)
+            # An ended session's, waiting for the garbage collector (a session's Secret goes
+            # that way when the session is deleted): what the collector would delete, deleted
+            # now, so that a session re-created under the same name need not wait for it.
+            await self._delete_if_uid(_path(api, namespace, plural, name),
+                                      existing["metadata"]["uid"])
+            try:
+                created = await self._request("POST", _path(api, namespace, plural), body)
+            except Conflict:
+                raise NotOwned(body["kind"], namespace, name) from None  # someone else's now
+            self._written[key] = created["metadata"]["uid"]
+            return
         body["metadata"]["resourceVersion"] = existing["metadata"]["resourceVersion"]
         await self._request("PUT", _path(api, namespace, plural, name), body)
         self._written[key] = existing["metadata"]["uid"]
+
+    async def _garbage(self, namespace: str, obj: Mapping[str, Any]) -> bool:
+        """Whether every owner of ``obj`` is a DatabaseSession that no longer exists (or exists
+        under another uid: a new session of the same name). Anything else is someone's."""
+        refs = obj.get("metadata", {}).get("ownerReferences") or ()
+        if not refs or any(ref.get("apiVersion") != f"{GROUP}/{VERSION}"
+                           or ref.get("kind") != "DatabaseSession" for ref in refs):
+            return False
+        for ref in refs:
+            try:
+                session = await self._request("GET", _custom(GROUP, VERSION, namespace,
+                                                              "databasesessions", ref["name"]))
+            except NotFound:
+                continue
+            if session["metadata"]["uid"] == ref.get("uid"):
+                return False
+        return True
+
+    async def _delete_if_uid(self, path: str, uid: str) -> None:
+        try:
+            await self._request("DELETE", path, {"apiVersion": "v1", "kind": "DeleteOptions",
+                                                 "preconditions": {"uid": uid}})
+        except (NotFound, Conflict):
+            pass  # gone already, or replaced by someone else's (the uid precondition)
+
+    async def leave_to_garbage_collector(self, kind: str, namespace: str, name: str,
+                                         owner_uid: str) -> None:
+        """Forget what this process wrote for the owner: the collector deletes it."""
+        self._written.pop((kind, namespace, name, owner_uid), None)
 
     async def delete_secret(self, namespace: str, name: str, owner_uid: str) -> None:
         """Delete the Secret if ``owner_uid`` owns it; someone else's is left alone."""
@@ -210,10 +253,9 @@ class Kube:
                 if owner_uid not in _owner_uids(existing):
                     return
                 uid = existing["metadata"]["uid"]
-            await self._request("DELETE", path, {"apiVersion": "v1", "kind": "DeleteOptions",
-                                                 "preconditions": {"uid": uid}})
-        except (NotFound, Conflict):
-            pass  # gone already, or replaced by someone else's (the uid precondition)
+        except NotFound:
+            return
+        await self._delete_if_uid(path, uid)
 
     async def delete_owned_secrets(self, namespace: str, label_selector: str,
                                    owner_uid: str) -> list[str]:

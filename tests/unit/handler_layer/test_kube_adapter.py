@@ -63,8 +63,9 @@ class FakeApiServer:
                 return web.json_response({"message": "uid precondition"}, status=409)
             return web.json_response(self.objects.pop(path))
         if request.method == "PUT" and path in self.objects:
-            self.objects[path] = body
-            return web.json_response(body)
+            self.objects[path] = {**body, "metadata": {
+                **body["metadata"], "uid": self.objects[path]["metadata"]["uid"]}}
+            return web.json_response(self.objects[path])
         if request.method == "PATCH" and path.removesuffix("/status") in self.objects:
             return web.json_response({})
         return web.json_response({"message": "not found"}, status=404)
@@ -115,9 +116,56 @@ async def test_a_retry_replaces_its_own_secret_and_refuses_someone_elses(server)
                             owner=OWNER)
     assert [m for m, *_ in fake.requests] == ["POST", "POST", "GET", "PUT"]
     assert fake.objects[SECRET]["stringData"] == {"password": "two"}
+    fake.objects[SESSION_S] = {"metadata": {"name": "s", "uid": "uid-s"}}  # its owner lives
     with pytest.raises(client.NotOwned, match='Secret "s-credentials" already exists'):
         await kube.write_secret("team-a", "s-credentials", {}, labels={},
-                                owner={**OWNER, "uid": "uid-other"})
+                                owner={**OWNER, "name": "t", "uid": "uid-t"})
+    assert fake.objects[SECRET]["stringData"] == {"password": "two"}
+
+
+SESSION_S = "/apis/pgjit.dev/v1alpha1/namespaces/team-a/databasesessions/s"
+
+
+@pytest.mark.parametrize("owner_now", [None, {"metadata": {"name": "s", "uid": "uid-s2"}}],
+                         ids=["owner deleted", "owner re-created under the same name"])
+async def test_a_secret_an_ended_session_left_to_the_garbage_collector_is_replaced(server,
+                                                                                   owner_now):
+    """A session deleted leaves its Secret to the collector; one re-created under the same
+    name at once finds it still there, and takes its place instead of failing."""
+    fake, kube = server
+    await kube.write_secret("team-a", "s-credentials", {"password": "old"}, labels={},
+                            owner=OWNER)
+    old_uid = fake.objects[SECRET]["metadata"]["uid"]
+    if owner_now is not None:
+        fake.objects[SESSION_S] = owner_now
+    fake.requests.clear()
+    await kube.write_secret("team-a", "s-credentials", {"password": "new"}, labels={},
+                            owner={**OWNER, "uid": "uid-s2"})
+    assert [(m, p) for m, p, *_ in fake.requests] == [
+        ("POST", "/api/v1/namespaces/team-a/secrets"), ("GET", SECRET), ("GET", SESSION_S),
+        ("DELETE", SECRET), ("POST", "/api/v1/namespaces/team-a/secrets")]
+    assert fake.requests[3][3]["preconditions"] == {"uid": old_uid}
+    stored = fake.objects[SECRET]
+    assert stored["data"] == {"password": base64.b64encode(b"new").decode()}
+    assert stored["metadata"]["ownerReferences"][0]["uid"] == "uid-s2"
+
+
+@pytest.mark.parametrize("owners", [
+    [],
+    [{"apiVersion": "apps/v1", "kind": "Deployment", "name": "s", "uid": "uid-d"}],
+    [{"apiVersion": "pgjit.dev/v1alpha1", "kind": "DatabaseSession", "name": "gone",
+      "uid": "uid-g"},
+     {"apiVersion": "v1", "kind": "ConfigMap", "name": "keep", "uid": "uid-c"}]],
+    ids=["nobody's", "a Deployment's", "also a ConfigMap's"])
+async def test_a_secret_with_any_other_owner_is_never_replaced(server, owners):
+    fake, kube = server
+    fake.objects[SECRET] = {"metadata": {"name": "s-credentials", "uid": "uid-x",
+                                         "resourceVersion": "1", "ownerReferences": owners},
+                            "data": {}}
+    with pytest.raises(client.NotOwned):
+        await kube.write_secret("team-a", "s-credentials", {}, labels={}, owner=OWNER)
+    assert fake.objects[SECRET]["metadata"]["uid"] == "uid-x"
+    assert not [m for m, *_ in fake.requests if m == "DELETE"]
 
 
 async def test_deletes_carry_the_uid_precondition_and_spare_others_objects(server):
