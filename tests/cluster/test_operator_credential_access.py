@@ -134,3 +134,42 @@ def test_a_role_name_taken_by_someone_else_is_left_alone(env):
     env.wait_gone("DatabaseSession", "s")
     role = rbac.read_namespaced_role("s-credentials", env.namespace)
     assert [r.resources for r in role.rules] == [["configmaps"]]
+
+
+def test_a_deleted_session_loses_access_at_once_and_its_secret_goes_with_it(env, control_plane,
+                                                                         api_for):
+    """Deleting a session revokes its user's access to the Secret before the session goes;
+    the Secret itself is the garbage collector's. A session re-created under the same name
+    while the old Secret still waits for the collector takes its place (not SecretConflict),
+    and the old user's access does not come back with it."""
+    user = "alice"
+    env.create("DatabaseSession", "s", env.session_spec(user))
+    old = env.wait_phase("s", "Active")
+    alice = kubernetes.client.CoreV1Api(api_for("alice"))
+    assert _status_of(lambda: alice.read_namespaced_secret("s-credentials", env.namespace)) \
+        is None
+    old_secret = env.secret_object("s-credentials")
+    with control_plane.garbage_collector_paused():
+        env.delete("DatabaseSession", "s")
+        env.wait_gone("DatabaseSession", "s")
+        # Still there (the collector is held), owned by the old session; alice can no longer
+        # read it: the Role and RoleBinding went before the session did.
+        left = env.secret_object("s-credentials")
+        assert left.metadata.uid == old_secret.metadata.uid
+        rbac = kubernetes.client.RbacAuthorizationV1Api(env.api)
+        assert _status_of(lambda: rbac.read_namespaced_role("s-credentials",
+                                                            env.namespace)) == 404
+        assert _status_of(lambda: rbac.read_namespaced_role_binding(
+            "s-credentials", env.namespace)) == 404
+
+        env.create("DatabaseSession", "s", env.session_spec(f"ola-{token()}"))
+        new = env.wait_phase("s", "Active")
+        secret = env.secret_object("s-credentials")
+        assert secret.metadata.uid != old_secret.metadata.uid
+        assert [ref.uid for ref in secret.metadata.owner_references] == [new["metadata"]["uid"]]
+        assert new["metadata"]["uid"] != old["metadata"]["uid"]
+        assert _status_of(lambda: alice.read_namespaced_secret("s-credentials",
+                                                               env.namespace)) == 403
+    env.delete("DatabaseSession", "s")
+    env.wait_gone("DatabaseSession", "s")
+    env.wait_secret_gone("s-credentials")  # the collector, running again
