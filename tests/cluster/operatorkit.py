@@ -235,8 +235,7 @@ class Env:
         self._with_log(f"{kind} {name} deleted", lambda: self.get(kind, name) is None, timeout)
 
     def wait_secret_gone(self, name: str, timeout: float = GARBAGE_COLLECTION_TIMEOUT) -> None:
-        """A deleted session's Secret is deleted by the garbage collector once the session is
-        gone (pgjit leaves it to it), a moment later; an expired one's by pgjit at once."""
+        """For a Secret the garbage collector deletes (one whose owner is gone)."""
         self._with_log(f"Secret {name} deleted", lambda: self.secret(name) is None, timeout)
 
     def secret(self, name: str) -> dict[str, str] | None:

@@ -42,7 +42,7 @@ def test_session_story_per_mode(env, mode, after_end):
             conn.execute("INSERT INTO public.items VALUES (3)")
     env.delete("DatabaseSession", "s1")
     env.wait_gone("DatabaseSession", "s1")
-    env.wait_secret_gone(status["secretName"])
+    assert env.secret(status["secretName"]) is None
     state = env.role_state(user)
     if after_end == "dropped":
         assert state is None

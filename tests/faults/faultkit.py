@@ -33,8 +33,8 @@ import psycopg
 from psycopg import sql
 from kubernetes.client.rest import ApiException
 
-from operatorkit import (GARBAGE_COLLECTION_TIMEOUT, HEALTH_SECONDS, REVALIDATE_SECONDS,
-                         SESSION_LABEL, Env, _install_crds, make_env, token, wait_for)
+from operatorkit import (HEALTH_SECONDS, REVALIDATE_SECONDS, SESSION_LABEL, Env, _install_crds,
+                         make_env, token, wait_for)
 from pgjit.devstack.controlplane import ControlPlane
 from pgjit.devstack.kube_binaries import ensure_kube_binaries
 from pgjit.devstack.postgres import start_postgres
@@ -441,9 +441,7 @@ def check_no_leaks(env: Env, burst: Burst) -> None:
     for name in sessions:
         _retrying(lambda: env.delete("DatabaseSession", name), ok_statuses=(404,))
     wait_for("every session gone", lambda: not env.list("DatabaseSession"), 120, interval=0.5)
-    # Deleted sessions' Secrets go by garbage collection, a moment after the sessions.
-    wait_for("no Secret left", lambda: not env.session_secrets(), GARBAGE_COLLECTION_TIMEOUT,
-             interval=0.5)
+    wait_for("no Secret left", lambda: not env.session_secrets(), 30, interval=0.5)
     assert env.login_capable_managed_users() == set()
 
 

@@ -37,10 +37,8 @@ from __future__ import annotations
 
 import hashlib
 import ipaddress
-from collections.abc import Mapping
 from dataclasses import dataclass
 from datetime import datetime
-from typing import Any
 from urllib.parse import quote
 
 from pgjit.core.conditions import rfc3339
@@ -274,18 +272,3 @@ def secret_annotations(session_name: str, expires_at: datetime) -> dict[str, str
     """Annotations of a session's Secret: the full session name (labels may hold a shortened
     one) and the expiry, readable without decoding the data."""
     return {SESSION_ANNOTATION: session_name, EXPIRES_AT_ANNOTATION: rfc3339(expires_at)}
-
-
-def left_to_garbage_collector(metadata: Mapping[str, Any]) -> bool:
-    """Whether a session's Secret may be left to Kubernetes' garbage collector as it ends.
-
-    Only when the session itself is being deleted, and not with ``propagationPolicy: Orphan``
-    (which the API server records as the ``orphan`` finalizer, and after which the collector
-    would keep the Secret for good): the collector then deletes the Secret, which the session
-    owns, once the session is gone. The password in it is dead by then (the login is locked or
-    dropped first) or, for a user shared with other Active sessions, the one their own Secrets
-    hold, so nothing is exposed while it waits; an operator request per session is saved. A
-    session that ends and stays (expired, revoked, failed) has its Secret deleted at once.
-    """
-    return bool(metadata.get("deletionTimestamp")) and \
-        "orphan" not in (metadata.get("finalizers") or ())

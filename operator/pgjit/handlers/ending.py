@@ -1,5 +1,4 @@
-"""Ending a session's lease: the PostgreSQL user released, locked or dropped; its Secret gone
-(now, or with the session: core/credentials_secret.left_to_garbage_collector)."""
+"""Ending a session's lease: the PostgreSQL user released, locked or dropped; its Secret gone."""
 
 from __future__ import annotations
 
@@ -10,7 +9,6 @@ import kopf
 
 from ..api.database import Database
 from ..api.session import DatabaseSession, DatabaseSessionStatus
-from ..core.credentials_secret import left_to_garbage_collector
 from ..engine import EngineError
 from ..engine.results import Untouched
 from ..vocabulary import SessionPhase, TeardownAction
@@ -54,18 +52,12 @@ async def end_lease(body, namespace: str, name: str, uid: str, memo, databases_b
             raise kopf.TemporaryError(
                 f'Database "{session.spec.database_ref.name}" {why}; the PostgreSQL user '
                 "cannot be ended (its VALID UNTIL still applies)", delay=60)
-    secret = session.credentials_secret_name
-    if left_to_garbage_collector(body.get("metadata", {})):
-        log.info("[%s/%s] lease ended (%s); Secret %s goes with the session", namespace, name,
-                 teardown["action"], secret)
-        removals = [memo.kube.leave_to_garbage_collector("Secret", namespace, secret, uid)]
-    else:
-        log.info("[%s/%s] lease ended (%s); deleting Secret %s", namespace, name,
-                 teardown["action"], secret)
-        removals = [memo.kube.delete_secret(namespace, secret, uid)]
+    log.info("[%s/%s] lease ended (%s); deleting Secret %s", namespace, name,
+             teardown["action"], session.credentials_secret_name)
+    removals = [memo.kube.delete_secret(namespace, session.credentials_secret_name, uid)]
     if memo.settings.secret_access:
-        # Access is revoked before the session goes, whatever becomes of the Secret.
-        removals.append(memo.kube.revoke_secret_access(namespace, secret, uid))
+        removals.append(memo.kube.revoke_secret_access(namespace,
+                                                       session.credentials_secret_name, uid))
     await all_of(removals)
     if status.get("phase") == SessionPhase.ACTIVE:
         metrics.ACTIVE_SESSIONS.dec()

@@ -166,9 +166,10 @@ class Kube:
         if owner["uid"] not in _owner_uids(existing):
             if not (reclaim_garbage and await self._garbage(namespace, existing)):
                 raise NotOwned(body["kind"], namespace, name)
-            # An ended session's, waiting for the garbage collector (a session's Secret goes
-            # that way when the session is deleted): what the collector would delete, deleted
-            # now, so that a session re-created under the same name need not wait for it.
+            # An ended session's, waiting for the garbage collector (its finalizer was removed
+            # by hand, or the session vanished before the operator took hold): what the
+            # collector would delete, deleted now, so that a session re-created under the same
+            # name need not wait for it (nor fail with SecretConflict).
             await self._delete_if_uid(_path(api, namespace, plural, name),
                                       existing["metadata"]["uid"])
             try:
@@ -204,11 +205,6 @@ class Kube:
                                                  "preconditions": {"uid": uid}})
         except (NotFound, Conflict):
             pass  # gone already, or replaced by someone else's (the uid precondition)
-
-    async def leave_to_garbage_collector(self, kind: str, namespace: str, name: str,
-                                         owner_uid: str) -> None:
-        """Forget what this process wrote for the owner: the collector deletes it."""
-        self._written.pop((kind, namespace, name, owner_uid), None)
 
     async def delete_secret(self, namespace: str, name: str, owner_uid: str) -> None:
         """Delete the Secret if ``owner_uid`` owns it; someone else's is left alone."""

@@ -150,9 +150,6 @@ class FakeKube:
     #: uids of sessions whose DELETED event the watch has delivered (gone from the index).
     deleted_objects: set[str] = field(default_factory=set)
     configmaps: dict[tuple[str, str], dict[str, str]] = field(default_factory=dict)
-    #: (kind, namespace, name, owner uid) of what the operator left to the garbage collector;
-    #: the object stays in place until the test collects it (the collector runs later).
-    left_to_gc: list[tuple[str, str, str, str]] = field(default_factory=list)
     #: (plural, namespace, name, annotations) of every annotation patch, in order.
     annotations: list[tuple[str, str, str, dict]] = field(default_factory=list)
 
@@ -188,18 +185,6 @@ class FakeKube:
         stored = self.secrets.get((namespace, name))
         if stored is not None and stored.owner_uid == owner_uid:
             del self.secrets[(namespace, name)]
-
-    async def leave_to_garbage_collector(self, kind: str, namespace: str, name: str,
-                                         owner_uid: str) -> None:
-        self.left_to_gc.append((kind, namespace, name, owner_uid))
-
-    def collect_garbage(self) -> None:
-        """What Kubernetes' garbage collector does once the owners are gone."""
-        for kind, namespace, name, owner_uid in self.left_to_gc:
-            stored = self.secrets.get((namespace, name))
-            if kind == "Secret" and stored is not None and stored.owner_uid == owner_uid:
-                del self.secrets[(namespace, name)]
-        self.left_to_gc.clear()
 
     async def grant_secret_access(self, namespace: str, role: dict, binding: dict, *,
                                   owner: dict[str, str]) -> None:
