@@ -29,9 +29,6 @@ GROUP, VERSION = "pgjit.dev", "v1alpha1"
 PLURALS = {"Database": "databases", "Role": "roles", "DatabaseSession": "databasesessions",
            "ObjectLabelRule": "objectlabelrules", "DatabaseSessionReview": "databasesessionreviews"}
 SESSION_LABEL = "pgjit.dev/session"
-#: The control plane's garbage collector picks up CRDs on a 30 s discovery resync, and retries
-#: what it could not resolve before with a backoff: a bound for its first collection.
-GARBAGE_COLLECTION_TIMEOUT = 90.0
 #: The operator's Database health/sweep interval in tests (production default: 60 s).
 HEALTH_SECONDS = "3"
 #: How often a session daemon re-checks that Roles still allow it (production default: 30 s).
@@ -233,10 +230,6 @@ class Env:
 
     def wait_gone(self, kind: str, name: str, timeout: float = 30.0) -> None:
         self._with_log(f"{kind} {name} deleted", lambda: self.get(kind, name) is None, timeout)
-
-    def wait_secret_gone(self, name: str, timeout: float = GARBAGE_COLLECTION_TIMEOUT) -> None:
-        """For a Secret the garbage collector deletes (one whose owner is gone)."""
-        self._with_log(f"Secret {name} deleted", lambda: self.secret(name) is None, timeout)
 
     def secret(self, name: str) -> dict[str, str] | None:
         try:
