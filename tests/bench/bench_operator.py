@@ -652,6 +652,8 @@ def main() -> int:
                     result["up"] = max(watch.active[n] for n in names) - started
                     settle(operator.pid)
                     result["rss"] = rss_mb(operator.pid)
+                    print(f"N={size}: all Active after {result['up']:.1f}s, operator RSS "
+                          f"{result['rss']:.0f} MB", flush=True)
                     after = meter.sample()
                     own = Counter(watch.requests)
                     own.subtract(own_before)
