@@ -199,8 +199,6 @@ async def _operate(settings: Settings, shard_selector, *, namespaces: list[str],
             memo = OperatorMemo(settings)
             memo.shard = shard
             memo.release_leadership = elector.release if elector is not None else None
-            memo.watched_namespaces = 1 if clusterwide else (
-                None if any(set(n) & set("*?[!") for n in namespaces) else len(namespaces))
             # Counted afresh by this run's resume handlers.
             metrics.ACTIVE_SESSIONS.set(0)
             await kopf.operator(standalone=True, clusterwide=clusterwide, namespaces=namespaces,

@@ -5,7 +5,6 @@ from __future__ import annotations
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
-import aiohttp
 import kopf
 
 from .. import GROUP
@@ -34,44 +33,13 @@ class OperatorMemo:
     shard: ShardState = field(default_factory=ShardState)
     #: Gives the leader-election Lease up (None without election; handlers/leadership.py).
     release_leadership: Callable[[], None] | None = None
-    #: How many namespaces Kopf watches each kind in (1: cluster-wide); None when a pattern
-    #: makes it open-ended. It bounds Kopf's connections to the API server (see login).
-    watched_namespaces: int | None = 1
-
-
-#: Watch streams Kopf may hold open per watched namespace: the kinds pgjit's handlers and
-#: indexes watch (tests/unit/handler_layer/test_kopf_connections.py counts them) plus Kopf's
-#: own scanning of namespaces and CRDs, with room to spare.
-WATCH_STREAMS_PER_NAMESPACE = 8
-#: Connections beyond the watch streams, for Kopf's patches and Events: a burst of sessions
-#: queues for them instead of opening a TLS connection per concurrent patch.
-REQUEST_CONNECTIONS = 16
-
-
-def kopf_connection_limit(watched_namespaces: int | None) -> int | None:
-    """Kopf's own connector has no limit: a burst of 500 sessions opened 52 to 274 TLS
-    connections, each holding a 128 KiB read buffer until it idles out (README, Performance).
-    Every watch stream holds a connection for good, so the limit leaves one for each, and
-    none at all when the number of namespaces is open-ended (a pattern)."""
-    if watched_namespaces is None:
-        return None
-    return WATCH_STREAMS_PER_NAMESPACE * max(1, watched_namespaces) + REQUEST_CONNECTIONS
 
 
 @kopf.on.login()
-async def login(memo: OperatorMemo, **_) -> kopf.ConnectionInfo | kopf.AiohttpSession:
-    """Kopf's credentials, found as pgjit's own client finds them (kube/transport.py), on a
-    connector with a limit. Kopf calls it again after a 401, so a rotated ServiceAccount
-    token is read afresh (and Kopf closes the session it replaces)."""
-    connection = load_connection()
-    limit = kopf_connection_limit(getattr(memo, "watched_namespaces", None))
-    if limit is None:
-        return connection.info
-    session = aiohttp.ClientSession(
-        connector=aiohttp.TCPConnector(limit=limit, ssl=connection.ssl_context()),
-        headers=connection.headers())
-    return kopf.AiohttpSession(aiohttp_session=session, server=connection.server,
-                               default_namespace=connection.info.default_namespace)
+def login(**_) -> kopf.ConnectionInfo:
+    """Kopf's credentials, found as pgjit's own client finds them (kube/transport.py). Kopf
+    calls it again after a 401: a rotated ServiceAccount token is read afresh."""
+    return load_connection().info
 
 
 @kopf.on.startup()
