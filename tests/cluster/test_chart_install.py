@@ -243,9 +243,17 @@ def test_admission_puts_the_finalizer_on_sessions(plane, story):
     """The chart's MutatingAdmissionPolicy: a session carries the operator's finalizer from its
     creation, so the operator opens it on its first event (no finalizer PATCH first)."""
     # The API server types a new CRD's objects for policies a moment after it serves them;
-    # until then the policy is skipped (failurePolicy Ignore) and Kopf adds the finalizer.
-    wait_for("the finalizer policy in effect",
-             lambda: FINALIZER in admitted_finalizers(plane, RELEASE_NS), 60)
+    # until then the policy is skipped (failurePolicy Ignore) and Kopf adds the finalizer, or
+    # the create is refused with 503 "Resource kind ... not found" (the API server's own words).
+    def in_effect() -> bool:
+        try:
+            return FINALIZER in admitted_finalizers(plane, RELEASE_NS)
+        except ApiException as error:
+            if error.status == 503 and "not found" in (error.body or ""):
+                return False
+            raise
+
+    wait_for("the finalizer policy in effect", in_effect, 60)
     assert admitted_finalizers(plane, RELEASE_NS).count(FINALIZER) == 1
     # Someone else's finalizers are kept, and ours is never there twice.
     assert admitted_finalizers(plane, RELEASE_NS, ["example.com/keep"]) == [
