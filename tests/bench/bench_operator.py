@@ -580,7 +580,7 @@ def main() -> int:
     # Sessions hold no PostgreSQL connections (the operator works through its pool of admin
     # connections, and nobody logs in as the users here), so max_connections bounds the pools,
     # not N; 10,000 roles and their ledger rows are nothing to PostgreSQL's catalog.
-    with ControlPlane() as cp, start_postgres("16", workdir / "pg16",
+    with ControlPlane(garbage_collector=True) as cp, start_postgres("16", workdir / "pg16",
                                               settings={"max_connections": "200"}) as pg:
         prepare_demo_postgres(pg, dbname="app", table="items")
         kubectl = install_crds(cp, root)

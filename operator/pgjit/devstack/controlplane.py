@@ -269,10 +269,12 @@ class ControlPlane(StartStop):
     """
 
     def __init__(self, binaries: KubeBinaries | None = None, workdir: Path | None = None, *,
-                 garbage_collector: bool = True) -> None:
+                 garbage_collector: bool = False) -> None:
         self.binaries = binaries or ensure_kube_binaries()
-        #: kube-controller-manager running its garbage collector alone (the node bed runs a
-        #: whole controller-manager of its own instead).
+        #: kube-controller-manager running its garbage collector alone, for the tests that need
+        #: one (the node bed runs a whole controller-manager of its own). Off by default: with
+        #: it in the shared cluster bed, a Database's deletion there never completed in 3 of 8
+        #: runs, cause not found yet (README, Performance, session 6).
         self.garbage_collector = garbage_collector
         self._owns_workdir = workdir is None
         self.workdir = Path(workdir or tempfile.mkdtemp(prefix="pgjit-controlplane-")).resolve()
@@ -345,7 +347,8 @@ class ControlPlane(StartStop):
         counts one client's requests alone; it catches up once resumed, as after an outage."""
         collector = next((s for s in self._servers if s.name == "kube-controller-manager"), None)
         if collector is None:
-            raise ControlPlaneError("this control plane runs no garbage collector")
+            yield  # none runs: nothing to hold
+            return
         collector._signal(signal.SIGSTOP)
         try:
             yield
