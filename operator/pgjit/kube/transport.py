@@ -19,7 +19,7 @@ import ssl
 import threading
 import time
 from collections.abc import Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any
 from urllib.parse import urlencode, urlsplit
 
@@ -91,15 +91,9 @@ class Connection:
                 time.monotonic() - self._token_read_at > TOKEN_REREAD_SECONDS:
             with self._lock:
                 with open(self.token_path, encoding="utf-8") as file:
-                    self.info = _with_token(self.info, file.read().strip())
+                    self.info = replace(self.info, token=file.read().strip() or None)
                 self._token_read_at = time.monotonic()
         return self.info.as_http_headers()
-
-
-def _with_token(info: kopf.ConnectionInfo, token: str) -> kopf.ConnectionInfo:
-    from dataclasses import replace
-
-    return replace(info, token=token or None)
 
 
 def load_connection(environ: Mapping[str, str] = os.environ,
