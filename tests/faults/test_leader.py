@@ -76,11 +76,16 @@ def test_one_leader_acts_and_hands_over_on_a_clean_stop(stack):
 
 
 def test_leader_killed_mid_burst(stack):
-    """SIGKILL: no release, no cleanup. The standby takes over once the leader has missed two
-    renewals and its port refuses connections, well within the lease (default timings)."""
+    """SIGKILL: no release, no cleanup. A standby takes over once the leader has missed two
+    renewals and its process is provably gone, well within the lease (default timings).
+
+    Two standbys race for it: the other pod, and the killed pod's restarted container (the
+    kubelet restarts it at once, and it answers the probe at the old leader's address with
+    another identity). Either may win, and on a busy machine either does; what must hold is
+    that one live process leads, the one killed never again, and the loser stands by."""
     pods = stack.add_pods(2)
     leader = pods.wait_leader()
-    standby = next(pod for pod in pods.pods if pod is not leader)
+    killed_identity = lease_holder(stack)
     env = stack.env()
     found = {}
 
@@ -88,18 +93,20 @@ def test_leader_killed_mid_burst(stack):
         killed_at = time.monotonic()
         leader.signal(signal.SIGKILL)
         found["failover"] = first_activation_after(env, burst, killed_at, 60)
-        found["leader"] = standby.role()
+        found["holder"] = lease_holder(stack)
 
     burst, _, settled = fault_burst(env, kill)
-    assert found["leader"] == "leader", pods.log_tail()
-    assert lease_holder(stack).startswith(standby.name)
-    # The killed pod came back (as the kubelet restarts it) and stands by.
-    wait_for("the restarted pod standing by", lambda: leader.role() == "standby", 30)
+    assert found["holder"] and found["holder"] != killed_identity, pods.log_tail()
+    new_leader = next(pod for pod in pods.pods if found["holder"].startswith(pod.name + "_"))
+    other = next(pod for pod in pods.pods if pod is not new_leader)
+    assert new_leader.role() == "leader", pods.log_tail()
+    wait_for("the other pod standing by", lambda: other.role() == "standby", 30)
     assert leader.exits and leader.exits[0][1] == -signal.SIGKILL
     assert found["failover"] < DEFAULT_TIMINGS["lease"], found
     check_no_leaks(env, burst)
-    print(f"failover (leader SIGKILLed to the first session activated by the new leader): "
-          f"{found['failover']:.2f}s; settled {settled:.1f}s after the kill")
+    winner = "the restarted container" if new_leader is leader else "the other pod"
+    print(f"failover (leader SIGKILLed to the first session activated by the new leader, "
+          f"{winner}): {found['failover']:.2f}s; settled {settled:.1f}s after the kill")
 
 
 def test_leader_stopped_longer_than_the_lease_does_not_act_when_resumed(stack):
