@@ -119,10 +119,7 @@ def test_database_health(env: Env, judge: Judge, postgres16):
     # Objects outlive the test (no namespace controller); these would be retried forever.
     for name in ("down", "badauth"):
         env.delete("Database", name)
-        # Its health check may be inside a connection attempt to the closed port (up to the
-        # engine's 10 s connect timeout) and its pool closing, which deletion waits for: on a
-        # loaded machine that took longer than the default 30 s once.
-        env.wait_gone("Database", name, timeout=90)
+        env.wait_gone("Database", name)
 
 
 def test_role_health(env: Env, judge: Judge, kubectl):

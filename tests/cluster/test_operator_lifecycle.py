@@ -2,10 +2,14 @@
 
 from __future__ import annotations
 
+import selectors
+import socket
+import threading
+
 import psycopg
 import pytest
 
-from operatorkit import GROUP, VERSION, Env, condition_of, make_env, token
+from operatorkit import GROUP, VERSION, Env, condition_of, make_env, token, wait_for
 
 
 @pytest.fixture
@@ -75,6 +79,84 @@ def test_database_with_an_active_session_is_deleted_after_the_session(env):
     assert env.role_row(user) is None  # ended through the Database it was opened on
     env.wait_gone("Database", "db", timeout=30)
     assert env.login_refused(creds)
+
+
+class Gate:
+    """A TCP forwarder to PostgreSQL whose new connections can be held: accepted and never
+    answered, as by a server that hangs. Connections made before ``hold()`` go on working."""
+
+    def __init__(self, target: tuple[str, int]) -> None:
+        self.target = target
+        self.listener = socket.create_server(("127.0.0.1", 0))
+        self.port = self.listener.getsockname()[1]
+        self.holding = threading.Event()
+        self.held: list[socket.socket] = []
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._serve, daemon=True, name="gate")
+        self._thread.start()
+
+    def hold(self) -> None:
+        self.holding.set()
+
+    def close(self) -> None:
+        self._stop.set()
+        self._thread.join(5)
+
+    def _serve(self) -> None:
+        chooser = selectors.DefaultSelector()
+        chooser.register(self.listener, selectors.EVENT_READ)
+        peer: dict[socket.socket, socket.socket] = {}
+        try:
+            while not self._stop.is_set():
+                for key, _ in chooser.select(timeout=0.1):
+                    sock = key.fileobj
+                    assert isinstance(sock, socket.socket)
+                    if sock is self.listener:
+                        client, _ = self.listener.accept()
+                        if self.holding.is_set():
+                            self.held.append(client)
+                            continue
+                        upstream = socket.create_connection(self.target, timeout=5)
+                        peer[client], peer[upstream] = upstream, client
+                        for end in (client, upstream):
+                            chooser.register(end, selectors.EVENT_READ)
+                        continue
+                    try:
+                        data = sock.recv(65536)
+                    except OSError:
+                        data = b""
+                    other = peer.get(sock)
+                    if not data or other is None:
+                        for end in (sock, other):
+                            if end is not None and end in peer:
+                                chooser.unregister(end)
+                                peer.pop(end)
+                                end.close()
+                        continue
+                    other.sendall(data)
+        finally:
+            for sock in [self.listener, *peer, *self.held]:
+                sock.close()
+
+
+def test_a_database_is_deleted_at_once_while_its_health_check_hangs(env):
+    """A server that stops answering (a hung host, a dropped route) leaves the health check
+    waiting on a connection. Deleting the Database must not wait for it: the check is given up
+    and the Database is gone in seconds, not after the check's connect timeouts and retries
+    (80 s), nor never (Kopf waited for a patch that changed nothing, once the check ended)."""
+    gate = Gate((env.server.host, env.server.port))
+    try:
+        spec = dict(env.get("Database", "db")["spec"], host="127.0.0.1", port=gate.port)
+        env.create("Database", "gated", spec)
+        env.wait_ready("Database", "gated", "True")
+        gate.hold()
+        # Only the health check opens a new connection now (the preflight's own, each period):
+        # once one is held, the check is in flight, waiting on it.
+        wait_for("the health check to hang on the gate", lambda: gate.held, 30)
+        env.delete("Database", "gated")
+        env.wait_gone("Database", "gated", timeout=15)
+    finally:
+        gate.close()
 
 
 def test_events_on_transitions_never_carry_the_password(env, kubectl):

@@ -112,9 +112,18 @@ def test_a_broken_secret_still_ends_the_session(sessions, tmp_path) -> None:
     assert sessions.calls[-2:] == [("delete", "s"), ("gone", "s")]
 
 
+@pytest.fixture
+def ctrl_c_raises():
+    """SIGINT raising KeyboardInterrupt, as in a terminal. A shell starts background jobs
+    with SIGINT ignored, and Python then leaves it ignored: `make test &` would not see it."""
+    previous = signal.signal(signal.SIGINT, signal.default_int_handler)
+    yield
+    signal.signal(signal.SIGINT, previous)
+
+
 @pytest.mark.parametrize("signum", [signal.SIGTERM, signal.SIGINT])
-def test_a_signal_during_creation_is_held_until_the_name_is_known(sessions, tmp_path,
-                                                                   signum) -> None:
+def test_a_signal_during_creation_is_held_until_the_name_is_known(sessions, tmp_path, signum,
+                                                                   ctrl_c_raises) -> None:
     sessions.on_create = lambda: os.kill(os.getpid(), signum)
     expected = 130 if signum == signal.SIGINT else 128 + signum
     assert connect(None, options(tmp_path)) == expected

@@ -2,7 +2,11 @@
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import logging
+from collections.abc import Coroutine
+from typing import Any
 
 import kopf
 
@@ -182,11 +186,32 @@ async def connect(body, namespace, name, patch, memo, live_sessions_by_database,
 
 
 async def health(body, namespace, name, patch, memo, live_sessions_by_database,
-                 roles_by_namespace, **_):
-    """Re-check reachability and privileges, and end users no live session holds (crash safety)."""
+                 roles_by_namespace, stopped, **_):
+    """Re-check reachability and privileges, and end users no live session holds (crash safety).
+
+    Given up when the Database is deleted: a check waiting on a server that stopped answering
+    (connect timeouts, retried) would otherwise hold the finalizer for a minute or more.
+    """
     with metrics.reconcile("database") as reconciliation:
-        await _check(body, namespace, name, patch, memo, live_sessions_by_database,
-                     roles_by_namespace, refresh=True, sweep=True, reconciliation=reconciliation)
+        await _unless_stopped(stopped, _check(
+            body, namespace, name, patch, memo, live_sessions_by_database, roles_by_namespace,
+            refresh=True, sweep=True, reconciliation=reconciliation))
+
+
+async def _unless_stopped(stopped, work: Coroutine[Any, Any, None]) -> None:
+    """Run ``work`` until it ends or ``stopped`` is set, whichever comes first."""
+    task = asyncio.ensure_future(work)
+    stop = asyncio.ensure_future(stopped.wait())
+    try:
+        await asyncio.wait({task, stop}, return_when=asyncio.FIRST_COMPLETED)
+    finally:
+        stop.cancel()
+        if not task.done():
+            task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await task
+    if not task.cancelled():
+        task.result()
 
 
 def register(settings: Settings) -> None:
@@ -198,7 +223,11 @@ def register(settings: Settings) -> None:
 @kopf.on.delete(*RESOURCE, id="release")  # type: ignore[arg-type]  # index kwargs
 async def release(body, namespace, name, patch, memo, live_sessions_by_database, **_):
     live = _live_sessions(live_sessions_by_database, namespace, name)
-    patch.status.update(written(DatabaseStatus, active_sessions=len(live)))
+    # Only a change is written. While a daemon or timer is still exiting, Kopf skips its
+    # wait for them after any patch, counting on the patch's watch event to wake it; a patch
+    # that changes nothing raises no event, and the finalizer then stayed for good.
+    if (body.get("status") or {}).get("activeSessions") != len(live):
+        patch.status.update(written(DatabaseStatus, active_sessions=len(live)))
     if live:
         message = (f"deletion waits: {len(live)} DatabaseSession(s) still use this Database; it "
                    "is deleted once they have ended (delete them to end them now)")
