@@ -159,6 +159,22 @@ def test_a_database_is_deleted_at_once_while_its_health_check_hangs(env):
         gate.close()
 
 
+def test_a_database_on_a_server_that_never_answers_says_so_and_can_be_deleted(env):
+    """Each connection attempt waits out the connect timeout (10 s); retried eight times
+    inline, the first word on the Database came after 85 s, and its deletion waited as long."""
+    gate = Gate((env.server.host, env.server.port))
+    gate.hold()
+    try:
+        spec = dict(env.get("Database", "db")["spec"], host="127.0.0.1", port=gate.port)
+        env.create("Database", "silent", spec)
+        database = env.wait_ready("Database", "silent", "False", "Unreachable", timeout=30)
+        assert "timeout" in condition_of(database)["message"], condition_of(database)
+        env.delete("Database", "silent")
+        env.wait_gone("Database", "silent", timeout=30)
+    finally:
+        gate.close()
+
+
 def test_events_on_transitions_never_carry_the_password(env, kubectl):
     env.role("analysts", "keep")
     user = f"lena-{token()}@example.com"

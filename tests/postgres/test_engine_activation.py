@@ -338,6 +338,48 @@ async def test_unreachable_server_is_a_transient_error():
         await engine.close()
 
 
+class _Silent:
+    """A port that accepts connections and never answers, as a hung server does."""
+
+    def __init__(self) -> None:
+        import socket
+        self.listener = socket.create_server(("127.0.0.1", 0), backlog=32)
+        self.port = self.listener.getsockname()[1]
+        self.connections: list[socket.socket] = []
+
+    def accepted(self) -> int:
+        """Connections made so far (each is left unanswered)."""
+        self.listener.setblocking(False)
+        while True:
+            try:
+                self.connections.append(self.listener.accept()[0])
+            except BlockingIOError:
+                return len(self.connections)
+
+    def close(self) -> None:
+        for sock in [self.listener, *self.connections]:
+            sock.close()
+
+
+@pytest.mark.parametrize("budget, attempts", [(0.5, 1), (60.0, 3)])
+async def test_a_server_that_does_not_answer_is_not_retried_past_the_budget(budget, attempts):
+    """Each attempt waits for the connect timeout; retrying eight of them held a Database's
+    handler (and its deletion) for 85 s. Past the budget the error is reported at once."""
+    from pgjit.engine import Engine, RetryPolicy
+    silent = _Silent()
+    engine = Engine(ServerConfig(host="127.0.0.1", port=silent.port, admin_user="a",
+                                 admin_password="p", connect_timeout=1),
+                    retry=RetryPolicy(attempts=3, base_delay=0.01, budget=budget))
+    try:
+        with pytest.raises(EngineError) as caught:
+            await engine.preflight()
+        assert caught.value.transient and caught.value.reason == Reason.UNREACHABLE
+        assert silent.accepted() == attempts
+    finally:
+        await engine.close()
+        silent.close()
+
+
 async def test_wrong_admin_password_is_a_permanent_authentication_error(pg_server):
     from pgjit.engine import Engine
     engine = Engine(ServerConfig(host=pg_server.host, port=pg_server.port,

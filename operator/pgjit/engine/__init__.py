@@ -10,6 +10,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import random
+import time
 from dataclasses import dataclass, field, replace
 from datetime import datetime, timezone
 from typing import Awaitable, Callable, Container, Iterable, TypeVar
@@ -42,6 +43,11 @@ class RetryPolicy:
     attempts: int = 8
     base_delay: float = 0.05
     max_delay: float = 1.0
+    #: No attempt starts this many seconds after the first: retries are for failures that come
+    #: fast (a refused connection, a serialization failure). A server that stopped answering
+    #: fails each attempt only at the connect timeout, and eight of those kept a handler, and
+    #: the deletion of its Database behind it, waiting for 85 s; Kopf retries the handler later.
+    budget: float = 5.0
 
     def delay(self, attempt: int) -> float:
         # Full jitter: concurrent writers that collided do not collide again in lockstep.
@@ -79,6 +85,7 @@ class Engine:
         await self.close()
 
     async def _retrying(self, doing: str, operation: Callable[[], Awaitable[T]]) -> T:
+        started = time.monotonic()
         for attempt in range(self.retry.attempts):
             try:
                 return await operation()
@@ -86,7 +93,8 @@ class Engine:
                 raise  # each failed user was retried already, on its own
             except (psycopg.Error, OSError, TimeoutError, EngineError) as exc:
                 error = classify(exc, doing=doing)
-                if not error.transient or attempt == self.retry.attempts - 1:
+                if (not error.transient or attempt == self.retry.attempts - 1
+                        or time.monotonic() - started >= self.retry.budget):
                     if error is exc:
                         raise
                     raise error from exc
