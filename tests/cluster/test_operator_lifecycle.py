@@ -2,13 +2,10 @@
 
 from __future__ import annotations
 
-import selectors
-import socket
-import threading
-
 import psycopg
 import pytest
 
+from forwarder import Forwarder
 from operatorkit import GROUP, VERSION, Env, condition_of, make_env, token, wait_for
 
 
@@ -81,70 +78,13 @@ def test_database_with_an_active_session_is_deleted_after_the_session(env):
     assert env.login_refused(creds)
 
 
-class Gate:
-    """A TCP forwarder to PostgreSQL whose new connections can be held: accepted and never
-    answered, as by a server that hangs. Connections made before ``hold()`` go on working."""
-
-    def __init__(self, target: tuple[str, int]) -> None:
-        self.target = target
-        self.listener = socket.create_server(("127.0.0.1", 0))
-        self.port = self.listener.getsockname()[1]
-        self.holding = threading.Event()
-        self.held: list[socket.socket] = []
-        self._stop = threading.Event()
-        self._thread = threading.Thread(target=self._serve, daemon=True, name="gate")
-        self._thread.start()
-
-    def hold(self) -> None:
-        self.holding.set()
-
-    def close(self) -> None:
-        self._stop.set()
-        self._thread.join(5)
-
-    def _serve(self) -> None:
-        chooser = selectors.DefaultSelector()
-        chooser.register(self.listener, selectors.EVENT_READ)
-        peer: dict[socket.socket, socket.socket] = {}
-        try:
-            while not self._stop.is_set():
-                for key, _ in chooser.select(timeout=0.1):
-                    sock = key.fileobj
-                    assert isinstance(sock, socket.socket)
-                    if sock is self.listener:
-                        client, _ = self.listener.accept()
-                        if self.holding.is_set():
-                            self.held.append(client)
-                            continue
-                        upstream = socket.create_connection(self.target, timeout=5)
-                        peer[client], peer[upstream] = upstream, client
-                        for end in (client, upstream):
-                            chooser.register(end, selectors.EVENT_READ)
-                        continue
-                    try:
-                        data = sock.recv(65536)
-                    except OSError:
-                        data = b""
-                    other = peer.get(sock)
-                    if not data or other is None:
-                        for end in (sock, other):
-                            if end is not None and end in peer:
-                                chooser.unregister(end)
-                                peer.pop(end)
-                                end.close()
-                        continue
-                    other.sendall(data)
-        finally:
-            for sock in [self.listener, *peer, *self.held]:
-                sock.close()
-
-
 def test_a_database_is_deleted_at_once_while_its_health_check_hangs(env):
     """A server that stops answering (a hung host, a dropped route) leaves the health check
     waiting on a connection. Deleting the Database must not wait for it: the check is given up
     and the Database is gone in seconds, not after the check's connect timeouts and retries
     (80 s), nor never (Kopf waited for a patch that changed nothing, once the check ended)."""
-    gate = Gate((env.server.host, env.server.port))
+    gate = Forwarder((env.server.host, env.server.port))
+    gate.restore()
     try:
         spec = dict(env.get("Database", "db")["spec"], host="127.0.0.1", port=gate.port)
         env.create("Database", "gated", spec)
@@ -156,13 +96,14 @@ def test_a_database_is_deleted_at_once_while_its_health_check_hangs(env):
         env.delete("Database", "gated")
         env.wait_gone("Database", "gated", timeout=15)
     finally:
-        gate.close()
+        gate.cut()
 
 
 def test_a_database_on_a_server_that_never_answers_says_so_and_can_be_deleted(env):
     """Each connection attempt waits out the connect timeout (10 s); retried eight times
     inline, the first word on the Database came after 85 s, and its deletion waited as long."""
-    gate = Gate((env.server.host, env.server.port))
+    gate = Forwarder((env.server.host, env.server.port))
+    gate.restore()
     gate.hold()
     try:
         spec = dict(env.get("Database", "db")["spec"], host="127.0.0.1", port=gate.port)
@@ -172,7 +113,7 @@ def test_a_database_on_a_server_that_never_answers_says_so_and_can_be_deleted(en
         env.delete("Database", "silent")
         env.wait_gone("Database", "silent", timeout=30)
     finally:
-        gate.close()
+        gate.cut()
 
 
 def test_events_on_transitions_never_carry_the_password(env, kubectl):

@@ -13,7 +13,6 @@ import json
 import os
 import random
 import secrets
-import selectors
 import signal
 import socket
 import subprocess
@@ -33,6 +32,7 @@ import psycopg
 from psycopg import sql
 from kubernetes.client.rest import ApiException
 
+from forwarder import Forwarder
 from operatorkit import (HEALTH_SECONDS, REVALIDATE_SECONDS, SESSION_LABEL, Env, _install_crds,
                          make_env, token, wait_for)
 from pgjit.devstack.controlplane import ControlPlane
@@ -463,84 +463,10 @@ def fault_burst(env: Env, fault: Callable[[Burst], Any], *, ended: frozenset[str
 # A connection that can be cut: a Database's server unreachable
 
 
-class Cuttable:
-    """A TCP forwarder from a local port to PostgreSQL. ``cut()`` closes the port and every
-    connection through it (clients then get "connection refused", as from a host that is
-    down); ``restore()`` opens the same port again."""
-
-    def __init__(self, target_port: int) -> None:
-        self.target = ("127.0.0.1", target_port)
-        self.port = free_port()
-        self._listener: socket.socket | None = None
-        self._pairs: list[tuple[socket.socket, socket.socket]] = []
-        self._lock = threading.Lock()
-        self._stop = threading.Event()
-        self._thread: threading.Thread | None = None
-
-    def restore(self) -> None:
-        listener = socket.socket()
-        listener.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-        listener.bind(("127.0.0.1", self.port))
-        listener.listen(64)
-        self._listener = listener
-        self._stop.clear()
-        self._thread = threading.Thread(target=self._serve, daemon=True, name="cuttable")
-        self._thread.start()
-
-    def cut(self) -> None:
-        self._stop.set()
-        if self._thread is not None:
-            self._thread.join(5)
-        with self._lock:
-            for pair in self._pairs:
-                for sock in pair:
-                    sock.close()
-            self._pairs.clear()
-
-    def _serve(self) -> None:
-        listener = self._listener
-        assert listener is not None
-        chooser = selectors.DefaultSelector()
-        chooser.register(listener, selectors.EVENT_READ)
-        peer: dict[socket.socket, socket.socket] = {}
-        try:
-            while not self._stop.is_set():
-                for key, _ in chooser.select(timeout=0.1):
-                    sock = key.fileobj
-                    assert isinstance(sock, socket.socket)
-                    if sock is listener:
-                        client, _ = listener.accept()
-                        try:
-                            upstream = socket.create_connection(self.target, timeout=5)
-                        except OSError:
-                            client.close()
-                            continue
-                        peer[client], peer[upstream] = upstream, client
-                        with self._lock:
-                            self._pairs.append((client, upstream))
-                        for end in (client, upstream):
-                            chooser.register(end, selectors.EVENT_READ)
-                        continue
-                    try:
-                        data = sock.recv(65536)
-                    except OSError:
-                        data = b""
-                    other = peer.get(sock)
-                    if not data or other is None:
-                        for end in (sock, other):
-                            if end is not None and end in peer:
-                                chooser.unregister(end)
-                                peer.pop(end, None)
-                                end.close()
-                        continue
-                    try:
-                        other.sendall(data)
-                    except OSError:
-                        pass
-        finally:
-            listener.close()
-            for sock in list(peer):
-                sock.close()
+def Cuttable(target_port: int) -> Forwarder:
+    """A forwarder to PostgreSQL on 127.0.0.1 that ``cut()`` takes down and ``restore()``
+    brings back on the same port (forwarder.py)."""
+    return Forwarder(("127.0.0.1", target_port))
 
 
 def direct_login(server, creds: dict[str, str]) -> psycopg.Connection:
