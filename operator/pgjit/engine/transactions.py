@@ -12,16 +12,18 @@ that changes a user, its grants in a database or the managed role:
 - ends idle whatever happens: :func:`locked_transaction` rolls back on an error, and on a return
   that did not commit, so no connection goes back to its pool inside a transaction.
 
-:meth:`Transaction.begin` only sends its statements: callers run it inside the pipeline that also
-reads the state, so a locked transaction still starts in one round trip.
+A locked transaction starts in one round trip: :meth:`Transaction.begin` only sends its
+statements, inside the caller's pipeline, and the user lifecycle sends
+:meth:`Transaction.begin_statements` with its state reads as one script (:func:`run_script`).
 """
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Sequence
 from contextlib import asynccontextmanager
 
 import psycopg
+from psycopg.abc import Params, Query
 
 from . import statements as S
 
@@ -43,6 +45,10 @@ class Transaction:
         self.conn = conn
         self.name = name
 
+    def begin_statements(self, lock_key: int) -> list[tuple[Query, Params | None]]:
+        """What :meth:`begin` sends, for a caller that sends it as part of one script."""
+        return [(S.BEGIN, None), (S.NAMED_ADVISORY_LOCK, [self.name, lock_key])]
+
     async def begin(self, lock_key: int) -> None:
         """BEGIN, name the transaction and take the lock on ``lock_key`` (send within a
         pipeline to share its round trip)."""
@@ -51,6 +57,23 @@ class Transaction:
 
     async def commit(self) -> None:
         await self.conn.execute(S.COMMIT)
+
+
+async def run_script(conn: psycopg.AsyncConnection,
+                     statements: Sequence[tuple[Query, Params | None]]) -> psycopg.AsyncCursor:
+    """Send ``statements`` as one simple query: one round trip and one wait for it, where a
+    pipeline costs a wait per statement (on the operator's CPU, more than the statements'
+    own work: README, Performance, session 7). The result sets follow one another
+    (``nextset``); the first error raises and leaves the transaction aborted, as in a pipeline.
+
+    Each statement is bound by the connection's client-side cursor, the binding every
+    ``execute`` on an admin connection gets (connections.py), so identifiers still come in
+    only through ``sql.Identifier`` and values only as parameters.
+    """
+    cur = conn.cursor()
+    assert isinstance(cur, psycopg.AsyncClientCursor), "admin connections bind client-side"
+    await cur.execute(";\n".join(cur.mogrify(query, params) for query, params in statements))
+    return cur
 
 
 async def rollback_unless_idle(conn: psycopg.AsyncConnection) -> None:

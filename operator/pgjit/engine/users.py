@@ -27,7 +27,7 @@ from ..core.naming import postgres_username
 from ..core.permissions import DbObject
 from . import statements as S
 from .connections import AdminConnections
-from .transactions import Transaction, locked_transaction, rollback_unless_idle
+from .transactions import Transaction, locked_transaction, rollback_unless_idle, run_script
 from .errors import EngineError, classify
 from ..vocabulary import Reason
 from .results import (ABSENT, DEACTIVATED, DROPPED, LOCKED, NOT_MANAGED, RELEASED, Activation,
@@ -148,31 +148,33 @@ class UserLifecycle:
         role, so the hard refusals are judged under the lock that the activation acts under.
         """
         params = self._state_params(name, wanted, database)
-        conn = tx.conn
-        async with conn.pipeline():
-            await tx.begin(lock_key(name))
-            cur = await self._read(conn, S.PREPARED_USER_STATE, params)
-            privileged = (await self._read(conn, S.PREPARED_PRIVILEGED_MEMBERSHIPS, params)) \
-                if wanted else None
-            row = await cur.fetchone()
-            privileged_rows = await privileged.fetchall() if privileged is not None else ()
+        reads = [S.PREPARED_USER_STATE, *([S.PREPARED_PRIVILEGED_MEMBERSHIPS] if wanted else [])]
+        cur = await run_script(tx.conn, [*tx.begin_statements(lock_key(name)),
+                                         *((self._statement(read), params) for read in reads)])
+        cur.nextset()  # past BEGIN
+        cur.nextset()  # past the lock
+        row = await cur.fetchone()
+        privileged_rows: list[Any] = []
+        if wanted:
+            cur.nextset()
+            privileged_rows = await cur.fetchall()
         self.stats.round_trips += 1
         return UserState.from_row(row, privileged_rows)
 
+    def _statement(self, statement: S.Prepared) -> sql.Composed | sql.SQL:
+        """EXECUTE of the statement each admin connection prepared when it opened (planning
+        these joins cost more server CPU than running them, README Performance), or the plain
+        query when that is turned off."""
+        return statement.execute if self.config.prepared_statements else statement.query
+
     async def _read(self, conn: psycopg.AsyncConnection, statement: S.Prepared, params: Any
                     ) -> psycopg.AsyncCursor:
-        """A catalog read every activation makes: EXECUTE of the statement each admin
-        connection prepared when it opened (planning these joins cost more server CPU than
-        running them, README Performance), or the plain query when that is turned off."""
-        return await conn.execute(
-            statement.execute if self.config.prepared_statements else statement.query, params)
+        return await conn.execute(self._statement(statement), params)
 
     async def _run(self, tx: Transaction, batch: Batch, *, commit: bool) -> None:
-        async with tx.conn.pipeline():
-            for statement, params in batch.statements:
-                await tx.conn.execute(statement, params)
-            if commit:
-                await tx.commit()
+        statements = [*batch.statements, *([(S.COMMIT, None)] if commit else [])]
+        if statements:
+            await run_script(tx.conn, statements)
         self.stats.round_trips += 1
 
     # -- activation ----------------------------------------------------------------------------
