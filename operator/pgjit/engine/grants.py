@@ -18,7 +18,7 @@ from ..core.permissions import (KIND_PRIVILEGES, DbObject, ObjectKind, Permissio
 from . import statements as S
 from .errors import EngineError
 from ..vocabulary import Reason
-from .transactions import Transaction, locked_transaction
+from .transactions import Transaction, locked_transaction, run_script
 from .users import Batch, lock_key
 
 Held = dict[DbObject, frozenset[str]]
@@ -35,15 +35,17 @@ class ObjectGrants:
 
     async def _read(self, tx: Transaction, name: str, database: str,
                     kinds: frozenset[str] = frozenset()) -> tuple[Ledger, list[DbObject], Held]:
-        conn = tx.conn
-        async with conn.pipeline():
-            await tx.begin(lock_key(database + "\x00" + name))
-            comment = await conn.execute(S.ROLE_COMMENT, [name])
-            objects = await conn.execute(S.OBJECTS, {"kinds": sorted(kinds)})
-            held = await conn.execute(S.HELD_PRIVILEGES, {"name": name})
-            row = await comment.fetchone()
-            object_rows = await objects.fetchall()
-            held_rows = await held.fetchall()
+        cur = await run_script(tx.conn, [
+            *tx.begin_statements(lock_key(database + "\x00" + name)),
+            (S.ROLE_COMMENT, [name]), (S.OBJECTS, {"kinds": sorted(kinds)}),
+            (S.HELD_PRIVILEGES, {"name": name})])
+        cur.nextset()  # past BEGIN
+        cur.nextset()  # past the lock
+        row = await cur.fetchone()
+        cur.nextset()
+        object_rows = await cur.fetchall()
+        cur.nextset()
+        held_rows = await cur.fetchall()
         self.stats.round_trips += 1
         current: dict[DbObject, set[str]] = defaultdict(set)
         for kind, schema, obj, args, privilege in held_rows:
@@ -79,10 +81,7 @@ class ObjectGrants:
             # Alone, or sharing the same rules: the catalog is made to match the rules, so
             # whatever was granted out of band is stripped here too.
             batch, drift = _reconcile(name, current, desired)
-            async with conn.pipeline():
-                for statement, params in batch.statements:
-                    await conn.execute(statement, params)
-                await tx.commit()
+            await run_script(conn, [*batch.statements, (S.COMMIT, None)])
             self.stats.round_trips += 1
             return summarize_objects(granted), tuple(drift)
 
@@ -100,10 +99,8 @@ class ObjectGrants:
                    for lease in ledger.live(now)):
                 await tx.commit()
                 return
-            async with conn.pipeline():
-                for obj in sorted(current):
-                    await conn.execute(S.revoke_all_on(obj, name))
-                await tx.commit()
+            revokes = [(S.revoke_all_on(obj, name), None) for obj in sorted(current)]
+            await run_script(conn, [*revokes, (S.COMMIT, None)])
             self.stats.round_trips += 1
 
 
