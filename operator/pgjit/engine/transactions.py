@@ -23,9 +23,13 @@ from collections.abc import AsyncIterator, Sequence
 from contextlib import asynccontextmanager
 
 import psycopg
-from psycopg.abc import Params, Query
+from psycopg import sql
+from psycopg.abc import Params
 
 from . import statements as S
+
+#: A statement and its parameters, as ``execute`` takes them.
+Statement = tuple[str | bytes | sql.SQL | sql.Composed, Params | None]
 
 #: PostgreSQL keeps NAMEDATALEN - 1 bytes of application_name.
 _APPLICATION_NAME_BYTES = 63
@@ -45,22 +49,22 @@ class Transaction:
         self.conn = conn
         self.name = name
 
-    def begin_statements(self, lock_key: int) -> list[tuple[Query, Params | None]]:
+    def begin_statements(self, lock_key: int) -> list[Statement]:
         """What :meth:`begin` sends, for a caller that sends it as part of one script."""
         return [(S.BEGIN, None), (S.NAMED_ADVISORY_LOCK, [self.name, lock_key])]
 
     async def begin(self, lock_key: int) -> None:
         """BEGIN, name the transaction and take the lock on ``lock_key`` (send within a
         pipeline to share its round trip)."""
-        await self.conn.execute(S.BEGIN)
-        await self.conn.execute(S.NAMED_ADVISORY_LOCK, [self.name, lock_key])
+        for statement, params in self.begin_statements(lock_key):
+            await self.conn.execute(statement, params)
 
     async def commit(self) -> None:
         await self.conn.execute(S.COMMIT)
 
 
 async def run_script(conn: psycopg.AsyncConnection,
-                     statements: Sequence[tuple[Query, Params | None]]) -> psycopg.AsyncCursor:
+                     statements: Sequence[Statement]) -> psycopg.AsyncCursor:
     """Send ``statements`` as one simple query: one round trip and one wait for it, where a
     pipeline costs a wait per statement (on the operator's CPU, more than the statements'
     own work: README, Performance, session 7). The result sets follow one another
