@@ -38,6 +38,7 @@ from . import metrics
 from .approval_gate import review_entry
 from .decisions import parse_ts
 from .sessions import open_lease
+from .indexes import SESSION_INDEX
 from .triggers import index
 
 log = logging.getLogger(__name__)
@@ -63,7 +64,7 @@ def _awaiting(status) -> bool:
         ready.get("reason") == Reason.AWAITING_APPROVAL
 
 
-@index(*SESSIONS)
+@SESSION_INDEX.part()
 def unopened_sessions(namespace, name, uid, status, meta, **_):
     """Sessions a review may still decide: neither Active nor over, nor being deleted."""
     if status.get("phase") in TERMINAL_PHASES or status.get("phase") == SessionPhase.ACTIVE \
@@ -82,7 +83,7 @@ class Waiting:
     deadline: str | None
 
 
-@index(*SESSIONS)
+@SESSION_INDEX.part(listed=True)
 def awaiting_approval(namespace, name, spec, status, **_):
     """Sessions waiting for approval, one key each: the gauge is the index's length."""
     if not _awaiting(status):
@@ -129,6 +130,7 @@ def reviews_digest(entries) -> str:
 
 
 @kopf.on.event(*REVIEWS)  # type: ignore[arg-type]  # index kwargs
+@SESSION_INDEX.as_kwargs
 async def review_changed(namespace, spec, memo, reviews_by_session, unopened_sessions, **_):
     """Poke the session a review names, if a review can still decide it."""
     session = (spec.get("sessionRef") or {}).get("name")
@@ -151,6 +153,7 @@ async def reconsider(body, **kwargs):
 
 
 @kopf.on.startup()  # type: ignore[arg-type]  # index kwargs
+@SESSION_INDEX.as_kwargs
 async def count_waiting(awaiting_approval, **_):
     """The gauge reads the index's length at each scrape (from the metrics server's thread,
     where ``len`` of the index's dict is safe): no count to keep in step."""

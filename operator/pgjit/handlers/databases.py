@@ -19,7 +19,7 @@ from ..settings import Settings
 from ..vocabulary import Reason
 from . import metrics
 from .triggers import on_spec
-from .indexes import valid_roles
+from .indexes import SESSION_INDEX, valid_roles
 from .lease_loop import supervise_leases
 from .opening import report_drift
 from .status import set_conditions, written
@@ -177,6 +177,7 @@ async def _remove_secrets_of(memo: kopf.Memo, session_id: str) -> None:
 
 
 @on_spec(*RESOURCE, id="connect")
+@SESSION_INDEX.as_kwargs
 async def connect(body, namespace, name, patch, memo, live_sessions_by_database,
                   roles_by_namespace, **_):
     with metrics.reconcile("database") as reconciliation:
@@ -217,10 +218,11 @@ async def _unless_stopped(stopped, work: Coroutine[Any, Any, None]) -> None:
 def register(settings: Settings) -> None:
     """The health timer, every ``settings.health_seconds`` (see handlers.register)."""
     kopf.timer(*RESOURCE, id="health", interval=settings.health_seconds,
-               initial_delay=settings.health_seconds)(health)  # type: ignore[arg-type]  # index kwargs
+               initial_delay=settings.health_seconds)(SESSION_INDEX.as_kwargs(health))  # type: ignore[arg-type]  # index kwargs
 
 
 @kopf.on.delete(*RESOURCE, id="release")  # type: ignore[arg-type]  # index kwargs
+@SESSION_INDEX.as_kwargs
 async def release(body, namespace, name, patch, memo, live_sessions_by_database, **_):
     live = _live_sessions(live_sessions_by_database, namespace, name)
     # Only a change is written. While a daemon or timer is still exiting, Kopf skips its
@@ -237,6 +239,7 @@ async def release(body, namespace, name, patch, memo, live_sessions_by_database,
 
 
 @kopf.daemon(*RESOURCE, id="leases", cancellation_timeout=10.0)  # type: ignore[arg-type]  # index kwargs
+@SESSION_INDEX.as_kwargs
 async def leases(namespace, name, memo, stopped, active_sessions_by_database, databases_by_name,
                  roles_by_namespace, live_sessions_by_database, awaiting_approval,
                  unopened_sessions, **_):

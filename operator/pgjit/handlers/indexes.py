@@ -24,7 +24,7 @@ from ..api.labels import ObjectLabelRule
 from ..api.role import Role
 from ..api.session import DatabaseSession
 from ..vocabulary import TERMINAL_PHASES, SessionPhase
-from .triggers import index
+from .triggers import IndexParts, index
 
 log = logging.getLogger(__name__)
 
@@ -91,7 +91,12 @@ def database_in(databases_by_name: Mapping[tuple[str, str], Iterable[Database | 
     return next(iter(databases_by_name.get((namespace, name), ())), None)
 
 
-@index(GROUP, VERSION, DatabaseSession.plural)
+#: The session indexes, registered with Kopf as one (``IndexParts``): sessions have by far
+#: the most watch events of any kind. Handlers get each part by its function's name.
+SESSION_INDEX = IndexParts(GROUP, VERSION, DatabaseSession.plural, id="session_index")
+
+
+@SESSION_INDEX.part()
 def live_sessions_by_database(namespace, name, uid, spec, status, **_):
     """Sessions that hold (or are about to hold) a lease: every one not in a terminal phase."""
     if status.get("phase") in TERMINAL_PHASES:
@@ -99,7 +104,7 @@ def live_sessions_by_database(namespace, name, uid, spec, status, **_):
     return {(namespace, spec.get("databaseRef", {}).get("name")): session_id(namespace, name, uid)}
 
 
-@index(GROUP, VERSION, DatabaseSession.plural)
+@SESSION_INDEX.part()
 def active_sessions_by_user(namespace, name, spec, status, **_):
     """Active sessions per (namespace, user): where a shared user's password lives.
 
@@ -112,7 +117,7 @@ def active_sessions_by_user(namespace, name, spec, status, **_):
                                             spec.get("databaseRef", {}).get("name"))}
 
 
-@index(GROUP, VERSION, DatabaseSession.plural)
+@SESSION_INDEX.part()
 def active_sessions_by_database(namespace, spec, status, body, **_):
     """Active sessions per (namespace, Database), parsed: what each Database's lease loop
     watches. One that does not parse is left out (it cannot have been opened as such)."""

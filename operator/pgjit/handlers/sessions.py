@@ -24,6 +24,7 @@ from ..vocabulary import TERMINAL_PHASES, SessionPhase
 from . import metrics
 from .decisions import Outcome, apply_outcome
 from .ending import end_lease
+from .indexes import SESSION_INDEX
 from .opening import open_session
 
 RESOURCE = (GROUP, VERSION, DatabaseSession.plural)
@@ -31,6 +32,7 @@ RESOURCE = (GROUP, VERSION, DatabaseSession.plural)
 
 @kopf.on.resume(*RESOURCE, id="lease")
 @kopf.on.create(*RESOURCE, id="lease")  # type: ignore[arg-type]  # index kwargs
+@SESSION_INDEX.as_kwargs
 async def open_lease(body, name, namespace, uid, patch, memo, databases_by_name,
                      roles_by_namespace, active_sessions_by_user, label_rules_by_namespace,
                      live_sessions_by_database, reviews_by_session, **_):

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from typing import Any, cast
 
 import kopf
 
@@ -18,6 +19,32 @@ from .passwords import SharedPasswords
 from .shard import ShardState
 
 FINALIZER = f"{GROUP}/finalizer"
+
+#: What of an object's metadata Kopf compares to tell a change (its default essence).
+_ESSENTIAL_METADATA = ("labels", "annotations")
+
+
+class LeanDiffBaseStorage(kopf.StatusDiffBaseStorage):
+    """Kopf's diff base in ``status.pgjit``, with the object's essence built from only what
+    it keeps.
+
+    Kopf builds the essence (what its update handlers compare, on every watch event) by
+    deep-copying the whole object and then deleting its status and most of its metadata:
+    managedFields, Kopf's own bookkeeping and every status field are copied to be thrown away.
+    The same essence comes from copying only the spec, the labels and the annotations (and
+    any other top-level field). A field handler on anything else gets Kopf's own build.
+    """
+
+    def build(self, *, body, extra_fields=None):
+        fields = [tuple(f.split(".")) if isinstance(f, str) else tuple(f)
+                  for f in extra_fields or ()]
+        if any(f[:1] == ("status",) or (f[:1] == ("metadata",) and f[1:2] and
+                                        f[1] not in _ESSENTIAL_METADATA) for f in fields):
+            return super().build(body=body, extra_fields=extra_fields)
+        metadata = body.get("metadata", {})
+        kept = {key: value for key, value in body.items() if key not in ("metadata", "status")}
+        kept["metadata"] = {key: metadata[key] for key in _ESSENTIAL_METADATA if key in metadata}
+        return super().build(body=cast(Any, kept), extra_fields=extra_fields)
 
 
 @dataclass
@@ -51,7 +78,7 @@ async def configure(settings: kopf.OperatorSettings, memo: OperatorMemo, **_) ->
     # patch that records a handler as done is then one status patch, not a status patch plus
     # a patch of the object's annotations (one API write less per session opened).
     settings.persistence.progress_storage = kopf.StatusProgressStorage(name=KOPF_STATUS_FIELD)
-    settings.persistence.diffbase_storage = kopf.StatusDiffBaseStorage(name=KOPF_STATUS_FIELD)
+    settings.persistence.diffbase_storage = LeanDiffBaseStorage(name=KOPF_STATUS_FIELD)
     settings.posting.reporting_component = "pgjit"
     settings.posting.reporting_instance = memo.settings.pod_name
     settings.watching.server_timeout = 300

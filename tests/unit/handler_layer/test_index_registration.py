@@ -15,6 +15,7 @@ import pytest
 from kopf._core.actions import invocation
 
 import pgjit.handlers  # noqa: F401  # registers every handler with Kopf's default registry
+from pgjit.handlers.indexes import SESSION_INDEX
 from pgjit.vocabulary import SessionPhase
 
 NAMESPACE = "team"
@@ -26,13 +27,22 @@ def _index_handlers() -> dict[str, Any]:
 
 
 EXPECTED = {"roles_by_namespace", "label_rules_by_namespace", "databases_by_name",
-            "live_sessions_by_database", "active_sessions_by_user",
-            "active_sessions_by_database", "reviews_by_session", "unopened_sessions",
-            "awaiting_approval"}
+            "reviews_by_session", "session_index"}
+SESSION_PARTS = {"live_sessions_by_database", "active_sessions_by_user",
+                 "active_sessions_by_database", "unopened_sessions", "awaiting_approval"}
 
 
 def test_every_index_is_registered_under_its_function_name():
     assert EXPECTED <= set(_index_handlers())
+
+
+def test_sessions_have_one_index_with_every_part():
+    # Kopf runs each index of a kind for each of its watch events: the session indexes are one.
+    registry = kopf.get_default_registry()
+    session_indexes = [h for h in registry._indexing.get_all_handlers()
+                       if str(h.id) in SESSION_PARTS | {"session_index"}]
+    assert [str(h.id) for h in session_indexes] == ["session_index"]
+    assert set(SESSION_INDEX.views({})) == SESSION_PARTS
 
 
 @pytest.mark.parametrize("name", sorted(EXPECTED))
@@ -63,12 +73,13 @@ def _invoke(name: str, body: dict) -> Any:
     return asyncio.run(invocation.invoke(handler.fn, kwargs=kwargs))
 
 
-@pytest.mark.parametrize("name", ["live_sessions_by_database", "active_sessions_by_user",
-                                  "active_sessions_by_database"])
-def test_kopf_gets_the_index_entries_not_a_coroutine(name: str):
-    entries = _invoke(name, _session_body())
+def test_kopf_gets_the_index_entries_not_a_coroutine():
+    entries = _invoke("session_index", _session_body())
     # Kopf files a result that is not a dict under the key None: an unawaited coroutine would
     # have been indexed so, and every handler reading the index would then fail.
     assert isinstance(entries, dict) and entries
     assert None not in entries
-    assert all(key[0] == NAMESPACE for key in entries)
+    parts = {key[0] for key in entries}
+    assert parts == {"live_sessions_by_database", "active_sessions_by_user",
+                     "active_sessions_by_database"}  # Active: neither unopened nor waiting
+    assert all(key[1][0] == NAMESPACE for key in entries)

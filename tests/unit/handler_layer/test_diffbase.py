@@ -1,0 +1,76 @@
+"""The lean diff base builds Kopf's own essence of an object, without copying what it drops."""
+
+from __future__ import annotations
+
+import copy
+
+import kopf
+import pytest
+
+from pgjit.api.common import KOPF_STATUS_FIELD
+from pgjit.handlers.settings import LeanDiffBaseStorage
+
+
+class NotToBeCopied:
+    """A value that fails when deep-copied: status and managedFields must not be."""
+
+    def __deepcopy__(self, memo):
+        raise AssertionError("copied what the essence drops")
+
+
+def _body(status_value=None, managed=None) -> dict:
+    return {
+        "apiVersion": "pgjit.dev/v1alpha1", "kind": "DatabaseSession",
+        "metadata": {
+            "name": "s1", "namespace": "team", "uid": "u-1", "resourceVersion": "42",
+            "generation": 1, "creationTimestamp": "2026-12-01T10:00:00Z",
+            "finalizers": ["pgjit.dev/finalizer"],
+            "labels": {"app": "x"},
+            "annotations": {"approval.pgjit.dev/check": "reviews:ab",
+                            "kubectl.kubernetes.io/last-applied-configuration": "{}",
+                            "note": "kept"},
+            "managedFields": managed if managed is not None else [{"manager": "kubectl"}]},
+        "spec": {"user": "alice", "databaseRef": {"name": "orders"}, "duration": "1h"},
+        "extra": {"top-level": ["kept", "too"]},
+        "status": {"phase": "Active",
+                   KOPF_STATUS_FIELD: {"last-handled-configuration": '{"spec":{}}'},
+                   "deep": status_value if status_value is not None else {"a": [1, 2]}}}
+
+
+FIELD_SETS = [None, [], ["spec"], [("metadata", "annotations", "approval.pgjit.dev/check")],
+              ["metadata.labels"], [("spec", "user")]]
+
+
+@pytest.mark.parametrize("extra_fields", FIELD_SETS)
+def test_the_essence_is_kopfs_own(extra_fields):
+    body = _body()
+    kopfs = kopf.StatusDiffBaseStorage(name=KOPF_STATUS_FIELD).build(
+        body=copy.deepcopy(body), extra_fields=extra_fields)
+    lean = LeanDiffBaseStorage(name=KOPF_STATUS_FIELD).build(body=body,
+                                                             extra_fields=extra_fields)
+    assert lean == kopfs
+    assert lean["metadata"]["annotations"] == {"approval.pgjit.dev/check": "reviews:ab",
+                                               "note": "kept"}
+    # A copy: the essence kept as the diff base never changes with the body.
+    body["spec"]["user"] = "mallory"
+    assert lean["spec"]["user"] == "alice"
+
+
+@pytest.mark.parametrize("extra_fields", FIELD_SETS)
+def test_status_and_managed_fields_are_not_copied(extra_fields):
+    body = _body(status_value=NotToBeCopied(), managed=[NotToBeCopied()])
+    LeanDiffBaseStorage(name=KOPF_STATUS_FIELD).build(body=body, extra_fields=extra_fields)
+    with pytest.raises(AssertionError, match="copied"):
+        kopf.StatusDiffBaseStorage(name=KOPF_STATUS_FIELD).build(body=body,
+                                                                 extra_fields=extra_fields)
+
+
+@pytest.mark.parametrize("extra_fields", [["status.phase"], [("metadata", "finalizers")]])
+def test_a_field_outside_the_essence_gets_kopfs_build(extra_fields):
+    body = _body()
+    kopfs = kopf.StatusDiffBaseStorage(name=KOPF_STATUS_FIELD).build(
+        body=copy.deepcopy(body), extra_fields=extra_fields)
+    lean = LeanDiffBaseStorage(name=KOPF_STATUS_FIELD).build(body=body,
+                                                             extra_fields=extra_fields)
+    assert lean == kopfs
+    assert "phase" in lean.get("status", {}) or "finalizers" in lean["metadata"]
