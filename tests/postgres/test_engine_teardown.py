@@ -162,6 +162,41 @@ async def test_32_end_terminates_backends_and_waits_until_they_are_gone(kit):
         await conn.close()
 
 
+async def test_the_common_end_drops_and_terminates_in_two_round_trips(kit):
+    # The state read, then one script: DROP, COMMIT and the terminate (it was a third trip).
+    alice = kit.name("alice")
+    await kit.engine.activate(kit.request("s1", alice, mode="best_effort_drop"))
+    before = kit.engine.stats.round_trips
+    teardown = await kit.engine.end(alice, "s1", mode="best_effort_drop")
+    assert teardown.action == "Dropped" and teardown.terminated_backends == 0
+    assert kit.engine.stats.round_trips - before == 2
+    assert not (await kit.role(alice)).exists
+
+
+async def test_a_login_after_the_state_read_is_terminated_by_the_drop(kit, monkeypatch):
+    """Dropping a role does not end its connections, and a login is not held by pgjit's lock:
+    one that lands between the state read (no connections) and the drop is ended with it."""
+    alice = kit.name("alice")
+    await kit.engine.activate(kit.request("s1", alice, mode="best_effort_drop"))
+    users = kit.engine._users
+    read_state = users._begin_locked
+    late: list = []
+
+    async def then_log_in(tx, name, *args, **kwargs):
+        state = await read_state(tx, name, *args, **kwargs)
+        if name == alice and not late:
+            late.append(await kit.login(alice, kit.passwords["s1"]))
+        return state
+
+    monkeypatch.setattr(users, "_begin_locked", then_log_in)
+    teardown = await kit.engine.end(alice, "s1", mode="best_effort_drop")
+    assert teardown.action == "Dropped" and teardown.terminated_backends == 1
+    with pytest.raises(psycopg.OperationalError):
+        await late[0].execute("SELECT 1")
+    await late[0].close()
+    assert not (await kit.role(alice)).exists
+
+
 async def test_without_terminate_connections_live_backends_turn_drop_into_lock(kit):
     alice = kit.name("alice")
     await kit.engine.activate(kit.request("s1", alice, mode="best_effort_drop"))

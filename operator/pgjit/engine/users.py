@@ -27,7 +27,8 @@ from ..core.naming import postgres_username
 from ..core.permissions import DbObject
 from . import statements as S
 from .connections import AdminConnections
-from .transactions import Transaction, locked_transaction, rollback_unless_idle, run_script
+from .transactions import (Statement, Transaction, locked_transaction, rollback_unless_idle,
+                           run_script)
 from .errors import EngineError, classify
 from ..vocabulary import Reason
 from .results import (ABSENT, DEACTIVATED, DROPPED, LOCKED, NOT_MANAGED, RELEASED, Activation,
@@ -383,7 +384,8 @@ class UserLifecycle:
                     "it stays enabled for them"))
             elif (mode in DROPPING_MODES and not state.backends
                     and not (lease is not None and lease.has_permissions)):
-                dropped = await self._drop_at_once(tx, name)
+                dropped = await self._drop_at_once(tx, name,
+                                                   oid if terminate_connections else None)
                 if dropped is None:
                     # The refused drop rolled back and released the lock: look again.
                     state = await self._begin_locked(tx, name)
@@ -412,8 +414,9 @@ class UserLifecycle:
                 await revoke_permissions(name, lease.database)
             return released
         if dropped is not None:
-            terminated = await self._terminate_backends(oid) if terminate_connections else 0
-            return replace(dropped, terminated_backends=terminated)
+            if dropped.terminated_backends:
+                await self._wait_for_backends(oid)
+            return dropped
 
         if lease is not None and lease.has_permissions and revoke_permissions is not None:
             await revoke_permissions(name, lease.database)
@@ -425,21 +428,32 @@ class UserLifecycle:
         return Teardown(name, LOCKED, "login disabled and database roles revoked; the user is "
                         "kept with the objects it owns", terminated_backends=terminated)
 
-    async def _drop_at_once(self, tx: Transaction, name: str) -> Teardown | None:
+    async def _drop_at_once(self, tx: Transaction, name: str, terminate_oid: int | None
+                            ) -> Teardown | None:
         """Drop in the transaction that read the state, when nothing is connected.
 
-        The common best_effort_drop end then costs two round trips instead of five. None when
-        PostgreSQL refuses (2BP01): the caller continues with the lock-first teardown, which
-        reports what blocks the drop.
+        The common best_effort_drop end then costs two round trips instead of five. With
+        ``terminate_oid`` the same script, once the drop is committed, ends any connection the
+        user opened since the state was read: dropping a role does not end its sessions, and
+        after the commit no new one can start. None when PostgreSQL refuses (2BP01): the
+        caller continues with the lock-first teardown, which reports what blocks the drop.
         """
-        batch = Batch()
-        batch.add(S.drop_role(name))
+        statements: list[Statement] = [(S.drop_role(name), None), (S.COMMIT, None)]
+        if terminate_oid is not None:
+            statements.append((S.TERMINATE_BACKENDS, [terminate_oid]))
         try:
-            await self._run(tx, batch, commit=True)
+            cur = await run_script(tx.conn, statements)
         except psycopg.errors.DependentObjectsStillExist:
             await rollback_unless_idle(tx.conn)
             return None
-        return Teardown(name, DROPPED, "user dropped")
+        finally:
+            self.stats.round_trips += 1
+        terminated = 0
+        if terminate_oid is not None:
+            cur.nextset()  # the COMMIT's
+            cur.nextset()
+            terminated = _count(await cur.fetchone())
+        return Teardown(name, DROPPED, "user dropped", terminated_backends=terminated)
 
     async def _terminate_backends(self, role_oid: int | None) -> int:
         """End the user's connections and wait, bounded, until they are gone (edge case 32)."""
@@ -449,17 +463,21 @@ class UserLifecycle:
             cur = await conn.execute(S.TERMINATE_BACKENDS, [role_oid])
             terminated = _count(await cur.fetchone())
             self.stats.round_trips += 1
-            if not terminated:
-                return 0
-            deadline = time.monotonic() + BACKEND_EXIT_DEADLINE
-            delay = 0.01
+        if terminated:
+            await self._wait_for_backends(role_oid)
+        return terminated
+
+    async def _wait_for_backends(self, role_oid: int | None) -> None:
+        """Wait, bounded, until the terminated connections of a role are gone."""
+        deadline = time.monotonic() + BACKEND_EXIT_DEADLINE
+        delay = 0.01
+        async with self.conns.connection() as conn:
             while time.monotonic() < deadline:
                 cur = await conn.execute(S.COUNT_BACKENDS, [role_oid])
                 if _count(await cur.fetchone()) == 0:
                     break
                 await asyncio.sleep(delay)
                 delay = min(delay * 2, 0.2)
-        return terminated
 
     async def _drop(self, name: str, terminated: int, *, reassign: bool = False) -> Teardown:
         """Drop the locked user; with ``reassign``, a drop refused because the user owns objects
@@ -571,7 +589,7 @@ class UserLifecycle:
                 return await self._deactivate(tx, name, state, terminated, (
                     f"the user still has {state.backends} open connection(s); it was "
                     "locked instead of dropped",))
-            if await self._drop_at_once(tx, name) is None:
+            if await self._drop_at_once(tx, name, None) is None:  # locked and terminated before
                 if not lock_on_refusal:
                     return None
                 state = await self._begin_locked(tx, name)
