@@ -44,11 +44,11 @@ class LiveSessions:
     managed role, and a session id (namespace/name/uid) is unique anyway.
     """
 
-    def __init__(self, index):
-        self._index = index
+    def __init__(self, live_sessions_by_id):
+        self._index = live_sessions_by_id
 
     def __contains__(self, session_id: object) -> bool:
-        return any(session_id in store for store in self._index.values())
+        return session_id in self._index
 
 
 def _session_object(session_id: str) -> dict | None:
@@ -62,7 +62,8 @@ def _session_object(session_id: str) -> dict | None:
 
 
 async def _check(body, namespace: str, name: str, patch: kopf.Patch, memo: kopf.Memo,
-                 live_sessions_by_database, roles_by_namespace, *, refresh: bool,
+                 live_sessions_by_database, live_sessions_by_id, roles_by_namespace, *,
+                 refresh: bool,
                  sweep: bool, reconciliation: metrics.Reconciliation) -> None:
     database = Database.model_validate(body)
     generation = body.get("metadata", {}).get("generation")
@@ -118,7 +119,7 @@ async def _check(body, namespace: str, name: str, patch: kopf.Patch, memo: kopf.
             incomplete: SweepIncomplete | None = None
             try:
                 teardowns = await engine.sweep(
-                    LiveSessions(live_sessions_by_database),
+                    LiveSessions(live_sessions_by_id),
                     terminate_connections=database.spec.terminate_connections)
             except SweepIncomplete as error:
                 # The users that were swept are reported (and their Secrets removed) before
@@ -132,7 +133,7 @@ async def _check(body, namespace: str, name: str, patch: kopf.Patch, memo: kopf.
                     await _remove_secrets_of(memo, teardown.session_id)
             if incomplete is not None:
                 raise incomplete
-            await _correct_drift(body, engine, live_sessions_by_database)
+            await _correct_drift(body, engine, live_sessions_by_id)
     except EngineError as error:
         report(False, error.reason, error.message, stalled=not error.transient)
         raise kopf.TemporaryError(error.message, delay=min(memo.settings.health_seconds, 30))
@@ -144,11 +145,11 @@ async def _check(body, namespace: str, name: str, patch: kopf.Patch, memo: kopf.
            f"PostgreSQL {pre.server_version}; the admin can provision users")
 
 
-async def _correct_drift(body, engine, live_sessions_by_database) -> None:
+async def _correct_drift(body, engine, live_sessions_by_id) -> None:
     """Strip what no session granted from users in use; a failure here is the DBA's to fix and
     does not make the Database unhealthy, so it is reported as a Warning, not raised."""
     try:
-        corrections = await engine.correct_drift(LiveSessions(live_sessions_by_database))
+        corrections = await engine.correct_drift(LiveSessions(live_sessions_by_id))
     except EngineError as error:
         kopf.warn(body, reason=Reason.DRIFT_NOT_CORRECTED, message=error.message[:1000])
         return
@@ -179,15 +180,15 @@ async def _remove_secrets_of(memo: kopf.Memo, session_id: str) -> None:
 @on_spec(*RESOURCE, id="connect")
 @SESSION_INDEX.as_kwargs
 async def connect(body, namespace, name, patch, memo, live_sessions_by_database,
-                  roles_by_namespace, **_):
+                  live_sessions_by_id, roles_by_namespace, **_):
     with metrics.reconcile("database") as reconciliation:
         await _check(body, namespace, name, patch, memo, live_sessions_by_database,
-                     roles_by_namespace, refresh=True, sweep=False,
+                     live_sessions_by_id, roles_by_namespace, refresh=True, sweep=False,
                      reconciliation=reconciliation)
 
 
 async def health(body, namespace, name, patch, memo, live_sessions_by_database,
-                 roles_by_namespace, stopped, **_):
+                 live_sessions_by_id, roles_by_namespace, stopped, **_):
     """Re-check reachability and privileges, and end users no live session holds (crash safety).
 
     Given up when the Database is deleted: a check waiting on a server that stopped answering
@@ -195,8 +196,8 @@ async def health(body, namespace, name, patch, memo, live_sessions_by_database,
     """
     with metrics.reconcile("database") as reconciliation:
         await _unless_stopped(stopped, _check(
-            body, namespace, name, patch, memo, live_sessions_by_database, roles_by_namespace,
-            refresh=True, sweep=True, reconciliation=reconciliation))
+            body, namespace, name, patch, memo, live_sessions_by_database, live_sessions_by_id,
+            roles_by_namespace, refresh=True, sweep=True, reconciliation=reconciliation))
 
 
 async def _unless_stopped(stopped, work: Coroutine[Any, Any, None]) -> None:

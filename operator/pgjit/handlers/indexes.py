@@ -105,6 +105,14 @@ def live_sessions_by_database(namespace, name, uid, spec, status, **_):
 
 
 @SESSION_INDEX.part()
+def live_sessions_by_id(namespace, name, uid, status, **_):
+    """The same sessions by their lease id: what the sweep asks about, user by user."""
+    if status.get("phase") in TERMINAL_PHASES:
+        return {}
+    return {session_id(namespace, name, uid): True}
+
+
+@SESSION_INDEX.part()
 def active_sessions_by_user(namespace, name, spec, status, **_):
     """Active sessions per (namespace, user): where a shared user's password lives.
 

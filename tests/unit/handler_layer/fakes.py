@@ -316,6 +316,9 @@ class World:
     def live_sessions_by_database(self) -> dict:
         return {(NAMESPACE, db): list(ids) for db, ids in self.live_sessions.items() if ids}
 
+    def live_sessions_by_id(self) -> dict:
+        return {sid: [True] for ids in self.live_sessions.values() for sid in ids}
+
     def reviews_by_session(self) -> dict:
         from pgjit.handlers.approvals import reviews_by_session
 

@@ -60,6 +60,7 @@ async def test_the_health_check_is_given_up_when_the_database_is_deleted(world):
     check = asyncio.create_task(databases.health(
         body=body, namespace=NAMESPACE, name=body["metadata"]["name"], patch=kopf.Patch(),
         memo=world.memo, live_sessions_by_database=world.live_sessions_by_database(),
+        live_sessions_by_id=world.live_sessions_by_id(),
         roles_by_namespace=world.roles_by_namespace, stopped=stopped))
     await asyncio.wait_for(hanging.waiting.wait(), 5)
     assert not check.done()
@@ -80,6 +81,7 @@ async def test_a_health_check_that_ends_reports_its_error(world):
         await databases.health(
             body=body, namespace=NAMESPACE, name=body["metadata"]["name"], patch=patch,
             memo=world.memo, live_sessions_by_database=world.live_sessions_by_database(),
+        live_sessions_by_id=world.live_sessions_by_id(),
             roles_by_namespace=world.roles_by_namespace, stopped=Stopped())
     except kopf.TemporaryError as error:
         assert "connection refused" in str(error)

@@ -13,6 +13,7 @@ from typing import Any
 from kopf._core.engines.indexing import OperatorIndexer
 
 from pgjit.handlers import approvals, indexes
+from pgjit.handlers.databases import LiveSessions
 from pgjit.handlers.indexes import SESSION_INDEX
 from pgjit.handlers.triggers import IndexParts
 from pgjit.vocabulary import Reason, SessionPhase
@@ -45,6 +46,7 @@ def _kwargs(body: dict) -> dict[str, Any]:
 
 
 PARTS = {"live_sessions_by_database": indexes.live_sessions_by_database,
+         "live_sessions_by_id": indexes.live_sessions_by_id,
          "active_sessions_by_user": indexes.active_sessions_by_user,
          "active_sessions_by_database": indexes.active_sessions_by_database,
          "unopened_sessions": approvals.unopened_sessions,
@@ -97,6 +99,11 @@ def test_each_part_reads_as_its_own_index_would_through_changes_and_deletions():
     views = SESSION_INDEX.views(combined.index)
     assert len(views["awaiting_approval"]) == 0 and not list(views["awaiting_approval"])
     assert set(views["live_sessions_by_database"][(NAMESPACE, "orders")]) == {"team/s1/uid-s1"}
+    # The sweep's question, one lease id at a time: a key lookup, not a pass over the index.
+    live = LiveSessions(views["live_sessions_by_id"])
+    assert "team/s1/uid-s1" in live
+    assert "team/s2/uid-s2" not in live  # ended
+    assert "team/s3/uid-s3" not in live  # gone
 
 
 def test_a_listed_part_may_give_one_entry_per_object_only():

@@ -28,7 +28,7 @@ def _index_handlers() -> dict[str, Any]:
 
 EXPECTED = {"roles_by_namespace", "label_rules_by_namespace", "databases_by_name",
             "reviews_by_session", "session_index"}
-SESSION_PARTS = {"live_sessions_by_database", "active_sessions_by_user",
+SESSION_PARTS = {"live_sessions_by_database", "live_sessions_by_id", "active_sessions_by_user",
                  "active_sessions_by_database", "unopened_sessions", "awaiting_approval"}
 
 
@@ -80,6 +80,7 @@ def test_kopf_gets_the_index_entries_not_a_coroutine():
     assert isinstance(entries, dict) and entries
     assert None not in entries
     parts = {key[0] for key in entries}
-    assert parts == {"live_sessions_by_database", "active_sessions_by_user",
+    assert parts == {"live_sessions_by_database", "live_sessions_by_id", "active_sessions_by_user",
                      "active_sessions_by_database"}  # Active: neither unopened nor waiting
-    assert all(key[1][0] == NAMESPACE for key in entries)
+    assert all(str(key[1][0] if isinstance(key[1], tuple) else key[1]).startswith(NAMESPACE)
+               for key in entries)
