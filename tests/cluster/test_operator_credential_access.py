@@ -8,6 +8,7 @@ operator created; the test grants them nothing itself.
 from __future__ import annotations
 
 import kubernetes
+import kubernetes.watch
 import pytest
 from kubernetes.client.rest import ApiException
 
@@ -117,6 +118,27 @@ def test_a_secret_name_taken_by_someone_else_is_never_overwritten(env):
     secret = env.secret_object("taken")
     assert env.secret("taken") == {"note": "not pgjit's"}
     assert not secret.metadata.owner_references
+
+
+def test_a_secret_name_taken_by_someone_else_is_never_readable_by_the_user(env):
+    """The user is bound to read spec.secretName only once the Secret is the session's own:
+    a name that points at someone else's Secret must not be readable even for a moment, so
+    no RoleBinding for it may ever exist (the API server's watch history says if one did)."""
+    env.create_secret("victim", {"password": "not pgjit's"})
+    rbac = kubernetes.client.RbacAuthorizationV1Api(env.api)
+    since = rbac.list_namespaced_role_binding(env.namespace).metadata.resource_version
+    env.create("DatabaseSession", "s", env.session_spec(f"eve-{token()}", secretName="victim"))
+    session = env.wait_phase("s", "Failed")
+    assert condition_of(session)["reason"] == "SecretConflict"
+    # Every RoleBinding change since the session was created, replayed from the watch cache.
+    history = [(event["type"], event["object"].metadata.name) for event in
+               kubernetes.watch.Watch().stream(rbac.list_namespaced_role_binding,
+                                               env.namespace, resource_version=since,
+                                               timeout_seconds=1)]
+    assert not [name for kind, name in history if name == "victim"], history
+    env.delete("DatabaseSession", "s")
+    env.wait_gone("DatabaseSession", "s")
+    assert env.secret("victim") == {"password": "not pgjit's"}
 
 
 def test_a_role_name_taken_by_someone_else_is_left_alone(env):

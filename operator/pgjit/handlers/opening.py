@@ -240,11 +240,18 @@ async def _publish(body, plan: Plan, credentials: Credentials, memo, namespace: 
                                      owner=owner,
                                      annotations=secret_annotations(name, credentials.expires_at))]
     if memo.settings.secret_access:
-        writes.append(memo.kube.grant_secret_access(
-            namespace, secret_reader_role(secret_name, labels),
-            secret_reader_binding(secret_name, plan.session.spec.user, labels), owner=owner))
+        # The Role alone grants nothing, so it is written alongside the Secret.
+        writes.append(memo.kube.write_reader_role(
+            namespace, secret_reader_role(secret_name, labels), owner=owner))
     try:
         await all_of(writes)
+        if memo.settings.secret_access:
+            # The user is bound only once the Secret is known to be this session's: a
+            # spec.secretName naming someone else's Secret must not be readable by the user
+            # even for the moment before the conflict is found and cleaned up.
+            await memo.kube.bind_reader_role(
+                namespace, secret_reader_binding(secret_name, plan.session.spec.user, labels),
+                owner=owner)
     except NotOwned as conflict:
         raise Outcome(SessionPhase.FAILED, Reason.SECRET_CONFLICT,
                       f"{conflict}; choose another spec.secretName "

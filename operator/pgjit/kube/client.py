@@ -210,16 +210,24 @@ class Kube:
         """Delete the Secret if ``owner_uid`` owns it; someone else's is left alone."""
         await self._delete_owned("Secret", _CORE, "secrets", namespace, name, owner_uid)
 
-    async def grant_secret_access(self, namespace: str, role: dict, binding: dict, *,
-                                  owner: Mapping[str, str]) -> None:
-        """Create (or, on a retried activation, replace) a Role and its RoleBinding.
+    async def write_reader_role(self, namespace: str, role: dict, *,
+                                owner: Mapping[str, str]) -> None:
+        """Create (or, on a retried activation, replace) the Role that reads one Secret. It
+        grants nothing until it is bound (:meth:`bind_reader_role`).
 
-        Raises :class:`NotOwned` for a same-named Role or RoleBinding that is not this session's.
+        Raises :class:`NotOwned` for a same-named Role that is not this session's.
         """
-        # The Role first: for anyone without the `bind` verb (the operator's ServiceAccount), the
-        # API server checks a new RoleBinding against the Role it names, and a Role that does
-        # not exist yet makes that check fail with 404.
         await self._create_or_replace_owned(namespace, role, owner, _RBAC, "roles")
+
+    async def bind_reader_role(self, namespace: str, binding: dict, *,
+                               owner: Mapping[str, str]) -> None:
+        """Create (or replace) the RoleBinding that gives the user the reader Role.
+
+        Only after :meth:`write_reader_role` has succeeded: for anyone without the `bind` verb
+        (the operator's ServiceAccount), the API server checks a new RoleBinding against the
+        Role it names, and a Role that does not exist yet makes that check fail with 404.
+        Raises :class:`NotOwned` for a same-named RoleBinding that is not this session's.
+        """
         await self._create_or_replace_owned(namespace, binding, owner, _RBAC, "rolebindings")
 
     async def revoke_secret_access(self, namespace: str, name: str, owner_uid: str) -> None:

@@ -145,6 +145,7 @@ class FakeKube:
 
     secrets: dict[tuple[str, str], StoredSecret] = field(default_factory=dict)
     access: dict[tuple[str, str], str] = field(default_factory=dict)
+    reader_roles: dict[tuple[str, str], str] = field(default_factory=dict)
     #: (plural, namespace, name, status) of every status patch, in order.
     status_patches: list[tuple[str, str, str, dict]] = field(default_factory=list)
     #: uids of sessions whose DELETED event the watch has delivered (gone from the index).
@@ -186,13 +187,24 @@ class FakeKube:
         if stored is not None and stored.owner_uid == owner_uid:
             del self.secrets[(namespace, name)]
 
-    async def grant_secret_access(self, namespace: str, role: dict, binding: dict, *,
-                                  owner: dict[str, str]) -> None:
-        self.access[(namespace, role["metadata"]["name"])] = owner["uid"]
+    async def write_reader_role(self, namespace: str, role: dict, *,
+                                owner: dict[str, str]) -> None:
+        self.reader_roles[(namespace, role["metadata"]["name"])] = owner["uid"]
+
+    async def bind_reader_role(self, namespace: str, binding: dict, *,
+                               owner: dict[str, str]) -> None:
+        name = binding["metadata"]["name"]
+        assert self.reader_roles.get((namespace, name)) == owner["uid"], "bound before its Role"
+        existing = self.secrets.get((namespace, name))
+        assert existing is not None and existing.owner_uid == owner["uid"], \
+            "the user was bound to read a Secret that is not the session's"
+        self.access[(namespace, name)] = owner["uid"]
 
     async def revoke_secret_access(self, namespace: str, name: str, owner_uid: str) -> None:
         if self.access.get((namespace, name)) == owner_uid:
             del self.access[(namespace, name)]
+        if self.reader_roles.get((namespace, name)) == owner_uid:
+            del self.reader_roles[(namespace, name)]
 
     async def patch_status(self, group: str, version: str, plural: str, namespace: str,
                            name: str, status: dict) -> None:

@@ -185,7 +185,8 @@ async def test_access_objects_are_created_role_first_and_removed(server):
             "metadata": {"name": "s-credentials"}, "rules": []}
     binding = {"apiVersion": "rbac.authorization.k8s.io/v1", "kind": "RoleBinding",
                "metadata": {"name": "s-credentials"}, "subjects": [], "roleRef": {}}
-    await kube.grant_secret_access("team-a", role, binding, owner=OWNER)
+    await kube.write_reader_role("team-a", role, owner=OWNER)
+    await kube.bind_reader_role("team-a", binding, owner=OWNER)
     assert [p for _, p, *_ in fake.requests] == [
         "/apis/rbac.authorization.k8s.io/v1/namespaces/team-a/roles",
         "/apis/rbac.authorization.k8s.io/v1/namespaces/team-a/rolebindings"]

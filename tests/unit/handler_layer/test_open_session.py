@@ -122,6 +122,9 @@ async def test_someone_elses_secret_is_a_terminal_conflict_and_left_alone(world:
     assert world.kube.secrets[(NAMESPACE, "alice-orders-credentials")].data == {
         "mine": b"not yours"}
     assert world.engine.ends  # the lease taken for it is released
+    # The user was never bound to read it, and the session's own Role is gone.
+    assert world.memo.settings.secret_access
+    assert not world.kube.access and not world.kube.reader_roles
 
 
 async def test_a_client_ca_that_cannot_issue_fails_the_session(world: World):
