@@ -3,12 +3,15 @@
 from __future__ import annotations
 
 import inspect
+import logging
 from collections.abc import Callable, Iterator, Mapping
 from typing import Any, TypeVar
 
 import kopf
 
 F = TypeVar("F", bound=Callable[..., Any])
+
+log = logging.getLogger(__name__)
 
 
 def on_spec(group: str, version: str, plural: str, *, id: str) -> Callable[[F], F]:
@@ -79,7 +82,15 @@ class IndexParts:
         """The combined index function: every part's entries, under the part's name."""
         entries: dict = {}
         for name, fn in self._parts.items():
-            found = fn(**kwargs)
+            try:
+                found = fn(**kwargs)
+            except Exception:  # noqa: BLE001 - one part's failure must not empty the others
+                # As Kopf does for an index function that fails: the object is left out of
+                # that part only. Dropping it from every part would, for one, make the sweep
+                # see a live session as gone and lock its user.
+                log.exception("index %s failed for %s/%s; left out of it", name,
+                              kwargs.get("namespace"), kwargs.get("name"))
+                continue
             if name in self._listed:
                 assert len(found) <= 1, f"the listed index part {name} gave several entries"
                 for key, value in found.items():

@@ -142,3 +142,21 @@ def test_handlers_get_each_part_by_name_from_the_combined_index():
                         active_sessions_by_user={}))
     assert seen == {"live": set(), "user": []}
     assert handler.__name__ == "handler"
+
+
+def test_a_part_that_fails_leaves_the_object_in_the_other_parts():
+    """Kopf leaves an object out of an index whose function fails; merged, one failing part
+    must not take the object out of the others (the sweep would see a live session as gone)."""
+    body = _session("s1", user="alice", database="orders", phase=SessionPhase.ACTIVE)
+    body["status"]["conditions"] = "not a list"  # what a hand-made status patch could hold
+    body["status"]["phase"] = SessionPhase.PENDING
+    try:
+        approvals.awaiting_approval(**_kwargs(body))
+    except AttributeError:
+        pass
+    else:
+        raise AssertionError("the example must make a part fail")
+    entries = SESSION_INDEX.entries(**_kwargs(body))
+    assert entries[("live_sessions_by_database", (NAMESPACE, "orders"))] == "team/s1/uid-s1"
+    assert entries[("live_sessions_by_id", "team/s1/uid-s1")] is True
+    assert not [key for key in entries if key[0] == "awaiting_approval"]
