@@ -37,6 +37,15 @@ def _body(status_value=None, managed=None) -> dict:
                    "deep": status_value if status_value is not None else {"a": [1, 2]}}}
 
 
+def _both(body: dict, extra_fields) -> tuple[dict, dict]:
+    """Kopf's essence of a copy of ``body``, and the lean one of ``body`` itself."""
+    kopfs = kopf.StatusDiffBaseStorage(name=KOPF_STATUS_FIELD).build(
+        body=copy.deepcopy(body), extra_fields=extra_fields)
+    lean = LeanDiffBaseStorage(name=KOPF_STATUS_FIELD).build(body=body,
+                                                             extra_fields=extra_fields)
+    return kopfs, lean
+
+
 FIELD_SETS = [None, [], ["spec"], [("metadata", "annotations", "approval.pgjit.dev/check")],
               ["metadata.labels"], [("spec", "user")]]
 
@@ -44,10 +53,7 @@ FIELD_SETS = [None, [], ["spec"], [("metadata", "annotations", "approval.pgjit.d
 @pytest.mark.parametrize("extra_fields", FIELD_SETS)
 def test_the_essence_is_kopfs_own(extra_fields):
     body = _body()
-    kopfs = kopf.StatusDiffBaseStorage(name=KOPF_STATUS_FIELD).build(
-        body=copy.deepcopy(body), extra_fields=extra_fields)
-    lean = LeanDiffBaseStorage(name=KOPF_STATUS_FIELD).build(body=body,
-                                                             extra_fields=extra_fields)
+    kopfs, lean = _both(body, extra_fields)
     assert lean == kopfs
     assert lean["metadata"]["annotations"] == {"approval.pgjit.dev/check": "reviews:ab",
                                                "note": "kept"}
@@ -68,9 +74,6 @@ def test_status_and_managed_fields_are_not_copied(extra_fields):
 @pytest.mark.parametrize("extra_fields", [["status.phase"], [("metadata", "finalizers")]])
 def test_a_field_outside_the_essence_gets_kopfs_build(extra_fields):
     body = _body()
-    kopfs = kopf.StatusDiffBaseStorage(name=KOPF_STATUS_FIELD).build(
-        body=copy.deepcopy(body), extra_fields=extra_fields)
-    lean = LeanDiffBaseStorage(name=KOPF_STATUS_FIELD).build(body=body,
-                                                             extra_fields=extra_fields)
+    kopfs, lean = _both(body, extra_fields)
     assert lean == kopfs
     assert "phase" in lean.get("status", {}) or "finalizers" in lean["metadata"]
