@@ -117,6 +117,7 @@ class IndexParts:
             return await handler(**kwargs)
         # Kopf names a handler without an explicit id after its function.
         with_parts.__name__, with_parts.__qualname__ = handler.__name__, handler.__qualname__
+        with_parts.__module__ = handler.__module__
         with_parts.__doc__ = handler.__doc__
         return with_parts  # type: ignore[return-value]
 

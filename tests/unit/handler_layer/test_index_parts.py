@@ -141,7 +141,7 @@ def test_handlers_get_each_part_by_name_from_the_combined_index():
     asyncio.run(handler(session_index=combined.index, live_sessions_by_database={},
                         active_sessions_by_user={}))
     assert seen == {"live": set(), "user": []}
-    assert handler.__name__ == "handler"
+    assert (handler.__name__, handler.__module__) == ("handler", __name__)
 
 
 def test_a_part_that_fails_leaves_the_object_in_the_other_parts():
