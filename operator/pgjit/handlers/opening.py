@@ -58,14 +58,14 @@ async def open_session(body, name, namespace, uid, memo, indexes, status: dict, 
                        first_attempt: bool = False, reviews=()) -> None:
     """Open one session, step by step; every step raises an :class:`Outcome` to stop."""
     (databases_by_name, roles_by_namespace, active_sessions_by_user, label_rules,
-     live_sessions_by_database) = indexes
+     live_sessions_by_id) = indexes
     plan = await _plan(body, namespace, memo, databases_by_name, roles_by_namespace, reviews,
                        status)
     activation, password = await _activate(body, plan, session_id(namespace, name, uid), memo,
                                            namespace, databases_by_name, active_sessions_by_user,
                                            label_rules, first_attempt=first_attempt)
     credentials = await _credentials(plan, activation.username, password, memo, namespace)
-    _ensure_still_exists(live_sessions_by_database, plan, namespace, name, uid)
+    _ensure_still_exists(live_sessions_by_id, namespace, name, uid)
     await _publish(body, plan, credentials, memo, namespace, name, uid, activation.username)
     message = f"PostgreSQL user {activation.username} is active until " \
               f"{ts(credentials.expires_at)}"
@@ -209,8 +209,7 @@ async def _credentials(plan: Plan, username: str, password: str | None, memo,
     return Credentials(data, expires_at, tuple(notes))
 
 
-def _ensure_still_exists(live_sessions_by_database, plan: Plan, namespace: str, name: str,
-                         uid: str) -> None:
+def _ensure_still_exists(live_sessions_by_id, namespace: str, name: str, uid: str) -> None:
     """Refuse to write credentials for a session the watch has seen go.
 
     Kopf runs this handler only once its finalizer is on the session, so a session can vanish
@@ -219,8 +218,7 @@ def _ensure_still_exists(live_sessions_by_database, plan: Plan, namespace: str, 
     only after the Secret is written, the Secret goes with its owner (garbage collection) and
     the health check's sweep ends the lease.
     """
-    live = live_sessions_by_database.get((namespace, plan.session.spec.database_ref.name), ())
-    if session_id(namespace, name, uid) not in live:
+    if session_id(namespace, name, uid) not in live_sessions_by_id:
         # Nothing may outlive it: release the lease now, and write no credentials.
         log.info("[%s/%s] deleted while being opened; releasing its lease", namespace, name)
         raise Outcome(SessionPhase.ENDED, Reason.DELETED,

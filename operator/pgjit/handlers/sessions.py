@@ -35,7 +35,7 @@ RESOURCE = (GROUP, VERSION, DatabaseSession.plural)
 @SESSION_INDEX.as_kwargs
 async def open_lease(body, name, namespace, uid, patch, memo, databases_by_name,
                      roles_by_namespace, active_sessions_by_user, label_rules_by_namespace,
-                     live_sessions_by_database, reviews_by_session, **_):
+                     live_sessions_by_id, reviews_by_session, **_):
     phase = body.get("status", {}).get("phase")
     if phase in TERMINAL_PHASES:
         return
@@ -52,7 +52,7 @@ async def open_lease(body, name, namespace, uid, patch, memo, databases_by_name,
             await open_session(body, name, namespace, uid, memo,
                                (databases_by_name, roles_by_namespace, active_sessions_by_user,
                                 label_rules_by_namespace.get(namespace, ()),
-                                live_sessions_by_database), status,
+                                live_sessions_by_id), status,
                                first_attempt=not body.get("status") and not _.get("retry"),
                                reviews=reviews_by_session.get((namespace, name), ()))
         except Outcome as outcome:

@@ -351,7 +351,7 @@ class World:
         session = f"{NAMESPACE}/{meta['name']}/{meta['uid']}"
         if meta["uid"] not in self.kube.deleted_objects and session not in live:
             live.append(session)
-        return {**self.indexes(), "live_sessions_by_database": self.live_sessions_by_database()}
+        return {**self.indexes(), "live_sessions_by_id": self.live_sessions_by_id()}
 
     def indexes(self) -> dict[str, Any]:
         return {"databases_by_name": self.databases_by_name,
