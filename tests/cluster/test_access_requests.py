@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import json
 import re
-import socket
 import urllib.request
 from collections.abc import Iterator
 from datetime import datetime, timedelta, timezone
@@ -28,6 +27,7 @@ from kubernetes.client.rest import ApiException
 from chartkit import CHART, ChartOperator, Plane, set_args
 from clikit import PROMPT, TIMEOUT, finish, run_cli, spawn_connect
 from operatorkit import GROUP, PLURALS, VERSION, Env, make_env, wait_for
+from pgjit.devstack.ports import free_ports
 
 RELEASE, RELEASE_NS, SA = "pgjit", "pgjit-system", "pgjit"
 REVIEWS = "databasesessionreviews"
@@ -35,15 +35,10 @@ POLICY = f"{RELEASE}-review-binding"
 REVIEWERS = [{"kind": "User", "name": "bob"}, {"kind": "Group", "name": "dba"}]
 
 
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
-
-
 VALUES = {"operator.healthSeconds": 3, "operator.revalidateSeconds": 1,
-          "liveness.port": _free_port(), "metrics.port": _free_port(),
-          "readiness.port": _free_port(), "userRoles.create": True,
+          **dict(zip(("liveness.port", "metrics.port", "readiness.port"),
+                     free_ports(3, bound_later=True))),
+          "userRoles.create": True,
           # The tests' admin (system:masters) sets up Databases and Roles, never sessions.
           "identityBinding.sessionAdminGroups": ["pgjit-session-admins"]}
 

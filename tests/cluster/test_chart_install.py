@@ -12,8 +12,6 @@ No kubelet runs, so the Deployment's pod never starts; the subprocess stands in 
 from __future__ import annotations
 
 import json
-import random
-import socket
 import urllib.request
 
 import kubernetes
@@ -22,32 +20,17 @@ from kubernetes.client.rest import ApiException
 
 from chartkit import CHART, ChartOperator, Plane, set_args
 from operatorkit import GROUP, PLURALS, VERSION, make_env, token, wait_for
+from pgjit.devstack.ports import free_ports
 
 RELEASE, RELEASE_NS, SA = "pgjit", "pgjit-system", "pgjit"
 FINALIZER = "pgjit.dev/finalizer"
 
 
-def _free_port() -> int:
-    """A free port below Linux's ephemeral range (32768-60999). The ports are chosen when the
-    module loads and bound only when the operator starts, minutes later; every server the
-    other layers start meanwhile takes an ephemeral port (bind to 0), and one of them once
-    took this one, so that /readyz answered "ok" from a kube-apiserver."""
-    for _ in range(200):
-        port = random.randint(20000, 32000)
-        with socket.socket() as sock:
-            try:
-                sock.bind(("127.0.0.1", port))
-            except OSError:
-                continue
-            return port
-    raise RuntimeError("no free port in 20000-32000")
-
-
 # Test-speed intervals; free ports because other engineers' operators run on this machine too.
 # system:masters (the tests' admin) opens sessions for other users, as automation would.
 VALUES = {"operator.healthSeconds": 3, "operator.revalidateSeconds": 1,
-          "liveness.port": _free_port(), "metrics.port": _free_port(),
-          "readiness.port": _free_port(),
+          **dict(zip(("liveness.port", "metrics.port", "readiness.port"),
+                     free_ports(3, bound_later=True))),
           "identityBinding.sessionAdminGroups": ["pgjit-session-admins", "system:masters"]}
 
 

@@ -14,7 +14,6 @@ import os
 import random
 import secrets
 import signal
-import socket
 import subprocess
 import sys
 import tempfile
@@ -37,6 +36,7 @@ from operatorkit import (HEALTH_SECONDS, REVALIDATE_SECONDS, SESSION_LABEL, Env,
                          make_env, token, wait_for)
 from pgjit.devstack.controlplane import ControlPlane
 from pgjit.devstack.kube_binaries import ensure_kube_binaries
+from pgjit.devstack.ports import free_ports
 from pgjit.devstack.postgres import start_postgres
 from pgjit.devstack.stack import prepare_demo_postgres
 
@@ -48,12 +48,6 @@ FAST_TIMINGS = {"lease": 4.0, "renew": 3.0, "retry": 1.0}
 BURST = 50
 SETTLE_TIMEOUT = 180.0
 RELEASE_NS = "pgjit-system"
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
 
 
 # --------------------------------------------------------------------------------------------
@@ -72,7 +66,7 @@ class OperatorPod:
                  extra_env: dict[str, str] | None = None) -> None:
         self.name, self.kubeconfig = name, kubeconfig
         self.log_path = workdir / f"{name}.log"
-        self.readiness_port, self.liveness_port = free_port(), free_port()
+        self.readiness_port, self.liveness_port = free_ports(2)
         timings = timings or DEFAULT_TIMINGS
         self.env = {
             "KUBECONFIG": str(kubeconfig), "PYTHONUNBUFFERED": "1", "POD_NAME": name,

@@ -17,7 +17,6 @@ import json
 import os
 import re
 import signal
-import socket
 import time
 import urllib.request
 
@@ -28,6 +27,7 @@ from kubernetes.client.rest import ApiException
 from chartkit import CHART, one, set_args
 from operatorkit import GROUP, PLURALS, VERSION, make_env, token, wait_for
 from pgjit.devstack.node import NODE_NAME
+from pgjit.devstack.ports import free_ports
 
 RELEASE, RELEASE_NS, SA = "pgjit", "pgjit-system", "pgjit"
 UID = 65532
@@ -35,14 +35,9 @@ LIVENESS_PERIOD = 3
 BURST = 50
 
 
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
-
-
-PORTS = {"liveness.port": _free_port(), "readiness.port": _free_port(),
-         "metrics.port": _free_port()}
+# Chosen now, bound by the Pod (host network) minutes later.
+PORTS = dict(zip(("liveness.port", "readiness.port", "metrics.port"),
+                 free_ports(3, bound_later=True)))
 
 
 class PodOperator:

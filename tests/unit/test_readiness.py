@@ -5,19 +5,13 @@ from __future__ import annotations
 
 import asyncio
 import json
-import socket
 import urllib.error
 import urllib.request
 
 import pytest
 
+from pgjit.devstack.ports import free_port
 from pgjit.readiness import KINDS, Readiness
-
-
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
 
 
 async def _get(url: str) -> tuple[int, dict]:
@@ -40,7 +34,7 @@ async def _until(condition, timeout: float = 5.0) -> None:
 @pytest.mark.parametrize("namespaces", [[], ["team-a", "team-b"]])
 async def test_ready_only_after_startup_and_every_list(namespaces, monkeypatch) -> None:
     monkeypatch.setattr("pgjit.readiness.RETRY_SECONDS", 0.01)
-    url = f"http://127.0.0.1:{_free_port()}/readyz"
+    url = f"http://127.0.0.1:{free_port()}/readyz"
     probe = Readiness(namespaces)
     started = asyncio.Event()
     listed: list[tuple[str, str | None]] = []

@@ -28,7 +28,6 @@ import os
 import secrets
 import shutil
 import signal
-import socket
 import ssl
 import subprocess
 import sys
@@ -47,6 +46,7 @@ from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 
 from pgjit.devstack.kube_binaries import KubeBinaries, ensure_kube_binaries
+from pgjit.devstack.ports import free_port, free_ports
 
 IDENTITY_GROUPS: dict[str, tuple[str, ...]] = {
     "admin": ("system:masters",),
@@ -72,13 +72,6 @@ class ControlPlaneError(RuntimeError):
 
 class _PortTaken(ControlPlaneError):
     """A free port picked before start was taken by someone else in the meantime."""
-
-
-def _free_port() -> int:
-    # The port is free when returned but not reserved: startup retries on a lost race.
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
 
 
 def _die_with_parent(parent_pid: int) -> Callable[[], None]:
@@ -421,7 +414,7 @@ class ControlPlane(StartStop):
 
     def _start_servers(self, deadline: float) -> None:
         etcd_url = self._start_etcd(deadline)
-        port = _free_port()
+        port = free_port()  # not reserved: startup retries on a lost race
         self.url = f"https://127.0.0.1:{port}"
         pki = self.workdir / "pki"
         apiserver = _Server(
@@ -452,8 +445,8 @@ class ControlPlane(StartStop):
         self._wait_ready(apiserver, deadline)
 
     def _start_etcd(self, deadline: float) -> str:
-        client_url = f"http://127.0.0.1:{_free_port()}"
-        peer_url = f"http://127.0.0.1:{_free_port()}"
+        client_port, peer_port = free_ports(2)
+        client_url, peer_url = f"http://127.0.0.1:{client_port}", f"http://127.0.0.1:{peer_port}"
         data_dir = self.workdir / "etcd"
         shutil.rmtree(data_dir, ignore_errors=True)  # a previous port-retry attempt's data
         etcd = _Server(

@@ -48,11 +48,11 @@ from pgjit.devstack.controlplane import (
     serve_until_interrupted,
     ControlPlane,
     _die_with_parent,
-    _free_port,
     _Server,
 )
 from pgjit.devstack.kube_binaries import NodeBinaries, ensure_node_binaries, find_repo_root
 from pgjit.devstack.node_image import Image, cache_home
+from pgjit.devstack.ports import free_port, free_ports
 
 NODE_NAME = "pgjit-node"
 LOCK_FILE = Path("/run/lock/pgjit-node.lock")
@@ -266,7 +266,7 @@ disabled_plugins = ["io.containerd.snapshotter.v1.btrfs", "io.containerd.snapsho
   config_path = "{wd / 'containerd/certs.d'}"
 """)
         (wd / "resolv.conf").write_text("nameserver 127.0.0.1\n")
-        self.kubelet_port = _free_port()
+        self.kubelet_port, healthz_port = free_ports(2)
         (wd / "kubelet/config.yaml").write_text(yaml.safe_dump({
             "apiVersion": "kubelet.config.k8s.io/v1beta1",
             "kind": "KubeletConfiguration",
@@ -274,7 +274,7 @@ disabled_plugins = ["io.containerd.snapshotter.v1.btrfs", "io.containerd.snapsho
             "port": self.kubelet_port,
             "readOnlyPort": 0,
             "healthzBindAddress": "127.0.0.1",
-            "healthzPort": _free_port(),
+            "healthzPort": healthz_port,
             # `kubectl logs` and the probe metrics the tests read, on loopback only.
             "authentication": {"anonymous": {"enabled": True}, "webhook": {"enabled": False}},
             "authorization": {"mode": "AlwaysAllow"},
@@ -396,7 +396,7 @@ disabled_plugins = ["io.containerd.snapshotter.v1.btrfs", "io.containerd.snapsho
         ]
         self._start("kube-controller-manager", [
             str(self.binaries.kube_controller_manager), *common,
-            f"--secure-port={_free_port()}",
+            f"--secure-port={free_port()}",
             f"--cert-dir={self.workdir / 'kcm'}",
             # Publishes kube-root-ca.crt, which every projected ServiceAccount token volume needs.
             f"--root-ca-file={pki / 'ca.crt'}",
@@ -406,7 +406,7 @@ disabled_plugins = ["io.containerd.snapshotter.v1.btrfs", "io.containerd.snapsho
         ])  # fmt: skip
         self._start("kube-scheduler", [
             str(self.binaries.kube_scheduler), *common,
-            f"--secure-port={_free_port()}",
+            f"--secure-port={free_port()}",
             f"--cert-dir={self.workdir / 'scheduler'}",
             "--profiling=false",
         ])  # fmt: skip

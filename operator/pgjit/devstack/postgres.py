@@ -526,7 +526,7 @@ def _check_reachable(workdir: Path, user: _RunUser) -> None:
             )
 
 
-def _free_port() -> int:
+def _free_dual_stack_port() -> int:
     """A port free on both listen addresses; the postmaster may still lose a race for it."""
     while True:
         with socket.socket() as first:
@@ -697,7 +697,7 @@ def _write_config(data_dir: Path, conf: Mapping[str, str], supports_ssl: bool,
 
 
 def _lost_port_race(log_path: Path, offset: int) -> bool:
-    """Whether another process took the port between _free_port() and the postmaster's bind.
+    """Whether another process took the port between _free_dual_stack_port() and the postmaster's bind.
 
     The postmaster then runs without that address, or exits if it got none.
     """
@@ -766,7 +766,7 @@ def start_postgres(
     _write_config(data_dir, conf, supports_ssl, user)
 
     for _attempt in range(5):
-        port = _free_port()
+        port = _free_dual_stack_port()
         log_offset = log_path.stat().st_size
         process = _spawn(build, user, data_dir, log_path, port)
         server = PostgresServer(

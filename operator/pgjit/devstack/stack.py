@@ -10,7 +10,6 @@ from __future__ import annotations
 import os
 import shutil
 import signal
-import socket
 import subprocess
 import sys
 import tempfile
@@ -22,6 +21,7 @@ from psycopg import sql
 
 from .controlplane import ControlPlane
 from .kube_binaries import find_repo_root
+from .ports import free_port
 from .postgres import start_postgres
 
 NAMESPACE = "demo"
@@ -140,12 +140,6 @@ Look around as the cluster admin:
 """
 
 
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
-
-
 def _stop_on(signum: int, frame: object) -> None:
     raise KeyboardInterrupt
 
@@ -172,7 +166,7 @@ def main(state_dir: Path | None = None) -> int:
                 _kubectl(cp, "apply", "-n", NAMESPACE, "-f", "-",
                          stdin=yaml.safe_dump_all(_example_objects(server)))
                 env = dict(os.environ, KUBECONFIG=str(cp.kubeconfig("admin")))
-                metrics_port = _free_port()
+                metrics_port = free_port()
                 log_path = workdir / "operator.log"
                 with open(log_path, "w") as log:
                     operator = subprocess.Popen(
