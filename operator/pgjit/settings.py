@@ -124,6 +124,10 @@ class Settings:
         "PGJIT_THREADS", _positive_int, 16,
         "Worker threads for blocking work off the event loop (password hashing, the readiness "
         "check); Kubernetes API calls run on the event loop.")
+    concurrent_openings: int = _setting(
+        "PGJIT_CONCURRENT_OPENINGS", _positive_int, 64,
+        "Sessions of one Database opened at once; more wait their turn in arrival order, so a "
+        "burst costs memory for this many, not for all of it (handlers/slots.py).")
     metrics_port: int | None = _setting(
         "PGJIT_METRICS_PORT", _port, None,
         "Port of the Prometheus metrics endpoint (unset: none); pgjit run --metrics-port sets it.")

@@ -10,6 +10,7 @@ The Kopf handlers are here; the work is split by job:
 - ``approval_gate``: a session that needs approval waits there (``approvals``: the reviews);
 - ``passwords``: the password-sharing protocol of sessions that share a PostgreSQL user;
 - ``opening``: activating the user and writing the credentials;
+- ``slots``: how many sessions of one Database are opened at once;
 - ``ending``: releasing the lease and removing the Secret;
 - ``lease_loop``: each Database's loop that ends sessions at expiry or on revocation.
 """
@@ -46,15 +47,18 @@ async def open_lease(body, name, namespace, uid, patch, memo, databases_by_name,
         # only churn PostgreSQL for every live session on each restart.
         metrics.ACTIVE_SESSIONS.inc()
         return
+    database = (namespace, body.get("spec", {}).get("databaseRef", {}).get("name"))
     with metrics.reconcile("databasesession") as reconciliation:
         status: dict = {}
         try:
-            await open_session(body, name, namespace, uid, memo,
-                               (databases_by_name, roles_by_namespace, active_sessions_by_user,
-                                label_rules_by_namespace.get(namespace, ()),
-                                live_sessions_by_id), status,
-                               first_attempt=not body.get("status") and not _.get("retry"),
-                               reviews=reviews_by_session.get((namespace, name), ()))
+            async with memo.openings.slot(database):
+                await open_session(body, name, namespace, uid, memo,
+                                   (databases_by_name, roles_by_namespace,
+                                    active_sessions_by_user,
+                                    label_rules_by_namespace.get(namespace, ()),
+                                    live_sessions_by_id), status,
+                                   first_attempt=not body.get("status") and not _.get("retry"),
+                                   reviews=reviews_by_session.get((namespace, name), ()))
         except Outcome as outcome:
             if outcome.terminal:
                 reconciliation.failed_terminally()

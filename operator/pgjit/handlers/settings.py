@@ -17,6 +17,7 @@ from ..settings import Settings
 from . import metrics
 from .passwords import SharedPasswords
 from .shard import ShardState
+from .slots import OpeningSlots
 
 FINALIZER = f"{GROUP}/finalizer"
 
@@ -56,10 +57,15 @@ class OperatorMemo:
     kube: Kube = field(init=False)
     engines: EngineRegistry = field(init=False)
     shared_passwords: SharedPasswords = field(default_factory=SharedPasswords)
+    #: How many sessions of each Database are opened at once (handlers/slots.py).
+    openings: OpeningSlots = field(init=False)
     #: Which Databases this instance serves (handlers/shard.py); everything by default.
     shard: ShardState = field(default_factory=ShardState)
     #: Gives the leader-election Lease up (None without election; handlers/leadership.py).
     release_leadership: Callable[[], None] | None = None
+
+    def __post_init__(self) -> None:
+        self.openings = OpeningSlots(self.settings.concurrent_openings)
 
 
 @kopf.on.login()
