@@ -22,7 +22,18 @@ log = logging.getLogger(__name__)
 
 async def end_lease(body, namespace: str, name: str, uid: str, memo, databases_by_name, *,
                     reason: str) -> dict:
-    """End the session's hold on its user and delete its Secret; returns the status to write."""
+    """End the session's hold on its user and delete its Secret; returns the status to write.
+
+    Every end comes here (a deletion, expiry, revocation, a refused opening), and takes one of
+    its Database's ending slots first (handlers/slots.py)."""
+    database_ref = body.get("spec", {}).get("databaseRef", {}).get("name")
+    async with memo.endings.slot((namespace, database_ref)):
+        return await _end_lease(body, namespace, name, uid, memo, databases_by_name,
+                                reason=reason)
+
+
+async def _end_lease(body, namespace: str, name: str, uid: str, memo, databases_by_name, *,
+                     reason: str) -> dict:
     session = DatabaseSession.model_validate(body)
     status = body.get("status", {})
     teardown: dict[str, Any] = {"action": TeardownAction.RELEASED,

@@ -26,9 +26,10 @@ PROVISIONING_LATENCY = Histogram(
     "pgjit_session_provisioning_seconds",
     "From DatabaseSession creation to Active (credentials written)",
     buckets=(0.05, 0.1, 0.15, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60))
-OPENINGS_WAITING = Gauge(
-    "pgjit_session_openings_waiting",
-    "DatabaseSessions waiting for a free opening slot of their Database (PGJIT_CONCURRENT_OPENINGS)")
+WAITING_FOR_SLOT = Gauge(
+    "pgjit_sessions_waiting_for_slot",
+    "DatabaseSessions waiting for a free slot of their Database to be opened (step=open, "
+    "PGJIT_CONCURRENT_OPENINGS) or ended (step=end, PGJIT_CONCURRENT_ENDINGS)", ["step"])
 #: Read from the index of sessions at each scrape (handlers/approvals.py sets the function).
 AWAITING_APPROVAL = Gauge("pgjit_sessions_awaiting_approval",
                           "DatabaseSessions waiting for reviewers' approval")

@@ -10,7 +10,7 @@ The Kopf handlers are here; the work is split by job:
 - ``approval_gate``: a session that needs approval waits there (``approvals``: the reviews);
 - ``passwords``: the password-sharing protocol of sessions that share a PostgreSQL user;
 - ``opening``: activating the user and writing the credentials;
-- ``slots``: how many sessions of one Database are opened at once;
+- ``slots``: how many sessions of one Database are opened, and ended, at once;
 - ``ending``: releasing the lease and removing the Secret;
 - ``lease_loop``: each Database's loop that ends sessions at expiry or on revocation.
 """

@@ -17,7 +17,7 @@ from ..settings import Settings
 from . import metrics
 from .passwords import SharedPasswords
 from .shard import ShardState
-from .slots import OpeningSlots
+from .slots import DatabaseSlots
 
 FINALIZER = f"{GROUP}/finalizer"
 
@@ -57,15 +57,17 @@ class OperatorMemo:
     kube: Kube = field(init=False)
     engines: EngineRegistry = field(init=False)
     shared_passwords: SharedPasswords = field(default_factory=SharedPasswords)
-    #: How many sessions of each Database are opened at once (handlers/slots.py).
-    openings: OpeningSlots = field(init=False)
+    #: How many sessions of each Database are opened, and ended, at once (handlers/slots.py).
+    openings: DatabaseSlots = field(init=False)
+    endings: DatabaseSlots = field(init=False)
     #: Which Databases this instance serves (handlers/shard.py); everything by default.
     shard: ShardState = field(default_factory=ShardState)
     #: Gives the leader-election Lease up (None without election; handlers/leadership.py).
     release_leadership: Callable[[], None] | None = None
 
     def __post_init__(self) -> None:
-        self.openings = OpeningSlots(self.settings.concurrent_openings)
+        self.openings = DatabaseSlots("open", self.settings.concurrent_openings)
+        self.endings = DatabaseSlots("end", self.settings.concurrent_endings)
 
 
 @kopf.on.login()

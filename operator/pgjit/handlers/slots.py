@@ -1,11 +1,16 @@
-"""How many sessions of one Database are opened at once (``PGJIT_CONCURRENT_OPENINGS``).
+"""How many sessions of one Database are opened, and ended, at once (``PGJIT_CONCURRENT_OPENINGS``,
+``PGJIT_CONCURRENT_ENDINGS``).
 
-Without a bound, a burst of sessions is opened all at once: each holds its parsed session, its
+Without a bound, a burst of sessions is worked on all at once: each holds its parsed session, its
 decision, its password hashing, its requests and its wait for an admin connection, so the
 operator's memory follows the size of the burst (about 20 KiB a session in flight, README
-Performance), not the sessions it keeps. Past the bound a session waits its turn, in arrival
-order, before any of that exists. The bound is per Database: sessions of a Database that does not
-answer wait on their own server and never hold up another Database's.
+Performance), not the sessions it keeps. Ending 10,000 sessions at once took the operator from
+403 to 644 MB, past the chart's 512 MiB limit. Past the bound a session waits its turn, in
+arrival order, before any of that exists.
+
+The bound is per Database, so that sessions of a Database that does not answer wait on their own
+server and never hold up another Database's; openings and endings have a bound each, so that a
+burst of openings never delays an ending.
 """
 
 from __future__ import annotations
@@ -21,12 +26,15 @@ from . import metrics
 @dataclass
 class _Gate:
     semaphore: asyncio.Semaphore
-    #: Openings holding or waiting for a slot: the gate is dropped when none are left.
+    #: Sessions holding or waiting for a slot: the gate is dropped when none are left.
     users: int = 0
 
 
 @dataclass
-class OpeningSlots:
+class DatabaseSlots:
+    """At most ``per_database`` holders per Database key; ``step`` labels the waiting gauge."""
+
+    step: str
     per_database: int
     _gates: dict[Hashable, _Gate] = field(default_factory=dict, repr=False)
 
@@ -39,7 +47,7 @@ class OpeningSlots:
         gate.users += 1
         try:
             if gate.semaphore.locked():
-                with metrics.OPENINGS_WAITING.track_inprogress():
+                with metrics.WAITING_FOR_SLOT.labels(self.step).track_inprogress():
                     await gate.semaphore.acquire()
             else:
                 await gate.semaphore.acquire()
@@ -53,5 +61,5 @@ class OpeningSlots:
                 del self._gates[database]
 
     def __len__(self) -> int:
-        """Databases with an opening in flight or waiting."""
+        """Databases with a session holding or waiting for a slot."""
         return len(self._gates)
