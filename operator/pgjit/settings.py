@@ -126,12 +126,12 @@ class Settings:
         "check); Kubernetes API calls run on the event loop.")
     concurrent_openings: int = _setting(
         "PGJIT_CONCURRENT_OPENINGS", _positive_int, 64,
-        "Sessions of one Database opened at once; more wait their turn in arrival order, so a "
-        "burst costs memory for this many, not for all of it (handlers/slots.py).")
+        "Sessions of one Database opened at once; more wait their turn in arrival order, so "
+        "pgjit's work on a burst holds memory for this many, not for all (handlers/slots.py).")
     concurrent_endings: int = _setting(
         "PGJIT_CONCURRENT_ENDINGS", _positive_int, 64,
-        "Sessions of one Database ended at once, apart from the openings: a mass deletion "
-        "or expiry costs memory for this many, not for all of it (handlers/slots.py).")
+        "Sessions of one Database ended at once, apart from the openings, so that a mass "
+        "deletion or expiry holds pgjit's memory for this many, not for all (handlers/slots.py).")
     metrics_port: int | None = _setting(
         "PGJIT_METRICS_PORT", _port, None,
         "Port of the Prometheus metrics endpoint (unset: none); pgjit run --metrics-port sets it.")

@@ -4,9 +4,9 @@
 Without a bound, a burst of sessions is worked on all at once: each holds its parsed session, its
 decision, its password hashing, its requests and its wait for an admin connection, so the
 operator's memory follows the size of the burst (about 20 KiB a session in flight, README
-Performance), not the sessions it keeps. Ending 10,000 sessions at once took the operator from
-403 to 644 MB, past the chart's 512 MiB limit. Past the bound a session waits its turn, in
-arrival order, before any of that exists.
+Performance), not the sessions it keeps: ending 10,000 sessions at once took the operator from
+403 to 644 MB (559 MB with the bound). Past the bound a session waits its turn, in arrival
+order, before any of that exists.
 
 The bound is per Database, so that sessions of a Database that does not answer wait on their own
 server and never hold up another Database's; openings and endings have a bound each, so that a
