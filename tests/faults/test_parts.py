@@ -156,3 +156,17 @@ def _refused(server, creds) -> bool:
     except psycopg.OperationalError:
         return True
     return False
+
+
+def test_one_slot_each_way_through_a_fast_burst_and_a_postgres_restart(stack):
+    """With one opening and one ending slot per Database (handlers/slots.py), a fast burst with
+    shared users and deletions still settles through a PostgreSQL restart mid-burst: an opening
+    or an ending that fails while it holds the slot gives it back, and the rest wait their turn
+    instead of failing."""
+    stack.add_pods(1, extra_env={"PGJIT_CONCURRENT_OPENINGS": "1",
+                                 "PGJIT_CONCURRENT_ENDINGS": "1"})
+    env = stack.env()
+    burst, took, settled = fault_burst(env, lambda burst: stack.server.restart("fast"),
+                                       pace=0.01)
+    check_no_leaks(env, burst)
+    print(f"restart took {took:.1f}s; settled {settled:.1f}s after it began")
