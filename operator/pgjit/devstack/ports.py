@@ -26,7 +26,8 @@ def free_ports(count: int, *, bound_later: bool = False) -> list[int]:
         while len(ports) < count:
             attempts += 1
             if attempts > 200 + count:
-                raise RuntimeError(f"no {count} free ports in {BELOW_EPHEMERAL}")
+                where = f"in {BELOW_EPHEMERAL}" if bound_later else "from the kernel"
+                raise RuntimeError(f"no {count} free ports {where}")
             sock = held.enter_context(socket.socket())
             try:
                 sock.bind((HOST, random.randint(*BELOW_EPHEMERAL) if bound_later else 0))

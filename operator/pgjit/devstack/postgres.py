@@ -697,7 +697,8 @@ def _write_config(data_dir: Path, conf: Mapping[str, str], supports_ssl: bool,
 
 
 def _lost_port_race(log_path: Path, offset: int) -> bool:
-    """Whether another process took the port between _free_dual_stack_port() and the postmaster's bind.
+    """Whether another process took the port between _free_dual_stack_port() and the
+    postmaster's bind.
 
     The postmaster then runs without that address, or exits if it got none.
     """

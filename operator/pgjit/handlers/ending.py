@@ -13,7 +13,7 @@ from ..engine import EngineError
 from ..engine.results import Untouched
 from ..vocabulary import SessionPhase, TeardownAction
 from . import metrics
-from .indexes import database_in, session_id
+from .indexes import database_in, session_database, session_id
 from .decisions import all_of, to_second, utc_now
 from .status import written
 
@@ -26,8 +26,7 @@ async def end_lease(body, namespace: str, name: str, uid: str, memo, databases_b
 
     Every end comes here (a deletion, expiry, revocation, a refused opening), and takes one of
     its Database's ending slots first (handlers/slots.py)."""
-    database_ref = body.get("spec", {}).get("databaseRef", {}).get("name")
-    async with memo.endings.slot((namespace, database_ref)):
+    async with memo.endings.slot(session_database(namespace, body.get("spec", {}))):
         return await _end_lease(body, namespace, name, uid, memo, databases_by_name,
                                 reason=reason)
 

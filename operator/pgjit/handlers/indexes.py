@@ -34,6 +34,12 @@ def session_id(namespace: str, name: str, uid: str) -> str:
     return f"{namespace}/{name}/{uid}"
 
 
+def session_database(namespace: str, spec: Mapping) -> tuple[str, str | None]:
+    """The (namespace, name) of the Database a session's spec names: how the indexes and the
+    slots (slots.py) key a session's Database."""
+    return namespace, (spec.get("databaseRef") or {}).get("name")
+
+
 M = TypeVar("M", bound=KindModel)
 
 
@@ -101,7 +107,7 @@ def live_sessions_by_database(namespace, name, uid, spec, status, **_):
     """Sessions that hold (or are about to hold) a lease: every one not in a terminal phase."""
     if status.get("phase") in TERMINAL_PHASES:
         return {}
-    return {(namespace, spec.get("databaseRef", {}).get("name")): session_id(namespace, name, uid)}
+    return {session_database(namespace, spec): session_id(namespace, name, uid)}
 
 
 @SESSION_INDEX.part()
@@ -134,7 +140,7 @@ def active_sessions_by_database(namespace, spec, status, body, **_):
     session = _parse(DatabaseSession, _slim(body))
     if session is None:
         return {}
-    return {(namespace, spec.get("databaseRef", {}).get("name")): session}
+    return {session_database(namespace, spec): session}
 
 
 def _slim(body) -> dict:

@@ -25,7 +25,7 @@ from ..vocabulary import TERMINAL_PHASES, SessionPhase
 from . import metrics
 from .decisions import Outcome, apply_outcome
 from .ending import end_lease
-from .indexes import SESSION_INDEX
+from .indexes import SESSION_INDEX, session_database
 from .opening import open_session
 
 RESOURCE = (GROUP, VERSION, DatabaseSession.plural)
@@ -47,11 +47,10 @@ async def open_lease(body, name, namespace, uid, patch, memo, databases_by_name,
         # only churn PostgreSQL for every live session on each restart.
         metrics.ACTIVE_SESSIONS.inc()
         return
-    database = (namespace, body.get("spec", {}).get("databaseRef", {}).get("name"))
     with metrics.reconcile("databasesession") as reconciliation:
         status: dict = {}
         try:
-            async with memo.openings.slot(database):
+            async with memo.openings.slot(session_database(namespace, body.get("spec", {}))):
                 await open_session(body, name, namespace, uid, memo,
                                    (databases_by_name, roles_by_namespace,
                                     active_sessions_by_user,
