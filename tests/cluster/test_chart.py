@@ -262,6 +262,16 @@ def test_bad_leader_election_and_shard_values_are_refused(helm, values) -> None:
     assert helm("template", "t", str(CHART), *set_args(values)).returncode != 0
 
 
+def test_the_bounds_on_bursts_reach_the_operator_and_bad_ones_are_refused(helm) -> None:
+    [container] = one(helm.render({"operator.concurrentOpenings": 8,
+                                   "operator.concurrentEndings": 3}),
+                      "Deployment")["spec"]["template"]["spec"]["containers"]
+    env = {e["name"]: e.get("value") for e in container["env"]}
+    assert (env["PGJIT_CONCURRENT_OPENINGS"], env["PGJIT_CONCURRENT_ENDINGS"]) == ("8", "3")
+    for bad in ({"operator.concurrentOpenings": 0}, {"operator.concurrentEndings": "many"}):
+        assert helm("template", "t", str(CHART), *set_args(bad)).returncode != 0
+
+
 def test_session_database_label_policies(helm) -> None:
     """The label sharded releases select sessions by: set by a MutatingAdmissionPolicy where
     the API server serves one, a wrong one refused by a ValidatingAdmissionPolicy."""
