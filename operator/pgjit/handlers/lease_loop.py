@@ -18,7 +18,7 @@ from .decisions import (Outcome, database_for, decide, load_traits_data,
                         set_session_conditions, ts, utc_now)
 from .approvals import poke_expired_requests
 from .ending import end_lease
-from .indexes import body_of, database_in
+from .indexes import ActiveSession, body_of, database_in
 from .status import written
 
 log = logging.getLogger(__name__)
@@ -44,22 +44,21 @@ async def supervise_leases(namespace: str, database_name: str, memo, stopped,
         now = utc_now()
         revalidate = time.monotonic() - last_revalidation >= memo.settings.revalidate_seconds
         traits_data = await load_traits_data(memo) if revalidate else None
-        active: list[DatabaseSession] = list(
+        active: list[ActiveSession] = list(
             active_sessions_by_database.get((namespace, database_name), ()))
-        for session in active:
-            name = str(session.metadata.name)
-            if name in ending:
+        for record in active:
+            if record.name in ending:
                 continue
-            end = _due_end(session, now, namespace, databases_by_name, roles_by_namespace,
+            end = _due_end(record, now, namespace, databases_by_name, roles_by_namespace,
                            traits_data if revalidate else None)
             if end is not None:
-                ending[name] = asyncio.create_task(_finish(
-                    session, namespace, memo, stopped, databases_by_name, *end))
+                ending[record.name] = asyncio.create_task(_finish(
+                    record.parsed(), namespace, memo, stopped, databases_by_name, *end))
         if revalidate:
             last_revalidation = time.monotonic()
         # Forget a finished end only once the index no longer shows the session Active, so
         # one end is never started twice for the same session.
-        still_active = {session.metadata.name for session in active}
+        still_active = {record.name for record in active}
         for name in [n for n, task in ending.items() if task.done() and n not in still_active]:
             ending.pop(name)
         await count.follow(memo, databases_by_name, live_sessions_by_database)
@@ -110,15 +109,16 @@ class _SessionCount:
         self._written = live
 
 
-def _due_end(session: DatabaseSession, now: datetime, namespace: str, databases_by_name,
+def _due_end(record: ActiveSession, now: datetime, namespace: str, databases_by_name,
              roles_by_namespace, traits_data) -> tuple[str, str, str] | None:
     """How an Active session must end now, if it must: expired, or (when ``traits_data`` is
     given, on a revalidation tick) no longer allowed."""
-    expires_at = session.status.expires_at
+    expires_at = record.expires_at
     if expires_at is not None and expires_at <= now:
         return (SessionPhase.EXPIRED, Reason.EXPIRED, f"the session expired at {ts(expires_at)}")
     if traits_data is not None:
-        return _revoked(session, namespace, databases_by_name, roles_by_namespace, traits_data)
+        return _revoked(record.parsed(), namespace, databases_by_name, roles_by_namespace,
+                        traits_data)
     return None
 
 

@@ -104,7 +104,7 @@ async def test_a_session_that_does_not_parse_is_left_out_and_the_others_still_en
     broken = active("broken", expires_in=timedelta(hours=1))
     broken["status"]["expiresAt"] = "next tuesday"
     world.active_sessions += [broken, active("due", expires_in=timedelta(seconds=-1))]
-    assert [s.metadata.name for s in world.active_sessions_by_database()[(NAMESPACE, "orders")]
+    assert [s.name for s in world.active_sessions_by_database()[(NAMESPACE, "orders")]
             ] == ["due"]
     stopped = Stopped()
     task = await run_loop(world, stopped)
