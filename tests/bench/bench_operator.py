@@ -46,6 +46,7 @@ from concurrent.futures import ThreadPoolExecutor
 from datetime import UTC, datetime
 from pathlib import Path
 
+import kopf
 import kubernetes
 
 from pgjit.devstack.controlplane import ControlPlane
@@ -424,6 +425,10 @@ def tracemalloc_summary(base: Path, live: Path, sessions: int, top: int = 15) ->
     return lines
 
 
+#: How long Kopf keeps an object's worker (and its last event) after the object's last event.
+KOPF_IDLE_TIMEOUT = kopf.OperatorSettings().batching.idle_timeout
+
+
 def signal_snapshot(operator: Operator, path: Path, timeout: float = 300) -> Path:
     snapshot = Path(str(path) + ".snapshot")
     snapshot.unlink(missing_ok=True)
@@ -743,12 +748,22 @@ def main() -> int:
                     watch.wait(names, watch.active, burst_timeout(profile_size) * 3)
                     settle(operator.pid, quiet_cpu=0.1)
                     live = signal_snapshot(operator, trace_file)
+                    live = live.rename(workdir / "tracemalloc-settled.snapshot")
                     rss_traced = rss_mb(operator.pid)
+                    # Kopf keeps each object's worker, holding its last event, until the
+                    # worker has been idle for batching.idle_timeout: held sessions outlive it.
+                    time.sleep(KOPF_IDLE_TIMEOUT + 2)
+                    steady = signal_snapshot(operator, trace_file)
                     profile_lines += ["", f"#### tracemalloc: {profile_size} Active sessions",
                                       "", f"RSS of the traced operator {rss_traced_base:.0f} → "
                                       f"{rss_traced:.0f} MB (tracemalloc's own bookkeeping "
                                       "included).", "",
-                                      *tracemalloc_summary(base, live, profile_size)]
+                                      "Once the operator is quiet (its last workers still "
+                                      "waiting for more events of their objects):", "",
+                                      *tracemalloc_summary(base, live, profile_size), "",
+                                      f"Held: {KOPF_IDLE_TIMEOUT + 2:.0f} s later, Kopf's idle "
+                                      "workers gone:", "",
+                                      *tracemalloc_summary(base, steady, profile_size)]
                     list(pool.map(lambda n: custom.delete_namespaced_custom_object(
                         GROUP, VERSION, NS, PLURAL, n), names))
                     watch.wait(names, watch.gone, burst_timeout(profile_size) * 3)
