@@ -401,7 +401,8 @@ def _short(frame: str) -> str:
     return f"{name} ({where})"
 
 
-def tracemalloc_summary(base: Path, live: Path, sessions: int, top: int = 15) -> list[str]:
+def tracemalloc_summary(base: Path, live: Path, sessions: int, top: int = 15,
+                        label: str = "Active") -> list[str]:
     """What N live sessions added to the traced heap, by package and by allocation site."""
     before, after = tracemalloc.Snapshot.load(str(base)), tracemalloc.Snapshot.load(str(live))
     by_line = after.compare_to(before, "lineno")
@@ -411,7 +412,7 @@ def tracemalloc_summary(base: Path, live: Path, sessions: int, top: int = 15) ->
         packages[_package(f"({stat.traceback[0].filename}:0)")] += stat.size_diff
     lines = [f"traced heap {sum(s.size for s in before.statistics('filename')) / 2**20:.1f} MiB "
              f"with 0 sessions → {sum(s.size for s in after.statistics('filename')) / 2**20:.1f}"
-             f" MiB with {sessions} Active: {growth / 1024:.0f} KiB, "
+             f" MiB with {sessions} {label}: {growth / 1024:.0f} KiB, "
              f"{growth / 1024 / sessions:.1f} KiB per session", "",
              "| allocated in (package) | KiB | KiB/session |", "|---|---:|---:|"]
     for name, size in packages.most_common(top):
@@ -440,6 +441,39 @@ def signal_snapshot(operator: Operator, path: Path, timeout: float = 300) -> Pat
             raise TimeoutError(f"no tracemalloc snapshot in {timeout}s")
         time.sleep(0.5)
     return snapshot
+
+
+def waiting_sessions_memory(operator: Operator, custom, watch: PhaseWatch, trace_file: Path,
+                            workdir: Path, size: int, clients: int) -> list[str]:
+    """What a session waiting for its opening slot holds: a burst of ``size`` against an
+    operator with one slot, traced while most of the burst waits."""
+    warm_up(custom, watch, "warmup-waiting")
+    settle(operator.pid, quiet_cpu=0.1)
+    base = signal_snapshot(operator, trace_file).rename(workdir / "tracemalloc-w0.snapshot")
+    names = [f"w{size}-{i}" for i in range(size)]
+    with ThreadPoolExecutor(clients) as pool:
+        list(pool.map(lambda n: custom.create_namespaced_custom_object(
+            GROUP, VERSION, NS, PLURAL, session_body(n, f"u-{n}")), names))
+        # Every creation is in; the burst is flowing once a tenth of it is Active.
+        watch.wait(names[:1], watch.active, burst_timeout(size))
+        deadline = time.monotonic() + burst_timeout(size)
+        while sum(n in watch.active for n in names) < size // 10:
+            if time.monotonic() > deadline:
+                raise TimeoutError("the one-slot burst did not get going")
+            time.sleep(0.05)
+        active_before = sum(n in watch.active for n in names)
+        waiting = signal_snapshot(operator, trace_file)
+        active_after = sum(n in watch.active for n in names)
+        held = size - (active_before + active_after) // 2
+        watch.wait(names, watch.active, burst_timeout(size) * 3)
+        list(pool.map(lambda n: custom.delete_namespaced_custom_object(
+            GROUP, VERSION, NS, PLURAL, n), names))
+        watch.wait(names, watch.gone, burst_timeout(size) * 3)
+    return ["#### tracemalloc: sessions waiting for their opening slot", "",
+            f"An operator with one opening slot (`PGJIT_CONCURRENT_OPENINGS=1`), {size} sessions "
+            f"created at once, traced while about {held} waited ({active_before}-{active_after} "
+            "Active, whose records are in the figures too):", "",
+            *tracemalloc_summary(base, waiting, held, label="waiting")]
 
 
 #: The chart's policies on DatabaseSessions, as `helm install` puts them in a cluster that
@@ -767,6 +801,12 @@ def main() -> int:
                     list(pool.map(lambda n: custom.delete_namespaced_custom_object(
                         GROUP, VERSION, NS, PLURAL, n), names))
                     watch.wait(names, watch.gone, burst_timeout(profile_size) * 3)
+                operator.stop()
+                operator = Operator(cp, workdir, not args.no_secret_access, "operator-waiting",
+                                    {"PGJIT_TRACEMALLOC_FILE": str(trace_file),
+                                     "PGJIT_CONCURRENT_OPENINGS": "1"})
+                profile_lines += ["", *waiting_sessions_memory(
+                    operator, custom, watch, trace_file, workdir, profile_size, args.clients)]
         finally:
             watch.stop()
             operator.stop()
