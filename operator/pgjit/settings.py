@@ -128,6 +128,11 @@ class Settings:
         "PGJIT_CONCURRENT_OPENINGS", _positive_int, 64,
         "Sessions of one Database opened at once; more wait their turn in arrival order, so "
         "pgjit's work on a burst holds memory for this many, not for all (handlers/slots.py).")
+    opening_queue: int = _setting(
+        "PGJIT_OPENING_QUEUE", _positive_int, 1024,
+        "Sessions of one Database that wait in the operator for an opening slot; past them a "
+        "new session is queued in its status (Pending, Queued), holding no memory, and the "
+        "Database's lease loop hands it back in arrival order (handlers/queue.py).")
     concurrent_endings: int = _setting(
         "PGJIT_CONCURRENT_ENDINGS", _positive_int, 64,
         "Sessions of one Database ended at once, apart from the openings, so that a mass "

@@ -118,6 +118,8 @@ class Reason(enum.StrEnum):
     SECRET_CONFLICT = "SecretConflict"
     INVALID_CLIENT_CA = "InvalidClientCA"
     END_FAILED = "EndFailed"
+    #: Past the sessions of its Database waiting in the operator (handlers/queue.py).
+    QUEUED = "Queued"
 
     # A session that needs approval (handlers/approval_gate.py): waiting, and how the wait ends;
     # Events about each review it is sent.

@@ -264,11 +264,14 @@ def test_bad_leader_election_and_shard_values_are_refused(helm, values) -> None:
 
 def test_the_bounds_on_bursts_reach_the_operator_and_bad_ones_are_refused(helm) -> None:
     [container] = one(helm.render({"operator.concurrentOpenings": 8,
-                                   "operator.concurrentEndings": 3}),
+                                   "operator.concurrentEndings": 3,
+                                   "operator.openingQueue": 20}),
                       "Deployment")["spec"]["template"]["spec"]["containers"]
     env = {e["name"]: e.get("value") for e in container["env"]}
-    assert (env["PGJIT_CONCURRENT_OPENINGS"], env["PGJIT_CONCURRENT_ENDINGS"]) == ("8", "3")
-    for bad in ({"operator.concurrentOpenings": 0}, {"operator.concurrentEndings": "many"}):
+    assert (env["PGJIT_CONCURRENT_OPENINGS"], env["PGJIT_CONCURRENT_ENDINGS"],
+            env["PGJIT_OPENING_QUEUE"]) == ("8", "3", "20")
+    for bad in ({"operator.concurrentOpenings": 0}, {"operator.concurrentEndings": "many"},
+                {"operator.openingQueue": 0}):
         assert helm("template", "t", str(CHART), *set_args(bad)).returncode != 0
 
 

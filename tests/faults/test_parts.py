@@ -158,15 +158,20 @@ def _refused(server, creds) -> bool:
     return False
 
 
-def test_one_slot_each_way_through_a_fast_burst_and_a_postgres_restart(stack):
-    """With one opening and one ending slot per Database (handlers/slots.py), a fast burst with
-    shared users and deletions still settles through a PostgreSQL restart mid-burst: an opening
-    or an ending that fails while it holds the slot gives it back, and the rest wait their turn
-    instead of failing."""
-    stack.add_pods(1, extra_env={"PGJIT_CONCURRENT_OPENINGS": "1",
-                                 "PGJIT_CONCURRENT_ENDINGS": "1"})
+def test_one_slot_each_way_and_a_short_queue_through_a_fast_burst_and_a_postgres_restart(stack):
+    """With one opening and one ending slot per Database (handlers/slots.py) and two sessions
+    waiting in memory (handlers/queue.py), a fast burst with shared users and deletions still
+    settles through a PostgreSQL restart mid-burst: an opening or an ending that fails while it
+    holds the slot gives it back, the rest wait their turn or are queued in their status and
+    handed back by the lease loop, and none fails for it."""
+    pods = stack.add_pods(1, extra_env={"PGJIT_CONCURRENT_OPENINGS": "1",
+                                        "PGJIT_CONCURRENT_ENDINGS": "1",
+                                        "PGJIT_OPENING_QUEUE": "2"})
+    start = pods.pods[0].mark("burst")
     env = stack.env()
     burst, took, settled = fault_burst(env, lambda burst: stack.server.restart("fast"),
                                        pace=0.01)
     check_no_leaks(env, burst)
-    print(f"restart took {took:.1f}s; settled {settled:.1f}s after it began")
+    queued = pods.pods[0].log_since(start).count("queued behind the other sessions")
+    assert queued, "no session of the burst was queued: the test did not reach the queue"
+    print(f"restart took {took:.1f}s; settled {settled:.1f}s after it began; {queued} queued")

@@ -37,15 +37,17 @@ def test_variables_are_parsed_into_typed_fields():
     ("PGJIT_HEALTH_SECONDS", "soon"), ("PGJIT_HEALTH_SECONDS", "0"),
     ("PGJIT_EXPIRY_TICK_SECONDS", "nan"), ("PGJIT_THREADS", "-1"),
     ("PGJIT_METRICS_PORT", "70000"), ("PGJIT_CONCURRENT_OPENINGS", "0"),
-    ("PGJIT_CONCURRENT_ENDINGS", "many")])
+    ("PGJIT_CONCURRENT_ENDINGS", "many"), ("PGJIT_OPENING_QUEUE", "0")])
 def test_an_invalid_value_is_refused_naming_its_variable(variable, value):
     with pytest.raises(SettingsError, match=variable):
         Settings.load({variable: value})
 
 
 def test_the_bounds_on_bursts_are_read_from_the_environment():
-    settings = Settings.load({"PGJIT_CONCURRENT_OPENINGS": "8", "PGJIT_CONCURRENT_ENDINGS": "3"})
-    assert (settings.concurrent_openings, settings.concurrent_endings) == (8, 3)
+    settings = Settings.load({"PGJIT_CONCURRENT_OPENINGS": "8", "PGJIT_CONCURRENT_ENDINGS": "3",
+                              "PGJIT_OPENING_QUEUE": "20"})
+    assert (settings.concurrent_openings, settings.concurrent_endings,
+            settings.opening_queue) == (8, 3, 20)
 
 
 def test_command_line_flags_win_over_the_environment():

@@ -8,8 +8,8 @@ takes an index. Those decorators carry ``# type: ignore[arg-type]  # index kwarg
 """
 
 from ..settings import Settings
-from . import (approvals, databases, indexes, leadership, object_labels, roles,  # noqa: F401 - registers them
-               sessions, settings, shard)
+from . import (approvals, databases, indexes, leadership, object_labels, queue,  # noqa: F401 - registers them
+               roles, sessions, settings, shard)
 
 
 def register(operator_settings: Settings) -> None:

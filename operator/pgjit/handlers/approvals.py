@@ -37,6 +37,7 @@ from ..vocabulary import TERMINAL_PHASES, Reason, SessionPhase
 from . import metrics
 from .approval_gate import review_entry
 from .decisions import parse_ts
+from .queue import is_queued
 from .sessions import open_lease
 from .indexes import SESSION_INDEX
 from .triggers import index
@@ -145,8 +146,14 @@ async def review_changed(namespace, spec, memo, reviews_by_session, unopened_ses
 
 @kopf.on.update(*SESSIONS, id="approval", field=("metadata", "annotations", CHECK_ANNOTATION))
 async def reconsider(body, **kwargs):
-    """A waiting session was poked: open it, fail it, or let it wait on (the gate decides)."""
-    if not _awaiting(body.get("status") or {}):
+    """A waiting session was poked: open it, fail it, or let it wait on (the gate decides);
+    a queued one was handed back by its Database's lease loop (queue.py): open it."""
+    status = body.get("status") or {}
+    if is_queued(status):
+        # The loop poked no more than the slots and their queue have room for.
+        await cast(Awaitable[object], open_lease(body=body, poked=True, **kwargs))
+        return
+    if not _awaiting(status):
         return  # opened, ended or still being opened by its create handler
     # The same handler as on creation (Kopf's decorator hides that it is a coroutine).
     await cast(Awaitable[object], open_lease(body=body, **kwargs))

@@ -243,11 +243,12 @@ async def release(body, namespace, name, patch, memo, live_sessions_by_database,
 @SESSION_INDEX.as_kwargs
 async def leases(namespace, name, memo, stopped, active_sessions_by_database, databases_by_name,
                  roles_by_namespace, live_sessions_by_database, awaiting_approval,
-                 unopened_sessions, **_):
+                 unopened_sessions, queued_sessions, **_):
     """Ends this Database's sessions at expiry and when access is revoked, keeps its
     ``activeSessions`` current, and expires its sessions' access requests (see sessions.py)."""
     await supervise_leases(namespace, name, memo, stopped, active_sessions_by_database,
                            databases_by_name, roles_by_namespace,
                            live_sessions_by_database=live_sessions_by_database,
                            awaiting_approval=awaiting_approval,
-                           unopened_sessions=unopened_sessions)
+                           unopened_sessions=unopened_sessions,
+                           queued_sessions=queued_sessions)

@@ -19,6 +19,7 @@ from .decisions import (Outcome, database_for, decide, load_traits_data,
 from .approvals import poke_expired_requests
 from .ending import end_lease
 from .indexes import ActiveSession, body_of, database_in
+from .queue import QueuePokes
 from .status import written
 
 log = logging.getLogger(__name__)
@@ -27,7 +28,8 @@ log = logging.getLogger(__name__)
 async def supervise_leases(namespace: str, database_name: str, memo, stopped,
                            active_sessions_by_database, databases_by_name,
                            roles_by_namespace, *, live_sessions_by_database,
-                           awaiting_approval=None, unopened_sessions=None) -> None:
+                           awaiting_approval=None, unopened_sessions=None,
+                           queued_sessions=None) -> None:
     """End a Database's Active sessions at expiresAt, or when no Role allows them any more, and
     keep the Database's ``activeSessions`` (the SESSIONS column) following its sessions; poke
     its sessions whose access request expired while they waited for approval (approvals.py).
@@ -40,6 +42,7 @@ async def supervise_leases(namespace: str, database_name: str, memo, stopped,
     ending: dict[str, asyncio.Task] = {}
     last_revalidation = time.monotonic()
     count = _SessionCount(namespace, database_name)
+    pokes = QueuePokes(namespace, database_name)
     while not stopped:
         now = utc_now()
         revalidate = time.monotonic() - last_revalidation >= memo.settings.revalidate_seconds
@@ -62,6 +65,8 @@ async def supervise_leases(namespace: str, database_name: str, memo, stopped,
         for name in [n for n, task in ending.items() if task.done() and n not in still_active]:
             ending.pop(name)
         await count.follow(memo, databases_by_name, live_sessions_by_database)
+        if queued_sessions is not None:
+            await _poke_queued(memo, pokes, queued_sessions)
         if awaiting_approval is not None:
             await _poke_expired_requests(memo, namespace, database_name, awaiting_approval,
                                          unopened_sessions or {}, now)
@@ -76,6 +81,13 @@ async def _poke_expired_requests(memo, namespace, database_name, awaiting_approv
     except Exception as error:  # noqa: BLE001 - the API server may be away; the next tick retries
         log.warning("[%s/%s] poking sessions whose access request expired failed: %s",
                     namespace, database_name, error)
+
+
+async def _poke_queued(memo, pokes: QueuePokes, queued_sessions) -> None:
+    try:
+        await pokes.poke(memo, queued_sessions)
+    except Exception as error:  # noqa: BLE001 - the API server may be away; the next tick retries
+        log.warning("[%s/%s] handing queued sessions back failed: %s", *pokes.key, error)
 
 
 class _SessionCount:

@@ -11,24 +11,29 @@ The Kopf handlers are here; the work is split by job:
 - ``passwords``: the password-sharing protocol of sessions that share a PostgreSQL user;
 - ``opening``: activating the user and writing the credentials;
 - ``slots``: how many sessions of one Database are opened, and ended, at once;
+- ``queue``: sessions past those waiting in memory, queued in their status;
 - ``ending``: releasing the lease and removing the Secret;
 - ``lease_loop``: each Database's loop that ends sessions at expiry or on revocation.
 """
 
 from __future__ import annotations
 
+import logging
+
 import kopf
 
 from .. import GROUP, VERSION
 from ..api.session import DatabaseSession
-from ..vocabulary import TERMINAL_PHASES, SessionPhase
+from ..vocabulary import TERMINAL_PHASES, Reason, SessionPhase
 from . import metrics
 from .decisions import Outcome, apply_outcome
 from .ending import end_lease
 from .indexes import SESSION_INDEX, session_database
 from .opening import open_session
+from .queue import is_queued
 
 RESOURCE = (GROUP, VERSION, DatabaseSession.plural)
+log = logging.getLogger(__name__)
 
 
 @kopf.on.resume(*RESOURCE, id="lease")
@@ -47,16 +52,23 @@ async def open_lease(body, name, namespace, uid, patch, memo, databases_by_name,
         # only churn PostgreSQL for every live session on each restart.
         metrics.ACTIVE_SESSIONS.inc()
         return
+    database = session_database(namespace, body.get("spec", {}))
+    queued = is_queued(body.get("status", {}))
+    if not _.get("poked") and not _.get("retry") and memo.openings.crowded(database):
+        _queue(body, patch, database, memo)
+        return
     with metrics.reconcile("databasesession") as reconciliation:
         status: dict = {}
         try:
-            async with memo.openings.slot(session_database(namespace, body.get("spec", {}))):
+            async with memo.openings.slot(database):
                 await open_session(body, name, namespace, uid, memo,
                                    (databases_by_name, roles_by_namespace,
                                     active_sessions_by_user,
                                     label_rules_by_namespace.get(namespace, ()),
                                     live_sessions_by_id), status,
-                                   first_attempt=not body.get("status") and not _.get("retry"),
+                                   # A queued session was queued before any attempt.
+                                   first_attempt=(not body.get("status") or queued)
+                                   and not _.get("retry"),
                                    reviews=reviews_by_session.get((namespace, name), ()))
         except Outcome as outcome:
             if outcome.terminal:
@@ -71,6 +83,21 @@ async def open_lease(body, name, namespace, uid, patch, memo, databases_by_name,
             return
         patch.status.update(status)
         metrics.ACTIVE_SESSIONS.inc()
+
+
+def _queue(body, patch, database, memo) -> None:
+    """Leave the session queued in its status; its Database's lease loop hands it back."""
+    if is_queued(body.get("status", {})):
+        return  # already queued (a restart's resume): nothing to write
+    log.info("[%s/%s] queued behind the other sessions of Database %s",
+             body["metadata"].get("namespace"), body["metadata"].get("name"), database[1])
+    status: dict = {}
+    apply_outcome(body, status, Outcome(
+        SessionPhase.PENDING, Reason.QUEUED,
+        f'queued: more than {memo.openings.per_database + (memo.openings.queue or 0)} '
+        f'sessions of Database "{database[1]}" are being opened or waiting; it is opened in '
+        "its turn, in the order sessions were created"))
+    patch.status.update(status)
 
 
 @kopf.on.delete(*RESOURCE, id="end")  # type: ignore[arg-type]  # index kwargs

@@ -66,7 +66,8 @@ class OperatorMemo:
     release_leadership: Callable[[], None] | None = None
 
     def __post_init__(self) -> None:
-        self.openings = DatabaseSlots("open", self.settings.concurrent_openings)
+        self.openings = DatabaseSlots("open", self.settings.concurrent_openings,
+                                      queue=self.settings.opening_queue)
         self.endings = DatabaseSlots("end", self.settings.concurrent_endings)
 
 

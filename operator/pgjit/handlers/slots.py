@@ -36,6 +36,8 @@ class DatabaseSlots:
 
     step: str
     per_database: int
+    #: How many more may wait in memory for a slot; None: any number.
+    queue: int | None = None
     _gates: dict[Hashable, _Gate] = field(default_factory=dict, repr=False)
 
     @asynccontextmanager
@@ -59,6 +61,17 @@ class DatabaseSlots:
             gate.users -= 1
             if not gate.users:
                 del self._gates[database]
+
+    def crowded(self, database: Hashable) -> bool:
+        """Whether another session of ``database`` would wait past the queue bound."""
+        return self.room(database) <= 0
+
+    def room(self, database: Hashable) -> int:
+        """How many more sessions of ``database`` may hold or wait for a slot in memory."""
+        if self.queue is None:
+            return self.per_database  # no bound: always room
+        gate = self._gates.get(database)
+        return self.per_database + self.queue - (gate.users if gate else 0)
 
     def __len__(self) -> int:
         """Databases with a session holding or waiting for a slot."""

@@ -12,7 +12,7 @@ from ..vocabulary import Reason
 
 # Reasons that end an object's work normally: reported as Normal Events, not Warnings.
 NORMAL_REASONS = frozenset({Reason.EXPIRED, Reason.SUSPENDED, Reason.SESSIONS_ACTIVE,
-                            Reason.AWAITING_APPROVAL})
+                            Reason.AWAITING_APPROVAL, Reason.QUEUED})
 
 
 def written(status_model: type[KindStatus], **fields: object) -> dict:

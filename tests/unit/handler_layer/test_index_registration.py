@@ -29,7 +29,8 @@ def _index_handlers() -> dict[str, Any]:
 EXPECTED = {"roles_by_namespace", "label_rules_by_namespace", "databases_by_name",
             "reviews_by_session", "session_index"}
 SESSION_PARTS = {"live_sessions_by_database", "live_sessions_by_id", "active_sessions_by_user",
-                 "active_sessions_by_database", "unopened_sessions", "awaiting_approval"}
+                 "active_sessions_by_database", "unopened_sessions", "awaiting_approval",
+                 "queued_sessions"}
 
 
 def test_every_index_is_registered_under_its_function_name():
