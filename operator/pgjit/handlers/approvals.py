@@ -149,8 +149,10 @@ async def reconsider(body, **kwargs):
     """A waiting session was poked: open it, fail it, or let it wait on (the gate decides);
     a queued one was handed back by its Database's lease loop (queue.py): open it."""
     status = body.get("status") or {}
-    if is_queued(status):
-        # The loop poked no more than the slots and their queue have room for.
+    if is_queued(status) or kwargs.get("retry"):
+        # Queued: the loop poked no more than the slots and their queue have room for. A
+        # retry: this handler's own opening failed (the server away) and left the session
+        # Pending for that error, neither waiting nor queued; it is opened all the same.
         await cast(Awaitable[object], open_lease(body=body, poked=True, **kwargs))
         return
     if not _awaiting(status):

@@ -287,6 +287,37 @@ async def test_a_poked_waiting_session_is_opened_once_approved(world: World):
     assert status["phase"] == "Active"
 
 
+async def test_kopfs_retry_of_a_poked_opening_that_failed_opens_the_session(world: World):
+    """The poke's handler opened the approved session and the server was away: Kopf retries
+    the handler, and the session, now Pending for that error, neither awaiting nor queued,
+    must still be opened (it was left Pending for good before)."""
+    from pgjit.engine import EngineError
+
+    waiting = session(status=await open_session(world, session()))
+    world.reviews.append(review_body())
+    activate = world.engine.activate
+
+    def away(request):
+        raise EngineError("Unreachable", "connection refused", transient=True)
+
+    world.engine.activate = away  # type: ignore[method-assign,assignment]
+    patch = kopf.Patch()
+    with pytest.raises(kopf.TemporaryError):
+        await approvals.reconsider(body=waiting, name=waiting["metadata"]["name"],
+                                   namespace=NAMESPACE, uid=waiting["metadata"]["uid"],
+                                   patch=patch, memo=world.memo,
+                                   **world.open_lease_kwargs(waiting))
+    failed = session(status=dict(patch.status))
+    assert condition(failed["status"])["reason"] == "Unreachable"
+    world.engine.activate = activate  # type: ignore[method-assign]
+    retried = kopf.Patch()
+    await approvals.reconsider(body=failed, name=failed["metadata"]["name"],
+                               namespace=NAMESPACE, uid=failed["metadata"]["uid"],
+                               patch=retried, memo=world.memo, retry=1,
+                               **world.open_lease_kwargs(failed))
+    assert retried.status["phase"] == "Active"
+
+
 async def test_a_poke_of_a_session_not_waiting_does_nothing(world: World):
     world.reviews.append(review_body())
     # Its create handler has not written a status yet (it will count the review itself),
