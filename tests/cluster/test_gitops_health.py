@@ -254,6 +254,20 @@ def test_session_waiting_for_approval_health(env: Env, judge: Judge):
     assert argo.message.startswith("ApprovalExpired: not approved within 3s"), argo.message
 
 
+def test_a_queued_session_is_progress(judge: Judge):
+    """A session queued behind a burst (handlers/queue.py) is in progress for both tools: its
+    status as the opening handler writes it (Pending, conditions in progress)."""
+    message = 'queued: more than 1088 sessions of Database "db" are being opened or waiting'
+    queued = {"apiVersion": "pgjit.dev/v1alpha1", "kind": "DatabaseSession",
+              "metadata": {"name": "queued", "namespace": "team", "generation": 1},
+              "spec": {"user": "alice", "databaseRef": {"name": "db"}},
+              "status": {"phase": "Pending", "observedGeneration": 1,
+                         "conditions": conditions.in_progress(None, 1, "Queued", message)}}
+    argo, flux = judge(queued)
+    assert (argo.status, flux.status) == ("Progressing", "InProgress")
+    assert argo.message.startswith("Queued: queued: more than 1088"), argo.message
+
+
 def test_docs_carry_the_shipped_checks():
     """docs/gitops.md shows the argo-cd chart values with each check verbatim."""
     text = (ROOT / "docs" / "gitops.md").read_text()
