@@ -9,8 +9,8 @@ one Database waiting in memory, the opening handler writes the session ``Pending
 The Database's lease loop hands queued sessions back in arrival order as the opening slots
 free, by poking them as access requests are poked (approvals.py): the ``approval`` update
 handler then opens the session past the bound, since the loop poked no more than there was
-room for. A queued session costs two writes more (its Queued status, the poke) and holds no
-lease, no Secret and no login: it is opened later, never more than it was decided.
+room for. A queued session costs three writes more (its Queued status, its Event, the poke)
+and holds no lease, no Secret and no login: it is opened later, never more than was decided.
 """
 
 from __future__ import annotations
@@ -24,8 +24,10 @@ from ..vocabulary import Reason, SessionPhase
 from .indexes import SESSION_INDEX, session_database
 
 SESSIONS = (GROUP, VERSION, DatabaseSession.plural)
-#: A poke not yet answered by the session's own event counts against the room this long.
-POKE_PATIENCE = 30.0
+#: A poke counts against the room until its session leaves the queue: a handed-back session
+#: waits its turn behind those already waiting, which at ten openings a second can take
+#: minutes. Past this long it is poked again, in case its handler never ran.
+POKE_PATIENCE = 600.0
 
 
 def is_queued(status: Mapping) -> bool:
@@ -44,10 +46,9 @@ def queued_sessions(namespace, name, spec, status, meta, **_):
 class QueuePokes:
     """One Database's pokes of its queued sessions, kept by its lease loop.
 
-    A poked session leaves the queue only when its own watch event shows it opened (or
-    re-queued, or gone); until then it counts against the room, so the loop never hands back
-    more sessions than the opening slots and their queue can take. A poke that went unanswered
-    for ``POKE_PATIENCE`` is made again.
+    A poked session leaves the queue only when its own watch event shows it opened (or gone);
+    until then it counts against the room, so the loop never hands back more sessions than the
+    opening slots and their queue can take, and never pokes one twice while it waits its turn.
     """
 
     def __init__(self, namespace: str, database: str):
@@ -62,14 +63,14 @@ class QueuePokes:
         self._poked = {name: at for name, at in self._poked.items()
                        if name in names and now - at < POKE_PATIENCE}
         room = openings.room(self.key) - len(self._poked)
-        due = [name for _, name in queued if name not in self._poked][:max(0, room)]
-        for name in due:
-            self._poked[name] = now
-        return due
+        return [name for _, name in queued if name not in self._poked][:max(0, room)]
 
     async def poke(self, memo, queued_sessions) -> None:
+        """Poke what is due; a poke is remembered once written, so one that failed (the API
+        server away) is made again on the next tick."""
         from .approvals import CHECK_ANNOTATION
 
         for name in self.due(queued_sessions, memo.openings):
             await memo.kube.annotate(*SESSIONS, self.key[0], name,
                                      {CHECK_ANNOTATION: f"queue:{time.time_ns()}"})
+            self._poked[name] = time.monotonic()

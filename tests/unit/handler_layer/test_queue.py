@@ -104,24 +104,56 @@ async def test_a_handed_back_session_is_opened_past_the_bound(bounded: World):
     assert patch.status["phase"] == "Active"
 
 
-def test_the_loop_hands_back_no_more_than_there_is_room_for_oldest_first():
-    openings = DatabaseSlots("open", SLOTS, queue=WAITING)
-    pokes = QueuePokes(NAMESPACE, "orders")
+class _Memo:
+    """What ``QueuePokes.poke`` uses: the slots, and a Kube whose annotations can fail."""
+
+    def __init__(self, openings: DatabaseSlots) -> None:
+        self.openings, self.kube, self.poked, self.fail = openings, self, [], False
+
+    async def annotate(self, group, version, plural, namespace, name, annotations) -> None:
+        if self.fail:
+            raise ConnectionError("the API server is away")
+        self.poked.append(name)
+
+
+def _queued_bodies(count: int) -> list[dict]:
     queued = [_with_status(body, {"phase": "Pending", "conditions": [
         {"type": "Ready", "status": "False", "reason": Reason.QUEUED}]})
-        for body in _burst(_Roles(), "orders", 6)]
+        for body in _burst(_Roles(), "orders", count)]
     for i, body in enumerate(queued):  # created one second apart, the last first
         body["metadata"] = {**body["metadata"],
-                            "creationTimestamp": f"2026-12-02T10:00:0{5 - i}Z"}
+                            "creationTimestamp": f"2026-12-02T10:00:0{count - 1 - i}Z"}
+    return queued
+
+
+async def test_the_loop_hands_back_no_more_than_there_is_room_for_oldest_first():
+    memo = _Memo(DatabaseSlots("open", SLOTS, queue=WAITING))
+    pokes = QueuePokes(NAMESPACE, "orders")
+    queued = _queued_bodies(6)
     index = _queued_index(queued)
-    first = pokes.due(index, openings)
-    assert first == ["s5-orders", "s4-orders", "s3-orders", "s2-orders"]  # room: 2 + 2
-    # Poked but not yet seen opened: they still count, so nothing more is handed back.
-    assert pokes.due(index, openings) == []
+    await pokes.poke(memo, index)
+    assert memo.poked == ["s5-orders", "s4-orders", "s3-orders", "s2-orders"]  # room: 2 + 2
+    # Poked but not yet seen opened: they still count and are not poked again, however long
+    # they wait their turn.
+    await pokes.poke(memo, index)
+    assert len(memo.poked) == 4
     # Two were opened (their events took them out of the queue): room for two more.
     opened = {"s5-orders", "s4-orders"}
-    index = _queued_index([b for b in queued if b["metadata"]["name"] not in opened])
-    assert pokes.due(index, openings) == ["s1-orders", "s0-orders"]
+    await pokes.poke(memo, _queued_index([b for b in queued
+                                          if b["metadata"]["name"] not in opened]))
+    assert memo.poked[4:] == ["s1-orders", "s0-orders"]
+
+
+async def test_a_poke_that_failed_is_made_again():
+    memo = _Memo(DatabaseSlots("open", SLOTS, queue=WAITING))
+    pokes = QueuePokes(NAMESPACE, "orders")
+    index = _queued_index(_queued_bodies(1))
+    memo.fail = True
+    with pytest.raises(ConnectionError):
+        await pokes.poke(memo, index)
+    memo.fail = False
+    await pokes.poke(memo, index)
+    assert memo.poked == ["s0-orders"]
 
 
 async def test_the_lease_loop_pokes_queued_sessions_with_the_check_annotation(world: World):
