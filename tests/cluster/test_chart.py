@@ -414,7 +414,8 @@ def test_operator_rules_are_least_privilege(helm, values) -> None:
         assert "*" not in rule["verbs"] and "*" not in rule["resources"], rule
         assert "*" not in rule["apiGroups"], rule
     secrets = rule_for(rules, "", "secrets")
-    assert sorted(secrets["verbs"]) == ["create", "delete", "get", "list", "update"]
+    assert sorted(secrets["verbs"]) == ["create", "delete", "deletecollection", "get", "list",
+                                        "update"]
     assert rule_for(rules, "", "events")["verbs"] == ["create"]
     assert rule_for(rules, "", "pods") is None and rule_for(rules, "", "configmaps") is None
     kinds = rule_for(rules, "pgjit.dev", "databasesessions")
@@ -436,7 +437,8 @@ def test_credential_access_toggle(helm) -> None:
         rules = operator_rules(docs, "ClusterRole")
         rbac = rule_for(rules, "rbac.authorization.k8s.io", "rolebindings")
         if enabled:
-            assert sorted(rbac["verbs"]) == ["create", "delete", "get", "patch", "update"]
+            assert sorted(rbac["verbs"]) == ["create", "delete", "deletecollection", "get",
+                                             "patch", "update"]
             assert sorted(rbac["resources"]) == ["rolebindings", "roles"]
         else:
             assert rbac is None

@@ -54,9 +54,11 @@ def test_alice_reads_her_secret_and_not_bobs(env, api_for):
         [(["secrets"], ["a-credentials"], ["get"])]
     binding = rbac.read_namespaced_role_binding("a-credentials", env.namespace)
     assert [(s.kind, s.name) for s in binding.subjects] == [("User", "alice")]
-    for obj in (role, binding):
+    for obj in (role, binding, env.secret_object("a-credentials")):
         assert [(o.kind, o.uid) for o in obj.metadata.owner_references] == \
             [("DatabaseSession", uid)]
+        # What the end of the session deletes them by, with the Secret.
+        assert obj.metadata.labels["pgjit.dev/session-uid"] == uid
 
     env.delete("DatabaseSession", "a")
     env.wait_gone("DatabaseSession", "a")
@@ -65,6 +67,8 @@ def test_alice_reads_her_secret_and_not_bobs(env, api_for):
         lambda: rbac.read_namespaced_role_binding("a-credentials", env.namespace)) == 404
     # Secret gone and her grant with it: she cannot even learn whether it exists.
     assert _status_of(lambda: alice.read_namespaced_secret("a-credentials", env.namespace)) == 403
+    # Bob's session, still open, keeps its Secret and his grant on it.
+    assert _status_of(lambda: bob.read_namespaced_secret("b-credentials", env.namespace)) is None
     env.delete("DatabaseSession", "b")
     env.wait_gone("DatabaseSession", "b")
 

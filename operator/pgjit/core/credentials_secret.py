@@ -46,6 +46,9 @@ from pgjit.core.conditions import rfc3339
 SECRET_TYPE = "Opaque"
 
 SESSION_LABEL = "pgjit.dev/session"
+#: The uid of the session an object was written for, on its Secret, Role and RoleBinding: what
+#: the end of a session deletes them by, several sessions' at once (kube/batched_deletes.py).
+OWNER_UID_LABEL = "pgjit.dev/session-uid"
 SESSION_ANNOTATION = "pgjit.dev/session"
 EXPIRES_AT_ANNOTATION = "pgjit.dev/expires-at"
 MANAGED_BY_LABEL = "app.kubernetes.io/managed-by"

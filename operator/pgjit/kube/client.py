@@ -22,6 +22,8 @@ from pydantic import ValidationError
 
 from .. import GROUP, VERSION
 from ..api.role import Role
+from ..core.credentials_secret import OWNER_UID_LABEL
+from .batched_deletes import BatchedDeletes
 from .transport import Conflict, Connection, Forbidden, NotFound, raise_for
 
 #: Connections to the API server this client keeps open at most: enough for the handlers'
@@ -51,8 +53,10 @@ class Kube:
         self.connection = connection
         self._session: aiohttp.ClientSession | None = None
         #: uid of each object this process created or replaced for a session, keyed by
-        #: (kind, namespace, name, owner uid): ending the session then deletes it in one request.
+        #: (kind, namespace, name, owner uid): ending the session then deletes it without
+        #: reading it first, by its owner's uid label, along with other sessions' objects.
         self._written: dict[tuple[str, str, str, str], str] = {}
+        self._batched_deletes = BatchedDeletes(self._request)
 
     # -- transport ---------------------------------------------------------------------------
 
@@ -152,7 +156,9 @@ class Kube:
                                        reclaim_garbage: bool = False) -> None:
         ref = {"apiVersion": owner["apiVersion"], "kind": owner["kind"], "name": owner["name"],
                "uid": owner["uid"], "controller": True, "blockOwnerDeletion": True}
-        body = {**body, "metadata": {**body["metadata"], "ownerReferences": [ref]}}
+        labels = {**(body["metadata"].get("labels") or {}), OWNER_UID_LABEL: owner["uid"]}
+        body = {**body, "metadata": {**body["metadata"], "labels": labels,
+                                     "ownerReferences": [ref]}}
         name = body["metadata"]["name"]
         key = (body["kind"], namespace, name, owner["uid"])
         try:
@@ -245,21 +251,30 @@ class Kube:
                             owner_uid: str) -> None:
         """Delete the named object if ``owner_uid`` owns it; someone else's is left alone.
 
-        The uid precondition makes the check and the delete one step: an object recreated by
-        someone else in between is not deleted. When this process wrote the object, its uid is
-        known and the delete is a single request; otherwise (after a restart) it is read first.
+        When this process wrote the object, it carries its owner's uid as a label, and the
+        delete selects it by that label (kube/batched_deletes.py). Otherwise (after a restart,
+        or an object of an earlier release, without the label) it is read first, and the
+        uid precondition makes the check and the delete one step: an object recreated by
+        someone else in between is not deleted.
         """
-        uid = self._written.pop((kind, namespace, name, owner_uid), None)
+        key = (kind, namespace, name, owner_uid)
+        if key in self._written:
+            # Written by this process, so labelled with its owner's uid (and only its own
+            # objects are): deleted by that label, in one request with other sessions'.
+            try:
+                await self._batched_deletes.delete(_path(api, namespace, plural), owner_uid)
+            except NotFound:
+                pass  # the namespace is gone, and with it the object
+            self._written.pop(key, None)
+            return
         path = _path(api, namespace, plural, name)
         try:
-            if uid is None:
-                existing = await self._request("GET", path)
-                if owner_uid not in _owner_uids(existing):
-                    return
-                uid = existing["metadata"]["uid"]
+            existing = await self._request("GET", path)
         except NotFound:
             return
-        await self._delete_if_uid(path, uid)
+        if owner_uid not in _owner_uids(existing):
+            return
+        await self._delete_if_uid(path, existing["metadata"]["uid"])
 
     async def delete_owned_secrets(self, namespace: str, label_selector: str,
                                    owner_uid: str) -> list[str]:

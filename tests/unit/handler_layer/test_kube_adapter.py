@@ -8,9 +8,11 @@ against a real kube-apiserver.
 
 from __future__ import annotations
 
+import asyncio
 import base64
 import json
 from collections.abc import AsyncIterator
+from urllib.parse import parse_qs, urlsplit
 
 import kopf
 import pytest
@@ -58,6 +60,9 @@ class FakeApiServer:
         if request.method == "GET" and request.query.get("labelSelector") is not None:
             return web.json_response({"items": [o for p, o in self.objects.items()
                                                 if p.startswith(path + "/")]})
+        if request.method == "DELETE" and request.query.get("labelSelector") is not None:
+            return web.json_response({"items": self._delete_selected(
+                path, request.query["labelSelector"])})
         if request.method == "DELETE" and path in self.objects:
             if body["preconditions"]["uid"] != self.objects[path]["metadata"]["uid"]:
                 return web.json_response({"message": "uid precondition"}, status=409)
@@ -69,6 +74,15 @@ class FakeApiServer:
         if request.method == "PATCH" and path.removesuffix("/status") in self.objects:
             return web.json_response({})
         return web.json_response({"message": "not found"}, status=404)
+
+
+    def _delete_selected(self, collection: str, selector: str) -> list[dict]:
+        """A collection's DELETE, for the one selector form the adapter sends: key in (a,b)."""
+        key, _, values = selector.partition(" in ")
+        wanted = set(values.strip("()").split(","))
+        selected = [p for p, o in self.objects.items() if p.rpartition("/")[0] == collection
+                    and o["metadata"].get("labels", {}).get(key) in wanted]
+        return [self.objects.pop(p) for p in selected]
 
 
 @pytest.fixture
@@ -102,7 +116,8 @@ async def test_written_secret_carries_labels_annotations_owner_and_the_token(ser
     assert (method, path) == ("POST", "/api/v1/namespaces/team-a/secrets")
     assert headers["Authorization"] == "Bearer secret-token"
     assert body["metadata"]["annotations"] == {"pgjit.dev/session": "s"}
-    assert body["metadata"]["labels"] == {"pgjit.dev/session": "s"}
+    assert body["metadata"]["labels"] == {"pgjit.dev/session": "s",
+                                          "pgjit.dev/session-uid": "uid-s"}
     assert body["metadata"]["ownerReferences"][0]["uid"] == "uid-s"
     assert body["stringData"] == {"username": "alice"}
     assert await kube.read_secret("team-a", "s-credentials") == {"username": b"alice"}
@@ -168,15 +183,53 @@ async def test_a_secret_with_any_other_owner_is_never_replaced(server, owners):
     assert not [m for m, *_ in fake.requests if m == "DELETE"]
 
 
-async def test_deletes_carry_the_uid_precondition_and_spare_others_objects(server):
+async def test_deletes_of_objects_written_before_a_restart_carry_the_uid_precondition(server):
+    """A Secret this process did not write (an earlier process did) is read first, and
+    deleted only if the session owns it, by its uid: someone else's is left alone."""
     fake, kube = server
     await kube.write_secret("team-a", "s-credentials", {}, labels={}, owner=OWNER)
-    await kube.delete_secret("team-a", "s-credentials", "uid-other")  # not its owner
-    assert SECRET in fake.objects
-    await kube.delete_secret("team-a", "s-credentials", "uid-s")
+    restarted = Kube(kube.connection)
+    try:
+        await restarted.delete_secret("team-a", "s-credentials", "uid-other")  # not its owner
+        assert SECRET in fake.objects
+        await restarted.delete_secret("team-a", "s-credentials", "uid-s")
+    finally:
+        await restarted.close()
     method, path, _headers, body = fake.requests[-1]
     assert (method, path, body["preconditions"]) == ("DELETE", SECRET, {"uid": "uid-1"})
     assert SECRET not in fake.objects
+
+
+SECRETS = "/api/v1/namespaces/team-a/secrets"
+
+
+async def test_sessions_ending_together_have_their_secrets_deleted_in_one_request(server):
+    fake, kube = server
+    owners = [{**OWNER, "name": f"s{i}", "uid": f"uid-s{i}"} for i in range(3)]
+    for owner in owners:
+        await kube.write_secret("team-a", f"{owner['name']}-credentials", {}, labels={},
+                                owner=owner)
+    fake.objects[f"{SECRETS}/other"] = {"metadata": {"name": "other", "labels": {
+        "pgjit.dev/session-uid": "uid-someone-else"}}}
+    fake.requests.clear()
+    await asyncio.gather(*(kube.delete_secret("team-a", f"{o['name']}-credentials", o["uid"])
+                           for o in owners))
+    [(method, path, _headers, body)] = fake.requests
+    assert (method, path, body) == ("DELETE", SECRETS, None)
+    assert parse_qs(urlsplit(fake.raw_paths[-1]).query) == {
+        "labelSelector": ["pgjit.dev/session-uid in (uid-s0,uid-s1,uid-s2)"]}
+    assert list(fake.objects) == [f"{SECRETS}/other"]
+
+
+async def test_a_secret_of_someone_else_under_the_name_is_not_deleted_by_label(server):
+    """The label selects a session's own objects only: a same-named Secret written by
+    someone else after this session's own was deleted carries no such label."""
+    fake, kube = server
+    await kube.write_secret("team-a", "s-credentials", {}, labels={}, owner=OWNER)
+    del fake.objects[SECRET]  # deleted by hand, and then someone else's of the same name
+    fake.objects[SECRET] = {"metadata": {"name": "s-credentials", "uid": "uid-x"}}
+    await kube.delete_secret("team-a", "s-credentials", "uid-s")
+    assert fake.objects[SECRET]["metadata"]["uid"] == "uid-x"
 
 
 async def test_access_objects_are_created_role_first_and_removed(server):
