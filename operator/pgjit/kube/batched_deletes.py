@@ -21,6 +21,7 @@ session's objects, someone else's objects of the same name).
 from __future__ import annotations
 
 import asyncio
+import re
 from collections.abc import Awaitable, Callable, Mapping
 from typing import Any
 
@@ -30,6 +31,10 @@ from ..core.credentials_secret import OWNER_UID_LABEL
 MOST_PER_REQUEST = 100
 
 Request = Callable[..., Awaitable[Any]]
+
+#: A label value (what the API server lets an object carry): nothing that could end the value
+#: and go on as more of the selector (``,``, ``)``, spaces), so one uid selects one session.
+_LABEL_VALUE = re.compile(r"[A-Za-z0-9]([A-Za-z0-9._-]{0,61}[A-Za-z0-9])?")
 
 
 class BatchedDeletes:
@@ -44,6 +49,8 @@ class BatchedDeletes:
     async def delete(self, collection: str, owner_uid: str) -> None:
         """Delete the objects of ``collection`` (an API path) labelled with ``owner_uid``;
         raise what the request that carried them raised."""
+        if not _LABEL_VALUE.fullmatch(owner_uid):
+            raise ValueError(f"not a label value, so not a uid this client labelled: {owner_uid!r}")
         done: asyncio.Future[None] = asyncio.get_running_loop().create_future()
         # Retrieved even when its waiter was cancelled, so it is not reported as lost.
         done.add_done_callback(lambda future: future.cancelled() or future.exception())

@@ -93,3 +93,13 @@ async def test_a_session_named_twice_is_named_once_in_the_selector():
     deletes = BatchedDeletes(requests)
     await asyncio.gather(deletes.delete(ROLES, "u0"), deletes.delete(ROLES, "u0"))
     assert requests.selectors == ["pgjit.dev/session-uid in (u0)"]
+
+
+@pytest.mark.parametrize("uid", ["u1) ,pgjit.dev/session-uid notin (u2", "u1,u2", "", "u 1",
+                                 "a" * 64])
+async def test_a_uid_that_is_not_a_label_value_sends_nothing(uid):
+    """A selector built from it could name more than one session (or everything)."""
+    requests = FakeRequests()
+    with pytest.raises(ValueError, match="not a label value"):
+        await BatchedDeletes(requests).delete(ROLES, uid)
+    assert requests.selectors == []
