@@ -249,6 +249,16 @@ class Env:
                                                  label_selector=SESSION_LABEL).items
         return {s.metadata.name: s for s in items}
 
+    def session_access_objects(self) -> set[tuple[str, str]]:
+        """Every (kind, name) of the Roles and RoleBindings in the namespace carrying the
+        ``pgjit.dev/session`` label: the grants on sessions' Secrets."""
+        rbac = kubernetes.client.RbacAuthorizationV1Api(self.api)
+        roles = rbac.list_namespaced_role(self.namespace, label_selector=SESSION_LABEL).items
+        bindings = rbac.list_namespaced_role_binding(self.namespace,
+                                                     label_selector=SESSION_LABEL).items
+        return {("Role", r.metadata.name) for r in roles} | \
+            {("RoleBinding", b.metadata.name) for b in bindings}
+
     def create_secret(self, name: str, data: dict[str, str | bytes],
                       type_: str = "Opaque") -> None:
         self.core.create_namespaced_secret(self.namespace, kubernetes.client.V1Secret(

@@ -420,6 +420,11 @@ def check_no_leaks(env: Env, burst: Burst) -> None:
     for secret in env.session_secrets().values():
         assert secret.metadata.labels[SESSION_LABEL] == secret.metadata.name.removesuffix(
             "-credentials")
+    # The grants on them likewise (credential access is on): one Role and one RoleBinding
+    # per Active session, none for a session that ended.
+    grants = {(kind, name) for name in expected for kind in ("Role", "RoleBinding")}
+    wait_for("exactly the Active sessions' Roles and RoleBindings",
+             lambda: env.session_access_objects() == grants, 30, interval=0.5)
     usernames = {sessions[name]["status"]["username"] for name in active}
     try:
         wait_for("login-capable managed users == the Active sessions' users",
@@ -436,6 +441,8 @@ def check_no_leaks(env: Env, burst: Burst) -> None:
         _retrying(lambda: env.delete("DatabaseSession", name), ok_statuses=(404,))
     wait_for("every session gone", lambda: not env.list("DatabaseSession"), 120, interval=0.5)
     wait_for("no Secret left", lambda: not env.session_secrets(), 30, interval=0.5)
+    wait_for("no Role or RoleBinding left", lambda: not env.session_access_objects(), 30,
+             interval=0.5)
     assert env.login_capable_managed_users() == set()
 
 
