@@ -14,7 +14,7 @@ LOCK_FLAGS := --generate-hashes --python-version 3.11 --python-platform x86_64-m
 LOGS := .cache/test-logs
 
 .PHONY: test check test-unit test-postgres test-cluster test-node test-faults node-images node-packages lock venv system-packages kube-binaries crds \
-        dev bench bench-failover bench-shards bench-soak bench-profile bench-engine clean lua-runner helm-lint
+        dev bench bench-failover bench-shards bench-soak bench-profile bench-engine bench-engine-scale clean lua-runner helm-lint
 
 test: venv
 	@mkdir -p $(LOGS)
@@ -127,6 +127,10 @@ helm-lint: kube-binaries
 
 bench-engine: venv system-packages
 	$(PY) tests/bench/bench_engine.py
+
+# Activations and ends per second with 500 and 5,000 users existing at once, per major.
+bench-engine-scale: venv system-packages
+	$(PY) tests/bench/bench_engine_scale.py $(BENCH_ARGS)
 
 clean:
 	rm -rf $(VENV) .cache/test-logs .pytest_cache
