@@ -52,6 +52,14 @@ def test_postgres_stopped_for_30s_mid_burst(stack):
 RESTART_STOP_TIMEOUT = 3.0
 
 
+#: An outage shorter than this never costs the leader its lease. Its last successful renewal
+#: began up to one retry period before the outage; once the server serves again, the next
+#: attempt begins up to one retry period later (the one in flight must first time out); that
+#: attempt must begin within the renew deadline of the last success. (``renew - 2`` was one
+#: retry period short: CI saw an etcd restart of under 8 s cost the lease.)
+KEPT_LEASE_BELOW = DEFAULT_TIMINGS["renew"] - 2 * DEFAULT_TIMINGS["retry"]
+
+
 @pytest.mark.parametrize("server", ["kube-apiserver", "etcd"])
 def test_control_plane_server_restarted_mid_burst(stack, server):
     pods = stack.add_pods(2)
@@ -59,17 +67,18 @@ def test_control_plane_server_restarted_mid_burst(stack, server):
     env = stack.env()
     burst, took, settled = fault_burst(env, lambda burst: stack.control_plane.restart(
         server, stop_timeout=RESTART_STOP_TIMEOUT))
-    if took < DEFAULT_TIMINGS["renew"] - 2:
-        # Shorter than the renew deadline: the leader kept its lease and nobody restarted.
+    if took < KEPT_LEASE_BELOW:
+        # Short enough that a renewal must have succeeded within the renew deadline: the
+        # leader kept its lease and nobody restarted.
         assert pods.leaders() == [leader] and all(not pod.exits for pod in pods.pods), \
-            pods.log_tail()
+            f"{server} restart took {took:.1f}s\n" + pods.log_tail()
         if server == "kube-apiserver":
             # It started its watches afresh once its renewals came back: streams resumed
             # across the outage can miss events for good. (etcd's restart is over before a
             # renewal notices: the API server keeps its watches open through it.)
             wait_for("the leader to restart its watches", lambda: "Restarting the watches: "
                      "the API server was unreachable" in leader.log_path.read_text(), 15)
-    else:  # longer: the leader gave up (and restarted), and one pod leads again
+    else:  # longer: the leader may have given up (and restarted); one pod leads again
         pods.wait_leader()
     check_no_leaks(env, burst)
     print(f"{server} restart took {took:.1f}s; settled {settled:.1f}s after it began; leader "
