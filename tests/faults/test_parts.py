@@ -52,12 +52,16 @@ def test_postgres_stopped_for_30s_mid_burst(stack):
 RESTART_STOP_TIMEOUT = 3.0
 
 
+#: How long a renewal may take once the server serves again: a burst is in flight and the
+#: API server is catching up on its watches.
+RENEWAL_TAKES = 1.0
+
 #: An outage shorter than this never costs the leader its lease. Its last successful renewal
 #: began up to one retry period before the outage; once the server serves again, the next
 #: attempt begins up to one retry period later (the one in flight must first time out); that
-#: attempt must begin within the renew deadline of the last success. (``renew - 2`` was one
+#: attempt must succeed within the renew deadline of the last success. (``renew - 2`` was one
 #: retry period short: CI saw an etcd restart of under 8 s cost the lease.)
-KEPT_LEASE_BELOW = DEFAULT_TIMINGS["renew"] - 2 * DEFAULT_TIMINGS["retry"]
+KEPT_LEASE_BELOW = DEFAULT_TIMINGS["renew"] - 2 * DEFAULT_TIMINGS["retry"] - RENEWAL_TAKES
 
 
 @pytest.mark.parametrize("server", ["kube-apiserver", "etcd"])
