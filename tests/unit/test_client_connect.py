@@ -6,6 +6,8 @@ from __future__ import annotations
 
 import os
 import signal
+import threading
+import time
 from pathlib import Path
 
 import pytest
@@ -121,10 +123,44 @@ def ctrl_c_raises():
     signal.signal(signal.SIGINT, previous)
 
 
+@pytest.fixture(params=["main thread only", "another thread"])
+def other_thread(request):
+    """The process alone, or with another thread (a library's, a test runner's): a signal sent
+    to the process goes to any thread that does not block it, so blocking it in the main
+    thread alone does not hold it back."""
+    if request.param == "main thread only":
+        yield None
+        return
+    stop = threading.Event()
+    other = threading.Thread(target=stop.wait, daemon=True)
+    other.start()
+    yield other
+    stop.set()
+    other.join()
+
+
+def _pending_in(thread: threading.Thread, signum: int) -> bool:
+    with open(f"/proc/self/task/{thread.native_id}/status") as status:
+        line = next(line for line in status if line.startswith("SigPnd:"))
+    return bool(int(line.split()[1], 16) & (1 << (signum - 1)))
+
+
 @pytest.mark.parametrize("signum", [signal.SIGTERM, signal.SIGINT])
 def test_a_signal_during_creation_is_held_until_the_name_is_known(sessions, tmp_path, signum,
-                                                                   ctrl_c_raises) -> None:
-    sessions.on_create = lambda: os.kill(os.getpid(), signum)
+                                                                   ctrl_c_raises, other_thread
+                                                                   ) -> None:
+    def interrupt():
+        if other_thread is None:
+            os.kill(os.getpid(), signum)
+            return
+        # Where the kernel would deliver the process's signal: the thread not blocking it.
+        signal.pthread_kill(other_thread.ident, signum)
+        deadline = time.monotonic() + 5
+        while _pending_in(other_thread, signum) and time.monotonic() < deadline:
+            time.sleep(0.001)
+        # Delivered there; Python runs the handler in this thread at its next check.
+        time.sleep(0.001)
+    sessions.on_create = interrupt
     expected = 130 if signum == signal.SIGINT else 128 + signum
     assert connect(None, options(tmp_path)) == expected
     assert sessions.calls == [("create", "alice"), ("delete", "s"), ("gone", "s")]

@@ -89,13 +89,23 @@ def _stop_signals_raise() -> Iterator[None]:
 
 @contextlib.contextmanager
 def _signals_held() -> Iterator[None]:
-    """Hold back SIGINT/SIGTERM/SIGHUP: they are delivered when the block ends."""
-    held = {signal.SIGINT, *_STOP_SIGNALS}
-    previous = signal.pthread_sigmask(signal.SIG_BLOCK, held)
+    """Hold back SIGINT/SIGTERM/SIGHUP: the first that came is raised again when the block
+    ends, to the handler in place before it.
+
+    Recorded by a handler, not blocked with the signal mask: a mask holds a signal back in the
+    main thread only, and the kernel hands a signal sent to the process to any other thread
+    that does not block it, whose arrival Python then handles in the main thread at once.
+    """
+    came: list[int] = []
+    previous = {signum: signal.signal(signum, lambda signum, frame: came.append(signum))
+                for signum in (signal.SIGINT, *_STOP_SIGNALS)}
     try:
         yield
     finally:
-        signal.pthread_sigmask(signal.SIG_SETMASK, previous)
+        for signum, handler in previous.items():
+            signal.signal(signum, handler)
+        if came:
+            signal.raise_signal(came[0])
 
 
 def connect(api: kubernetes.client.ApiClient, options: ConnectOptions) -> int:
