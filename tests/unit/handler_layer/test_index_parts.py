@@ -10,6 +10,7 @@ from __future__ import annotations
 import asyncio
 from typing import Any
 
+from kopf._cogs.structs.bodies import Body
 from kopf._core.engines.indexing import OperatorIndexer
 
 from pgjit.handlers import approvals, indexes
@@ -160,3 +161,42 @@ def test_a_part_that_fails_leaves_the_object_in_the_other_parts():
     assert entries[("live_sessions_by_database", (NAMESPACE, "orders"))] == "team/s1/uid-s1"
     assert entries[("live_sessions_by_id", "team/s1/uid-s1")] is True
     assert not [key for key in entries if key[0] == "awaiting_approval"]
+
+
+def _viewed(body: dict) -> dict[str, Any]:
+    """The keyword arguments as Kopf gives them: views over the body, not its dicts."""
+    view = Body(body)
+    meta = body["metadata"]
+    return {"body": view, "meta": view.metadata, "spec": view.spec, "status": view.status,
+            "name": meta["name"], "namespace": meta["namespace"], "uid": meta["uid"]}
+
+
+def _probe_parts() -> tuple[IndexParts, dict[str, Any]]:
+    parts = IndexParts.__new__(IndexParts)  # not registered with Kopf: only its entries
+    parts.id, parts._parts, parts._listed = "test", {}, set()
+    seen: dict[str, Any] = {}
+
+    @parts.part()
+    def probe(body, meta, spec, status, **_):
+        seen.update(body=body, meta=meta, spec=spec, status=status)
+        return {}
+    return parts, seen
+
+
+def test_the_parts_read_the_event_s_own_dicts_and_find_what_kopf_s_views_show():
+    body = _session("s1", user="alice", database="orders", phase=SessionPhase.ACTIVE)
+    parts, seen = _probe_parts()
+    parts.entries(**_viewed(body))
+    assert {name: type(value) for name, value in seen.items()} == dict.fromkeys(seen, dict)
+    assert seen["spec"] is body["spec"] and seen["status"] is body["status"]
+    assert seen["meta"] is body["metadata"] and seen["body"] == body
+    assert SESSION_INDEX.entries(**_viewed(body)) == SESSION_INDEX.entries(**_kwargs(body))
+
+
+def test_a_field_that_is_not_an_object_reads_as_empty():
+    body = _session("s1", user="alice", database="orders", phase=SessionPhase.ACTIVE)
+    body["status"] = "garbage"  # what no schema allows, but a part must not fail on
+    del body["spec"]
+    parts, seen = _probe_parts()
+    parts.entries(**_viewed(body))
+    assert seen["status"] == {} and seen["spec"] == {}
