@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Any, cast
 
@@ -33,19 +33,80 @@ class LeanDiffBaseStorage(kopf.StatusDiffBaseStorage):
     deep-copying the whole object and then deleting its status and most of its metadata:
     managedFields, Kopf's own bookkeeping and every status field are copied to be thrown away.
     The same essence comes from copying only the spec, the labels and the annotations (and
-    any other top-level field). A field handler on anything else gets Kopf's own build.
+    any other top-level field), as plain JSON values rather than through ``copy.deepcopy`` and
+    Kopf's views: for a session's event 36 µs in Kopf's build, 25 µs in Kopf's build of the
+    kept fields alone, 11 µs this way (README, Performance, session 13). A field handler on
+    anything else, a field that does not resolve through objects, or ignored fields get Kopf's
+    own build.
     """
 
     def build(self, *, body, extra_fields=None):
         fields = [tuple(f.split(".")) if isinstance(f, str) else tuple(f)
                   for f in extra_fields or ()]
-        if any(f[:1] == ("status",) or (f[:1] == ("metadata",) and f[1:2] and
-                                        f[1] not in _ESSENTIAL_METADATA) for f in fields):
+        plain = _plain(body)
+        if self.ignored_fields or plain is None or any(
+                f[:1] == ("status",) or (f[:1] == ("metadata",) and f[1:2] and
+                                         f[1] not in _ESSENTIAL_METADATA) for f in fields):
             return super().build(body=body, extra_fields=extra_fields)
-        metadata = body.get("metadata", {})
-        kept = {key: value for key, value in body.items() if key not in ("metadata", "status")}
-        kept["metadata"] = {key: metadata[key] for key in _ESSENTIAL_METADATA if key in metadata}
-        return super().build(body=cast(Any, kept), extra_fields=extra_fields)
+        essence = {key: _json_copy(value) for key, value in plain.items()
+                   if key not in ("apiVersion", "kind", "metadata", "status")}
+        metadata = plain.get("metadata")
+        metadata = metadata if isinstance(metadata, dict) else {}
+        kept = {key: _json_copy(metadata[key]) for key in _ESSENTIAL_METADATA if key in metadata}
+        annotations = kept.get("annotations")
+        if isinstance(annotations, dict):
+            ignored = self._detect_marked_prefixes(annotations)
+            for key in list(annotations):
+                if key == _LAST_APPLIED or any(key.startswith(f"{p}/") for p in ignored):
+                    del annotations[key]
+        if kept:
+            essence["metadata"] = kept
+        for path in fields:
+            # As Kopf's cherrypick: a field present in the object is in the essence, even an
+            # annotation the filter above dropped.
+            found = _resolved(plain, path)
+            if found is _MISSING:
+                continue
+            if found is _NOT_AN_OBJECT:
+                return super().build(body=body, extra_fields=extra_fields)
+            *parents, last = path
+            target = essence
+            for key in parents:
+                target = target.setdefault(key, {})
+            target[last] = _json_copy(found)
+        self.remove_empty_stanzas(cast(Any, essence))
+        return essence
+
+
+_LAST_APPLIED = "kubectl.kubernetes.io/last-applied-configuration"
+_MISSING, _NOT_AN_OBJECT = object(), object()
+
+
+def _plain(body: Any) -> dict | None:
+    """The body's top level as a dict: its values are the event's own, not Kopf's views."""
+    if isinstance(body, dict):
+        return body
+    return dict(body) if isinstance(body, Mapping) else None
+
+
+def _resolved(d: dict, path: tuple) -> Any:
+    value: Any = d
+    for key in path:
+        if not isinstance(value, dict):
+            return _NOT_AN_OBJECT
+        if key not in value:
+            return _MISSING
+        value = value[key]
+    return value
+
+
+def _json_copy(value: Any) -> Any:
+    """A deep copy of a JSON value (what a watch event's body is made of)."""
+    if isinstance(value, dict):
+        return {key: _json_copy(item) for key, item in value.items()}
+    if isinstance(value, list):
+        return [_json_copy(item) for item in value]
+    return value
 
 
 @dataclass
