@@ -51,26 +51,6 @@ def _tracemalloc_on_sigusr2(path: str) -> None:
 TLS_READ_BUFFER = 32 * 1024
 
 
-#: The cyclic garbage collector's thresholds (Python's defaults: 700, 10, 10). A youngest
-#: collection after every 700 new containers, in a process whose burst allocates tens of
-#: thousands per second, ran some 540 times and promoted enough to run the full collection
-#: 4 times over one 500-session burst: 0.34 s of CPU, 0.65 ms per session. Reference counting
-#: frees nearly all of those objects long before a collection, so a larger first threshold
-#: costs little memory (RSS with 500 Active unchanged at 97 MB; README, Performance, session 13).
-GC_THRESHOLDS = (10_000, 10, 10)
-
-
-def tune_garbage_collector() -> None:
-    """Collect less often, and never traverse what startup left: the modules, Kopf's
-    registry and the settings live as long as the process, and freezing them keeps every
-    full collection from walking them again."""
-    import gc
-
-    gc.collect()
-    gc.freeze()
-    gc.set_threshold(*GC_THRESHOLDS)
-
-
 def small_tls_read_buffers() -> None:
     """Every TLS connection of the process reads through a ``TLS_READ_BUFFER`` buffer
     (asyncio's ``SSLProtocol.max_size``, a class attribute since Python 3.11)."""
@@ -108,7 +88,6 @@ def run(*, namespaces: list[str], all_namespaces: bool, liveness: str | None,
 
     handlers.register(settings)
     small_tls_read_buffers()
-    tune_garbage_collector()
     asyncio.run(_operate(settings, shard, namespaces=namespaces,
                          clusterwide=all_namespaces or not namespaces, liveness=liveness,
                          readiness=readiness))
