@@ -52,14 +52,17 @@ def run_cli(control_plane, *args: str, identity: str = USER, timeout: float = TI
                           timeout=timeout, stdin=subprocess.DEVNULL)
 
 
-def spawn_connect(control_plane, namespace: str, *args: str, database: str = "db"
-                  ) -> pexpect.spawn:
+def spawn_connect(control_plane, namespace: str, *args: str, database: str = "db",
+                  runtime_dir: Path | None = None) -> pexpect.spawn:
     """``pgjit connect`` in a pseudo-terminal, as a person would run it; ``.transcript`` holds
-    everything it printed."""
+    everything it printed. ``runtime_dir``: its ``$XDG_RUNTIME_DIR``."""
+    env = cli_env(control_plane)
+    if runtime_dir is not None:
+        env["XDG_RUNTIME_DIR"] = str(runtime_dir)
     child = pexpect.spawn(sys.executable,
                           ["-m", "pgjit.cli", "connect", database, "--db-name", "app",
                            "-n", namespace, *args],
-                          env=cli_env(control_plane), encoding="utf-8", timeout=TIMEOUT,
+                          env=env, encoding="utf-8", timeout=TIMEOUT,
                           dimensions=(40, 200))
     child.transcript = io.StringIO()
     child.logfile_read = child.transcript

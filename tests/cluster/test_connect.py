@@ -138,9 +138,9 @@ def test_sigterm_ends_psql_and_the_session(control_plane, env):
     assert alice_backends(env) == []
 
 
-def test_sigkill_leaves_the_session_until_its_expiry(control_plane, env):
+def test_sigkill_leaves_the_session_until_its_expiry(control_plane, env, tmp_path):
     # 5s: short enough to wait for, long enough to see the session outlive pgjit.
-    child = spawn_connect(control_plane, env.namespace, "--duration", "5s")
+    child = spawn_connect(control_plane, env.namespace, "--duration", "5s", runtime_dir=tmp_path)
     child.expect(PROMPT)
     name = only_session(env)["metadata"]["name"]
     creds = env.secret(f"{name}-credentials")
@@ -149,9 +149,21 @@ def test_sigkill_leaves_the_session_until_its_expiry(control_plane, env):
     assert finish(child) == 128 + signal.SIGKILL
     session = env.get("DatabaseSession", name)
     assert session is not None and session["status"]["phase"] == "Active"
+    # Nothing could remove the private directory; its password works until the expiry.
+    (left,) = tmp_path.glob("pgjit-connect-*")
+    assert creds["password"] in (left / "pgpass").read_text()
 
     env.wait_phase(name, "Expired", timeout=TIMEOUT)
     assert env.login_refused(creds)
+    env.delete("DatabaseSession", name)
+
+    # The next run removes what the killed one left.
+    child = spawn_connect(control_plane, env.namespace, runtime_dir=tmp_path)
+    child.expect(PROMPT)
+    assert not left.exists()
+    child.sendline(r"\q")
+    assert finish(child) == 0
+    assert list(tmp_path.glob("pgjit-connect-*")) == []
 
 
 def test_client_certificate_session(control_plane, kube_api, namespace, postgres16, operator):

@@ -5,6 +5,7 @@ from __future__ import annotations
 import os
 import signal
 import stat
+import subprocess
 import threading
 import time
 from pathlib import Path
@@ -102,6 +103,58 @@ def test_private_directory_and_files(monkeypatch, tmp_path: Path) -> None:
         with pytest.raises(FileExistsError):  # never writes into a file placed there first
             psql.write_private_files(directory, {"pgpass": "y\n"})
     assert not directory.exists()
+
+
+def _dead_pid() -> int:
+    """The id of a process that has exited (and been reaped)."""
+    child = subprocess.Popen(["true"])
+    child.wait()
+    return child.pid
+
+
+def test_private_directory_names_its_process(monkeypatch, tmp_path: Path) -> None:
+    monkeypatch.setenv("XDG_RUNTIME_DIR", str(tmp_path))
+    with psql.private_directory() as directory:
+        assert directory.name.startswith(f"pgjit-connect-{os.getpid()}-")
+
+
+def test_a_killed_runs_directory_is_removed_by_the_next_run(monkeypatch, tmp_path: Path) -> None:
+    """SIGKILL leaves the directory and its pgpass behind; the next run removes it, and nothing
+    that is not provably an abandoned directory of this user's."""
+    monkeypatch.setenv("XDG_RUNTIME_DIR", str(tmp_path))
+    dead = _dead_pid()
+    abandoned = tmp_path / f"pgjit-connect-{dead}-abc123"
+    abandoned.mkdir(mode=0o700)
+    (abandoned / "pgpass").write_text("h:5432:app:alice:secret\n")
+    running = tmp_path / f"pgjit-connect-{os.getpid()}-def456"  # a live run's (this process)
+    running.mkdir(mode=0o700)
+    unnamed = tmp_path / "pgjit-connect-ghi789"  # no process id: an older release's, or not ours
+    unnamed.mkdir(mode=0o700)
+    elsewhere = tmp_path / "elsewhere"
+    elsewhere.mkdir()
+    (elsewhere / "keep").write_text("x")
+    link = tmp_path / f"pgjit-connect-{dead}-link"  # a link is never followed or removed
+    link.symlink_to(elsewhere)
+    stray_file = tmp_path / f"pgjit-connect-{dead}-file"
+    stray_file.write_text("x")
+
+    with psql.private_directory() as directory:
+        assert directory.exists()
+        assert not abandoned.exists()
+        for kept in (running, unnamed, link, stray_file, elsewhere / "keep"):
+            assert kept.exists() or kept.is_symlink(), kept
+    assert not directory.exists()
+
+
+def test_another_users_directory_is_not_removed(monkeypatch, tmp_path: Path) -> None:
+    abandoned = tmp_path / f"pgjit-connect-{_dead_pid()}-abc123"
+    abandoned.mkdir(mode=0o700)
+    monkeypatch.setattr(psql.os, "getuid", lambda: os.stat(abandoned).st_uid + 1)
+    assert psql.remove_abandoned_directories(tmp_path) == []
+    assert abandoned.exists()
+    monkeypatch.undo()
+    assert psql.remove_abandoned_directories(tmp_path) == [abandoned]
+    assert not abandoned.exists()
 
 
 def test_find_psql(tmp_path: Path) -> None:

@@ -6,7 +6,7 @@ into an environment variable (``/proc/PID/environ`` and child processes see it, 
 only libpq reads: a connection service file (``PGSERVICEFILE``/``PGSERVICE``, paths and a name,
 no secret) naming the host, database and user, a password file (``PGPASSFILE``) for password
 sessions, and ``tls.crt``/``tls.key``/``ca.crt`` for certificate sessions. The directory is
-removed when psql exits.
+removed when psql exits, or by the next run if this one was killed first.
 
 Signals follow ``tsh db connect``: psql runs in the foreground of the terminal, so Ctrl-C is
 psql's (it cancels the running query) and pgjit ignores it; SIGTERM or SIGHUP to pgjit ends
@@ -19,6 +19,7 @@ import contextlib
 import os
 import shutil
 import signal
+import stat
 import subprocess
 import tempfile
 import time
@@ -150,20 +151,67 @@ def psql_environment(base: Mapping[str, str], directory: Path, *, has_password: 
 # The private directory
 
 
+PRIVATE_PREFIX = "pgjit-connect-"
+
+
+def private_parent() -> Path:
+    """``$XDG_RUNTIME_DIR`` when there is one (per-user, memory-backed, cleared at logout),
+    else the system's temporary directory."""
+    runtime = os.environ.get("XDG_RUNTIME_DIR")
+    return Path(runtime if runtime and os.path.isdir(runtime) else tempfile.gettempdir())
+
+
 @contextlib.contextmanager
 def private_directory() -> Iterator[Path]:
     """A fresh directory only this user can enter, removed with everything in it afterwards.
 
-    Under ``$XDG_RUNTIME_DIR`` when there is one (per-user, memory-backed, cleared at logout),
-    else the system's temporary directory.
+    Its name carries this process's id, so that a later run can tell it was abandoned
+    (``remove_abandoned_directories``) if this one is killed before it can remove it.
     """
-    runtime = os.environ.get("XDG_RUNTIME_DIR")
-    parent = runtime if runtime and os.path.isdir(runtime) else None
-    directory = Path(tempfile.mkdtemp(prefix="pgjit-connect-", dir=parent))  # mode 0700
+    parent = private_parent()
+    remove_abandoned_directories(parent)
+    directory = Path(tempfile.mkdtemp(prefix=f"{PRIVATE_PREFIX}{os.getpid()}-",
+                                      dir=parent))  # mode 0700
     try:
         yield directory
     finally:
         shutil.rmtree(directory, ignore_errors=True)
+
+
+def remove_abandoned_directories(parent: Path) -> list[Path]:
+    """Remove the private directories that runs killed by SIGKILL or a crash left behind: their
+    password file still works until the session's expiry. Only this user's own directories, and
+    only those whose process is gone; a symbolic link or a name without a process id is left
+    alone. Returns what was removed."""
+    removed = []
+    for entry in parent.glob(f"{PRIVATE_PREFIX}*"):
+        pid = _creator_pid(entry.name)
+        if pid is None or _process_exists(pid):
+            continue
+        try:
+            info = entry.lstat()
+        except FileNotFoundError:
+            continue
+        if not stat.S_ISDIR(info.st_mode) or info.st_uid != os.getuid():
+            continue
+        shutil.rmtree(entry, ignore_errors=True)
+        removed.append(entry)
+    return removed
+
+
+def _creator_pid(name: str) -> int | None:
+    pid, _, rest = name[len(PRIVATE_PREFIX):].partition("-")
+    return int(pid) if pid.isdigit() and rest else None
+
+
+def _process_exists(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # another user's process has the id now: not ours to judge
+        return True
+    return True
 
 
 def write_private_files(directory: Path, files: Mapping[str, str]) -> None:
