@@ -8,11 +8,13 @@ import base64
 import contextlib
 import os
 import secrets
+import shutil
 import signal
 import subprocess
 import sys
 import tempfile
 import time
+import weakref
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Iterator
@@ -165,7 +167,17 @@ class Env:
     server: Any
     operator: OperatorProcess
     managed_role: str = ""
-    tmpdir: Path = field(default_factory=lambda: Path(tempfile.mkdtemp(prefix="pgjit-login-")))
+    _tmpdir: Path | None = field(default=None, init=False, repr=False)
+
+    @property
+    def tmpdir(self) -> Path:
+        """Where certificate logins write their key pairs. Made on the first such login, since
+        most tests never make one, and removed with this Env: the key files are live
+        credentials until the session ends."""
+        if self._tmpdir is None:
+            self._tmpdir = Path(tempfile.mkdtemp(prefix="pgjit-login-"))
+            weakref.finalize(self, shutil.rmtree, self._tmpdir, ignore_errors=True)
+        return self._tmpdir
 
     @property
     def custom(self):

@@ -13,7 +13,9 @@ from __future__ import annotations
 import asyncio
 import base64
 import datetime as dt
+import os
 import re
+import tempfile
 import time
 from pathlib import Path
 
@@ -318,8 +320,10 @@ async def test_sslmode_require_needs_no_ca(kit):
 # -- client certificates -------------------------------------------------------------------------
 
 
-async def test_admin_authenticates_with_a_client_certificate(kit):
+async def test_admin_authenticates_with_a_client_certificate(kit, monkeypatch, tmp_path):
+    """The admin's key reaches libpq without a file on disk, so no crash can leave it behind."""
     _require_ssl(kit.server)
+    monkeypatch.setattr(tempfile, "tempdir", str(tmp_path))
     server = kit.server
     cert_pem, key_pem = server.issue_client_certificate(server.admin_user)
     # ::1 is where pg_hba.conf says "hostssl … cert"; the server certificate has an IP SAN for
@@ -329,7 +333,11 @@ async def test_admin_authenticates_with_a_client_certificate(kit):
                           ca_pem=server.server_ca_path.read_bytes(), managed_role=kit.managed_role)
     assert config.admin_password is None
     engine = Engine(config)
+    key_path = engine._conns._tls["sslkey"]
     try:
+        assert list(tmp_path.iterdir()) == []
+        assert Path(key_path).read_bytes() == key_pem
+        assert os.stat(key_path).st_mode & 0o077 == 0
         async with engine._conns.connection() as conn:
             cur = await conn.execute(
                 "SELECT current_user, s.ssl, s.client_dn, inet_client_addr()::text "
@@ -348,6 +356,8 @@ async def test_admin_authenticates_with_a_client_certificate(kit):
         assert not (await kit.role(alice)).exists
     finally:
         await engine.close()
+    assert not os.path.exists(key_path) or Path(key_path).read_bytes() != key_pem
+    assert list(tmp_path.iterdir()) == []
 
 
 @pytest.mark.parametrize("mode", ["keep", "best_effort_drop"])

@@ -45,12 +45,25 @@ _SESSION_OPTIONS = ("-c search_path=pg_catalog,pg_temp -c lock_timeout=10s "
 
 
 class _PrivateFiles:
-    """PEM material on disk for libpq, readable by this process only, removed on close."""
+    """PEM material for libpq, which reads only files, readable by this process only.
+
+    Where Linux allows, each is an anonymous memory file (``memfd``) that libpq opens by its
+    ``/proc/self/fd`` path: it is never on a disk and goes with the process, however that
+    ends. A directory would outlive a SIGKILL or an out-of-memory kill, and the chart's /tmp
+    is an emptyDir that outlives the container, so every crash would leave the admin's key
+    behind. Elsewhere, a private directory removed on close.
+    """
 
     def __init__(self) -> None:
         self._dir: tempfile.TemporaryDirectory | None = None
+        self._fds: list[int] = []
 
     def write(self, name: str, data: bytes) -> str:
+        if _IN_MEMORY:
+            try:
+                return self._write_in_memory(name, data)
+            except OSError:  # a seccomp profile may refuse memfd_create
+                pass
         if self._dir is None:
             self._dir = tempfile.TemporaryDirectory(prefix="pgjit-tls-")
             os.chmod(self._dir.name, 0o700)
@@ -60,10 +73,29 @@ class _PrivateFiles:
             handle.write(data)
         return str(path)
 
+    def _write_in_memory(self, name: str, data: bytes) -> str:
+        fd = os.memfd_create(f"pgjit-{name}")  # close-on-exec: no child process inherits it
+        try:
+            os.fchmod(fd, 0o600)  # libpq refuses a key that others could read
+            view = memoryview(data)
+            while view:
+                view = view[os.write(fd, view):]
+        except OSError:
+            os.close(fd)
+            raise
+        self._fds.append(fd)
+        return f"/proc/self/fd/{fd}"
+
     def close(self) -> None:
+        for fd in self._fds:
+            os.close(fd)
+        self._fds.clear()
         if self._dir is not None:
             self._dir.cleanup()
             self._dir = None
+
+
+_IN_MEMORY = hasattr(os, "memfd_create") and os.path.isdir("/proc/self/fd")
 
 
 class AdminConnections:
