@@ -116,3 +116,128 @@ async def test_a_session_that_does_not_parse_is_left_out_and_the_others_still_en
     finally:
         stopped.stop()
         await asyncio.wait_for(task, 5)
+
+
+class _Frozen:
+    """Indexes that hold the same objects from tick to tick, as Kopf's do between events."""
+
+    def __init__(self, world: World) -> None:
+        self.world = world
+        self.refresh()
+
+    def refresh(self) -> None:
+        self.databases = self.world.databases_by_name
+        self.roles = self.world.roles_by_namespace
+        self.active = self.world.active_sessions_by_database()
+
+
+async def _run_frozen(world: World, frozen: _Frozen, stopped: Stopped) -> asyncio.Task:
+    class Live(dict):
+        def __init__(self, read):
+            super().__init__()
+            self._read = read
+
+        def get(self, key, default=None):
+            return self._read().get(key, default)
+
+    return asyncio.create_task(lease_loop.supervise_leases(
+        NAMESPACE, "orders", world.memo, stopped, Live(lambda: frozen.active),
+        Live(lambda: frozen.databases), Live(lambda: frozen.roles),
+        live_sessions_by_database=Live(world.live_sessions_by_database)))
+
+
+def _counting(monkeypatch, module, name: str) -> list:
+    calls: list = []
+    original = getattr(module, name)
+
+    def counted(*args, **kwargs):
+        calls.append(args)
+        return original(*args, **kwargs)
+
+    monkeypatch.setattr(module, name, counted)
+    return calls
+
+
+async def _revalidations(loads: list, count: int) -> None:
+    start = len(loads)
+    await eventually(lambda: len(loads) >= start + count, what=f"{count} more revalidations")
+
+
+async def test_an_unchanged_world_decides_each_session_once_and_any_change_decides_again(
+        world: World, monkeypatch):
+    world.databases.append(database_body())
+    world.roles.append(role_body())
+    world.active_sessions += [active("one", expires_in=timedelta(hours=1)),
+                              active("two", expires_in=timedelta(hours=1))]
+    frozen = _Frozen(world)
+    decisions = _counting(monkeypatch, lease_loop, "decide")
+    traits = {"data": {}}
+
+    async def load_traits(memo):
+        loads.append(memo)
+        return traits["data"]
+
+    loads: list = []
+    monkeypatch.setattr(lease_loop, "load_traits_data", load_traits)
+    stopped = Stopped()
+    task = await _run_frozen(world, frozen, stopped)
+    try:
+        await _revalidations(loads, 5)
+        assert len(decisions) == 2  # once each, however many revalidations
+
+        # The Database's status changed: a new object in the index, everyone decided again.
+        world.databases[0]["status"] = {"activeSessions": 2}
+        frozen.databases = world.databases_by_name
+        await _revalidations(loads, 3)
+        assert len(decisions) == 4
+
+        # The traits ConfigMap changed.
+        traits["data"] = {"alice": "teams: [payments]"}
+        await _revalidations(loads, 3)
+        assert len(decisions) == 6
+
+        # One session's record was replaced (its status changed): only that one again.
+        world.active_sessions[1] = active("two", expires_in=timedelta(hours=2))
+        frozen.active = world.active_sessions_by_database()
+        await _revalidations(loads, 3)
+        assert len(decisions) == 8  # the index gave both sessions new records
+
+        # A Role that no longer names alice: the sessions decided allowed before are ended.
+        world.roles[0] = role_body(user="bob")
+        frozen.roles = world.roles_by_namespace
+        await eventually(lambda: world.kube.patches_of("databasesessions", "one")
+                         and world.kube.patches_of("databasesessions", "two"),
+                         what="both sessions ended")
+        for name in ("one", "two"):
+            patch = world.kube.patches_of("databasesessions", name)[-1]
+            assert patch["phase"] == "Ended"
+            assert any(c["reason"] == "AccessRevoked" for c in patch["conditions"])
+        assert not task.done(), task.exception()
+    finally:
+        stopped.stop()
+        await asyncio.wait_for(task, 5)
+
+
+async def test_a_session_whose_decision_failed_is_decided_again(world: World, monkeypatch):
+    """Only an allowed session is remembered; one whose decision raised is decided again."""
+    world.databases.append(database_body())
+    world.roles.append(role_body())
+    world.active_sessions.append(active("one", expires_in=timedelta(hours=1)))
+    frozen = _Frozen(world)
+    calls: list = []
+
+    def not_final(*args, **kwargs):
+        calls.append(args)
+        raise lease_loop.Outcome("Pending", "Waiting", "not yet", terminal=False)
+
+    monkeypatch.setattr(lease_loop, "decide", not_final)
+    stopped = Stopped()
+    task = await _run_frozen(world, frozen, stopped)
+    try:
+        await eventually(lambda: task.done() or len(calls) >= 3,
+                         what="three decisions of the same session")
+        assert not task.done(), task.exception()
+        assert not world.kube.patches_of("databasesessions", "one")
+    finally:
+        stopped.stop()
+        await asyncio.wait_for(task, 5)
