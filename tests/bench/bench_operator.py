@@ -493,8 +493,16 @@ def apply_session_admission(cp: ControlPlane, kubectl: list[str], root: Path, cu
                    capture_output=True, text=True)
     deadline = time.monotonic() + 60
     while True:
-        probe = custom.create_namespaced_custom_object(
-            GROUP, VERSION, NS, PLURAL, session_body("admission-probe", "probe"), dry_run="All")
+        try:
+            probe = custom.create_namespaced_custom_object(
+                GROUP, VERSION, NS, PLURAL, session_body("admission-probe", "probe"),
+                dry_run="All")
+        except kubernetes.client.ApiException as error:
+            # An Established CRD can still answer 503 for a moment, until every API server
+            # handler serves the kind ("There can be a delay ..."); anything else is a failure.
+            if error.status != 503 or time.monotonic() > deadline:
+                raise
+            probe = {"metadata": {}}
         if probe["metadata"].get("finalizers") and probe["metadata"].get("labels"):
             return
         if time.monotonic() > deadline:
