@@ -17,22 +17,24 @@ def active(name: str, *, expires_in: timedelta) -> dict:
                                       "expiresAt": ts(now() + expires_in)})
 
 
+class LiveIndex(dict):
+    """An index the loop reads on every tick, as it would Kopf's live indexes."""
+
+    def __init__(self, read):
+        super().__init__()
+        self._read = read
+
+    def get(self, key, default=None):
+        return self._read().get(key, default)
+
+    def values(self):
+        return self._read().values()
+
+    def items(self):
+        return self._read().items()
+
+
 async def run_loop(world: World, stopped: Stopped) -> asyncio.Task:
-    # The loop reads the indexes on every tick, as Kopf's live indexes would be.
-    class LiveIndex(dict):
-        def __init__(self, read):
-            super().__init__()
-            self._read = read
-
-        def get(self, key, default=None):
-            return self._read().get(key, default)
-
-        def values(self):
-            return self._read().values()
-
-        def items(self):
-            return self._read().items()
-
     return asyncio.create_task(lease_loop.supervise_leases(
         NAMESPACE, "orders", world.memo, stopped,
         LiveIndex(world.active_sessions_by_database), LiveIndex(lambda: world.databases_by_name),
@@ -132,18 +134,10 @@ class _Frozen:
 
 
 async def _run_frozen(world: World, frozen: _Frozen, stopped: Stopped) -> asyncio.Task:
-    class Live(dict):
-        def __init__(self, read):
-            super().__init__()
-            self._read = read
-
-        def get(self, key, default=None):
-            return self._read().get(key, default)
-
     return asyncio.create_task(lease_loop.supervise_leases(
-        NAMESPACE, "orders", world.memo, stopped, Live(lambda: frozen.active),
-        Live(lambda: frozen.databases), Live(lambda: frozen.roles),
-        live_sessions_by_database=Live(world.live_sessions_by_database)))
+        NAMESPACE, "orders", world.memo, stopped, LiveIndex(lambda: frozen.active),
+        LiveIndex(lambda: frozen.databases), LiveIndex(lambda: frozen.roles),
+        live_sessions_by_database=LiveIndex(world.live_sessions_by_database)))
 
 
 def _counting(monkeypatch, module, name: str) -> list:
