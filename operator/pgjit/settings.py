@@ -18,7 +18,11 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
-__all__ = ["Settings", "SettingsError", "Setting", "fields"]
+__all__ = ["Settings", "SettingsError", "Setting", "fields", "STEWARD_LIMIT"]
+
+#: The most steward roles PGJIT_STEWARD_ROLES may ask for: their names end in two digits, and
+#: core/stewards.py looks users up across all of them, so lowering the count strands no user.
+STEWARD_LIMIT = 100
 
 
 class SettingsError(ValueError):
@@ -36,6 +40,13 @@ def _positive_int(text: str) -> int:
     value = int(text)
     if value <= 0:
         raise ValueError("must be a positive integer")
+    return value
+
+
+def _steward_count(text: str) -> int:
+    value = int(text)
+    if not 0 <= value <= STEWARD_LIMIT:
+        raise ValueError(f"must be 0 to {STEWARD_LIMIT}")
     return value
 
 
@@ -116,6 +127,11 @@ class Settings:
         "Whether the catalog reads every activation starts with are prepared once per admin "
         "connection (planned once instead of every time); turn off behind a pooler in "
         "transaction mode that does not track prepared statements (PgBouncer before 1.21).")
+    steward_roles: int = _setting(
+        "PGJIT_STEWARD_ROLES", _steward_count, 64,
+        "On PostgreSQL 16+, how many NOLOGIN steward roles create and administer the users, so "
+        "that the admin's own checks do not slow down with every user alive (0: the admin "
+        "does it itself). Ignored on 15 and for a superuser admin.")
     secret_access: bool = _setting(
         "PGJIT_SECRET_ACCESS", _flag, True,
         "Whether each session's user gets get on exactly its credentials Secret (a Role and "

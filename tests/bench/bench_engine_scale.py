@@ -48,12 +48,12 @@ async def _all(n: int, step) -> float:
     return n / (time.monotonic() - started)
 
 
-async def measure(server, n: int) -> tuple[float, float]:
+async def measure(server, n: int, stewards: int) -> tuple[float, float]:
     """Activations and ends per second with n users existing at once."""
     config = ServerConfig(host=server.host, port=server.port, admin_user=server.admin_user,
                           admin_password=server.admin_password, sslmode=SSLMODE,
                           max_connections=CONNECTIONS, scram_iterations=4096,
-                          managed_role=f"pgjit-scale-{n}")
+                          managed_role=f"pgjit-scale-{n}", steward_roles=stewards)
     async with Engine(config) as engine:
         async def activate(i: int) -> None:
             await engine.activate(_request(f"scale-{n}-{i}", f"s-{i}", CREDENTIAL))
@@ -70,13 +70,17 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--majors", default="15,16,18")
     parser.add_argument("--sizes", default="500,5000")
     parser.add_argument("--output", type=Path, default=OUTPUT)
+    parser.add_argument("--stewards", type=int, default=ServerConfig.steward_roles,
+                        help="steward roles on 16+ (PGJIT_STEWARD_ROLES; 0: the admin creates "
+                             "the users itself, as before session 16)")
     args = parser.parse_args(argv)
     majors = [m.strip() for m in args.majors.split(",") if m.strip()]
     sizes = sorted(int(s) for s in args.sizes.split(",") if s.strip())
     root = Path(tempfile.mkdtemp(prefix="pgjit-bench-scale-"))
     root.chmod(0o711)  # the postgres OS user must reach its own work dir
     lines = [f"# Engine rates against the users existing at once ({CONNECTIONS} admin "
-             f"connections, {AT_ONCE} operations at a time, {CREDENTIAL.label})", "",
+             f"connections, {AT_ONCE} operations at a time, {CREDENTIAL.label}, "
+             f"{args.stewards} steward roles)", "",
              "| version | users at once | activations/s | ends/s |", "|---|---:|---:|---:|"]
     ratios = []
     for major in majors:
@@ -84,7 +88,7 @@ def main(argv: list[str] | None = None) -> int:
             prepare(server)
             rates = {}
             for n in sizes:
-                rates[n] = asyncio.run(measure(server, n))
+                rates[n] = asyncio.run(measure(server, n, args.stewards))
                 print(f"PostgreSQL {server.server_version}: {n} users: activations "
                       f"{rates[n][0]:.0f}/s, ends {rates[n][1]:.0f}/s", flush=True)
                 lines.append(f"| {server.server_version} | {n:,} | {rates[n][0]:,.0f} "

@@ -37,7 +37,8 @@ def test_variables_are_parsed_into_typed_fields():
     ("PGJIT_HEALTH_SECONDS", "soon"), ("PGJIT_HEALTH_SECONDS", "0"),
     ("PGJIT_EXPIRY_TICK_SECONDS", "nan"), ("PGJIT_THREADS", "-1"),
     ("PGJIT_METRICS_PORT", "70000"), ("PGJIT_CONCURRENT_OPENINGS", "0"),
-    ("PGJIT_CONCURRENT_ENDINGS", "many"), ("PGJIT_OPENING_QUEUE", "0")])
+    ("PGJIT_CONCURRENT_ENDINGS", "many"), ("PGJIT_OPENING_QUEUE", "0"),
+    ("PGJIT_STEWARD_ROLES", "-1"), ("PGJIT_STEWARD_ROLES", "101")])
 def test_an_invalid_value_is_refused_naming_its_variable(variable, value):
     with pytest.raises(SettingsError, match=variable):
         Settings.load({variable: value})

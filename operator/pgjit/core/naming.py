@@ -27,7 +27,7 @@ def is_reserved_role_name(name: str) -> bool:
     return name.startswith("pg_") or name.lower() in _RESERVED_EXACT
 
 
-def _utf8_prefix(text: str, max_bytes: int) -> str:
+def utf8_prefix(text: str, max_bytes: int) -> str:
     """The longest prefix of ``text`` that fits ``max_bytes`` without splitting a character."""
     encoded = text.encode("utf-8")[:max_bytes]
     return encoded.decode("utf-8", errors="ignore")
@@ -52,8 +52,9 @@ def postgres_username(identity: str) -> str:
         return identity
     base = identity if not is_reserved_role_name(identity) else "u-" + identity
     suffix = "-" + identity_hash(identity)
-    return _utf8_prefix(base, MAX_IDENTIFIER_BYTES - len(suffix)) + suffix
+    return utf8_prefix(base, MAX_IDENTIFIER_BYTES - len(suffix)) + suffix
 
 
 def is_mapped(identity: str) -> bool:
     return postgres_username(identity) != identity
+

@@ -5,6 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 
 from ..core.credentials import DEFAULT_SCRAM_ITERATIONS
+from ..settings import STEWARD_LIMIT
 from ..vocabulary import SSLMode
 
 SSL_MODES = tuple(SSLMode)
@@ -39,6 +40,9 @@ class ServerConfig:
     #: binding): planned once, not on every run. Off for poolers in transaction mode that do
     #: not track prepared statements.
     prepared_statements: bool = True
+    #: How many steward roles create and administer the users on PostgreSQL 16+
+    #: (core/stewards.py); 0: the admin does it itself. Ignored on 15 and for a superuser admin.
+    steward_roles: int = 64
 
     def validate(self) -> None:
         """Configuration errors are reported before any database work (edge case 16)."""
@@ -64,5 +68,8 @@ class ServerConfig:
             raise EngineError(Reason.INVALID_REQUEST, f"sslmode must be one of {', '.join(SSL_MODES)}")
         if self.sslmode in (SSLMode.VERIFY_CA, SSLMode.VERIFY_FULL) and self.ca_pem is None:
             raise EngineError(Reason.INVALID_REQUEST, f"sslmode {self.sslmode} needs a CA certificate")
+        if not 0 <= self.steward_roles <= STEWARD_LIMIT:
+            raise EngineError(Reason.INVALID_REQUEST,
+                              f"steward_roles must be 0 to {STEWARD_LIMIT}, not {self.steward_roles}")
         if self.max_connections < 1:
             raise EngineError(Reason.INVALID_REQUEST, "max_connections must be at least 1")

@@ -81,7 +81,7 @@ class ObjectGrants:
             # Alone, or sharing the same rules: the catalog is made to match the rules, so
             # whatever was granted out of band is stripped here too.
             batch, drift = _reconcile(name, current, desired)
-            await run_script(conn, [*batch.statements, (S.COMMIT, None)])
+            await run_script(conn, [*batch.script(), (S.COMMIT, None)])
             self.stats.round_trips += 1
             return summarize_objects(granted), tuple(drift)
 

@@ -29,6 +29,14 @@ ID = sql.Identifier
 # pg_stat_get_activity() by role oid, not from the pg_stat_activity view by name: the same rows
 # (the view is that function joined to pg_authid for usename), but planning the view's joins
 # cost about as much as the rest of this query, which runs up to three times per activate + end.
+# The admin's own ADMIN OPTION is looked up directly first: pg_has_role's recursive look walks
+# every membership the admin holds, users' included, and is only needed for an indirect one.
+# The steward is the role that administers the user on 16+ (core/stewards.py): for a new user the
+# one named by %(steward)s (none for a superuser admin, whose checks walk nothing), for an
+# existing one whichever steward (its name %(steward_prefix)s and two digits) holds ADMIN OPTION on it (none:
+# the admin itself created it); ready when the admin may SET ROLE to it and it holds ADMIN OPTION
+# on the managed role and every wanted role. A membership is revoked by whoever granted it
+# (PostgreSQL 16+ revokes only the current role's own grants): the steward's, and the rest.
 USER_STATE = Q("""
 SELECT r.oid IS NOT NULL AS exists,
        coalesce(r.rolcanlogin, false) AS can_login,
@@ -49,9 +57,10 @@ SELECT r.oid IS NOT NULL AS exists,
               WHERE g.rolname = ANY(%(wanted_and_managed)s::text[])
                 AND NOT (me.rolsuper OR CASE
                      WHEN current_setting('server_version_num')::int >= 160000
-                     THEN pg_has_role(current_user, g.oid, 'MEMBER WITH ADMIN OPTION')
-                          OR EXISTS (SELECT 1 FROM pg_auth_members am2 WHERE am2.roleid = g.oid
-                                        AND am2.member = me.oid AND am2.admin_option)
+                     THEN CASE WHEN EXISTS (SELECT 1 FROM pg_auth_members am2
+                                             WHERE am2.roleid = g.oid AND am2.member = me.oid
+                                               AND am2.admin_option) THEN true
+                          ELSE pg_has_role(current_user, g.oid, 'MEMBER WITH ADMIN OPTION') END
                      ELSE me.rolcreaterole AND NOT g.rolsuper END)
               ORDER BY 1) AS ungrantable_roles,
        (SELECT count(*) FROM pg_stat_get_activity(NULL) a
@@ -61,10 +70,35 @@ SELECT r.oid IS NOT NULL AS exists,
                           CASE WHEN r.rolcreatedb THEN 'CREATEDB' END,
                           CASE WHEN r.rolreplication THEN 'REPLICATION' END,
                           CASE WHEN r.rolbypassrls THEN 'BYPASSRLS' END], NULL) AS attributes,
-       (SELECT d.datallowconn FROM pg_database d WHERE d.datname = %(database)s) AS database_allows
+       (SELECT d.datallowconn FROM pg_database d WHERE d.datname = %(database)s) AS database_allows,
+       st.name AS steward,
+       (s.oid IS NOT NULL AND s.rolcreaterole AND NOT s.rolcanlogin AND NOT s.rolsuper
+        AND pg_has_role(me.oid, s.oid, 'SET')
+        AND NOT EXISTS (SELECT 1 FROM pg_roles g
+                         WHERE g.rolname = ANY(%(wanted_and_managed)s::text[])
+                           AND NOT EXISTS (SELECT 1 FROM pg_auth_members am
+                                            WHERE am.roleid = g.oid AND am.member = s.oid
+                                              AND am.admin_option))) AS steward_ready,
+       ARRAY(SELECT DISTINCT g.rolname::text FROM pg_auth_members am
+               JOIN pg_roles g ON g.oid = am.roleid
+              WHERE am.member = r.oid AND am.roleid IS DISTINCT FROM m.oid
+                AND am.grantor = s.oid
+              ORDER BY 1) AS granted_by_steward,
+       ARRAY(SELECT DISTINCT g.rolname::text FROM pg_auth_members am
+               JOIN pg_roles g ON g.oid = am.roleid
+              WHERE am.member = r.oid AND am.roleid IS DISTINCT FROM m.oid
+                AND am.grantor IS DISTINCT FROM s.oid
+              ORDER BY 1) AS granted_by_others
   FROM pg_roles me
   LEFT JOIN pg_roles r ON r.rolname = %(name)s
   LEFT JOIN pg_roles m ON m.rolname = %(managed)s
+  LEFT JOIN LATERAL (SELECT CASE WHEN r.oid IS NOT NULL THEN (
+            SELECT g.rolname::text FROM pg_auth_members am JOIN pg_roles g ON g.oid = am.member
+             WHERE am.roleid = r.oid AND am.admin_option
+               AND left(g.rolname, length(%(steward_prefix)s)) = %(steward_prefix)s
+               AND length(g.rolname) = length(%(steward_prefix)s) + 2
+             ORDER BY 1 LIMIT 1) WHEN NOT me.rolsuper THEN %(steward)s::text END AS name) st ON true
+  LEFT JOIN pg_roles s ON s.rolname = st.name
  WHERE me.rolname = current_user
 """)
 
@@ -105,6 +139,17 @@ SELECT r.rolname::text, r.rolcanlogin, shobj_description(r.oid, 'pg_authid'),
    AND r.rolname <> current_user AND NOT r.rolsuper
  GROUP BY r.oid, r.rolname, r.rolcanlogin, m.oid
 """)
+
+# A steward as pgjit makes it, whether one of that name exists already, and whether it is
+# pgjit's: its comment is the mark pgjit wrote, and the admin holds ADMIN OPTION on it directly.
+STEWARD_STATE = Q("""
+SELECT s.oid IS NOT NULL, shobj_description(s.oid, 'pg_authid') = %(mark)s,
+       EXISTS (SELECT 1 FROM pg_auth_members am
+                WHERE am.roleid = s.oid AND am.member = me.oid AND am.admin_option)
+  FROM pg_roles me LEFT JOIN pg_roles s ON s.rolname = %(steward)s
+ WHERE me.rolname = current_user
+""")
+RESET_ROLE = Q("RESET ROLE")
 
 BEGIN = Q("BEGIN")
 COMMIT = Q("COMMIT")
@@ -271,6 +316,31 @@ def _password(verifier: str | None) -> sql.Composable:
     return Q(" PASSWORD {}").format(sql.Literal(verifier)) if verifier is not None else Q("")
 
 
+def steward_mark(managed: str) -> str:
+    return (f'pgjit steward of "{managed}": administers the users pgjit creates '
+            "(PostgreSQL 16+); holds no privileges of its own")
+
+
+def create_steward(steward: str) -> sql.Composed:
+    return Q("CREATE ROLE {} NOLOGIN CREATEROLE").format(ID(steward))
+
+
+def let_admin_act_as(steward: str, admin: str) -> sql.Composed:
+    """SET ROLE only: the admin never inherits what the steward administers."""
+    return Q("GRANT {} TO {} WITH INHERIT FALSE, SET TRUE").format(ID(steward), ID(admin))
+
+
+def entrust_to_steward(role: str, steward: str) -> sql.Composed:
+    """ADMIN OPTION only, so the steward can grant ``role`` but holds none of its privileges."""
+    return Q("GRANT {} TO {} WITH ADMIN TRUE, INHERIT FALSE, SET FALSE").format(ID(role),
+                                                                               ID(steward))
+
+
+def act_as(steward: str) -> sql.Composed:
+    """Until RESET ROLE or the end of the transaction, whichever comes first."""
+    return Q("SET LOCAL ROLE {}").format(ID(steward))
+
+
 def create_user(name: str, managed: str, verifier: str | None, valid_until: datetime
                 ) -> sql.Composed:
     return Q("CREATE ROLE {} LOGIN{} VALID UNTIL {} IN ROLE {}").format(
@@ -408,7 +478,8 @@ class Prepared:
 
 PREPARED_USER_STATE = Prepared("pgjit_user_state", USER_STATE, (
     ("name", "text"), ("managed", "text"), ("wanted", "text[]"),
-    ("wanted_and_managed", "text[]"), ("database", "text")))
+    ("wanted_and_managed", "text[]"), ("database", "text"), ("steward", "text"),
+    ("steward_prefix", "text")))
 PREPARED_PRIVILEGED_MEMBERSHIPS = Prepared("pgjit_privileged_memberships",
                                            PRIVILEGED_MEMBERSHIPS, (
     ("wanted", "text[]"), ("managed", "text"), ("predefined", "text[]")))

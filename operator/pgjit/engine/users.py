@@ -24,6 +24,7 @@ from ..core.boundaries import (PRIVILEGED_PREDEFINED_ROLES, PrivilegedPath, priv
 from ..core.credentials import scram_sha256_verifier
 from ..core.leases import DROPPING_MODES, MODE_DROP, MODE_KEEP, MODE_REASSIGN, Lease, Ledger
 from ..core.naming import postgres_username
+from ..core.stewards import steward_index, steward_prefix, steward_role
 from ..core.permissions import DbObject
 from . import statements as S
 from .connections import AdminConnections
@@ -47,6 +48,16 @@ class ManagedRoleMissing(Exception):
     """The bookkeeping role must be created (under its own lock) before this activation."""
 
 
+class StewardNotReady(Exception):
+    """The user's steward must be made, or given what it administers, before this operation
+    (under the steward's own lock, as the admin)."""
+
+    def __init__(self, steward: str, roles: tuple[str, ...]):
+        super().__init__(steward)
+        self.steward = steward
+        self.roles = roles
+
+
 @dataclass(frozen=True)
 class UserState:
     exists: bool
@@ -64,11 +75,18 @@ class UserState:
     #: pg_database.datallowconn of the session's database; None when it does not exist.
     database_allows: bool | None = None
     privileged: tuple[PrivilegedPath, ...] = ()
+    #: The steward that administers (or will create) the user; None: the admin itself.
+    steward: str | None = None
+    steward_ready: bool = False
+    #: The memberships the steward granted, and those anyone else did (a role can be in both).
+    granted_by_steward: frozenset[str] = frozenset()
+    granted_by_others: frozenset[str] = frozenset()
 
     @classmethod
     def from_row(cls, row, privileged_rows=()) -> "UserState":
         (exists, can_login, managed_exists, is_managed, memberships, comment, missing,
-         ungrantable, backends, role_oid, attributes, database_allows) = row
+         ungrantable, backends, role_oid, attributes, database_allows, steward,
+         steward_ready, by_steward, by_others) = row
         privileged = tuple(
             privileged_path(wanted, role, depth, is_admin=is_admin, is_managed=is_managed_role,
                             attributes=[a for a, held in zip(
@@ -78,18 +96,56 @@ class UserState:
             for wanted, role, depth, is_admin, is_managed_role, *flags, predefined in privileged_rows)
         return cls(exists, can_login, managed_exists, is_managed, frozenset(memberships or ()),
                    Ledger.parse(comment), tuple(missing or ()), tuple(ungrantable or ()),
-                   backends, role_oid, tuple(attributes or ()), database_allows, privileged)
+                   backends, role_oid, tuple(attributes or ()), database_allows, privileged,
+                   steward, bool(steward_ready), frozenset(by_steward or ()),
+                   frozenset(by_others or ()))
+
+    def acting(self, wanted: tuple[str, ...] = ()) -> str | None:
+        """The steward to SET ROLE to for this user's statements, None for the admin itself.
+
+        :raises StewardNotReady: the steward is missing or lacks what it must administer.
+        """
+        if self.steward is not None and not self.steward_ready:
+            raise StewardNotReady(self.steward, wanted)
+        return self.steward
+
+    def revoke(self, batch: "Batch", role: str, name: str) -> None:
+        """Revoke ``role`` from the user as each role that granted it: the steward for its own
+        grants, the admin for everyone else's (verified where it matters, since a REVOKE of a
+        grant the admin may not revoke only warns)."""
+        if role in self.granted_by_steward:
+            batch.add(S.revoke_role(role, name))
+        if role in self.granted_by_others or role not in self.granted_by_steward:
+            batch.add(S.revoke_role(role, name), as_admin=True)
 
 
 @dataclass
 class Batch:
-    """Statements to pipeline in one transaction."""
+    """Statements to send in one transaction, as the user's steward when it has one.
 
-    statements: list[tuple[sql.Composed | sql.SQL, list[object] | None]] = field(
-        default_factory=list)
+    Only attribute changes run as the admin: a steward has CREATEROLE alone, and PostgreSQL
+    lets a role clear CREATEDB, REPLICATION or BYPASSRLS only when it holds that attribute.
+    """
 
-    def add(self, statement: sql.Composed | sql.SQL) -> None:
-        self.statements.append((statement, None))
+    steward: str | None = None
+    statements: list[tuple[sql.Composed | sql.SQL, bool]] = field(default_factory=list)
+
+    def add(self, statement: sql.Composed | sql.SQL, *, as_admin: bool = False) -> None:
+        self.statements.append((statement, as_admin))
+
+    def script(self) -> list[Statement]:
+        """The statements, each run of the steward's between SET LOCAL ROLE and RESET ROLE, so
+        whatever follows in the transaction (a verifying read) runs as the admin again."""
+        script: list[Statement] = []
+        acting = False
+        for statement, as_admin in self.statements:
+            if self.steward is not None and acting == as_admin:
+                script.append((S.RESET_ROLE, None) if acting else (S.act_as(self.steward), None))
+                acting = not acting
+            script.append((statement, None))
+        if acting:
+            script.append((S.RESET_ROLE, None))
+        return script
 
 
 def _admin_name_sql(admin: str, *names: str) -> tuple[str, str]:
@@ -131,14 +187,20 @@ class UserLifecycle:
         self.conns = conns
         self.config = conns.config
         self.stats = stats
+        self._steward_prefix = steward_prefix(self.config.managed_role)
 
     # -- reading -------------------------------------------------------------------------------
 
-    def _state_params(self, name: str, wanted: tuple[str, ...] = (),
-                      database: str | None = None) -> dict:
+    def _state_params(self, conn: psycopg.AsyncConnection, name: str,
+                      wanted: tuple[str, ...] = (), database: str | None = None) -> dict:
+        stewarded = conn.info.server_version >= 160000
+        count = self.config.steward_roles
         return {"name": name, "managed": self.config.managed_role, "wanted": list(wanted),
                 "wanted_and_managed": list(wanted) + [self.config.managed_role],
-                "database": database, "predefined": list(PRIVILEGED_PREDEFINED_ROLES)}
+                "database": database, "predefined": list(PRIVILEGED_PREDEFINED_ROLES),
+                "steward": (steward_role(self.config.managed_role, steward_index(name, count))
+                            if stewarded and count else None),
+                "steward_prefix": self._steward_prefix if stewarded else None}
 
     async def _begin_locked(self, tx: Transaction, name: str,
                             wanted: tuple[str, ...] = (), *,
@@ -148,7 +210,7 @@ class UserLifecycle:
         With ``wanted`` roles, the same round trip reads which of them lead to a privileged
         role, so the hard refusals are judged under the lock that the activation acts under.
         """
-        params = self._state_params(name, wanted, database)
+        params = self._state_params(tx.conn, name, wanted, database)
         reads = [S.PREPARED_USER_STATE, *([S.PREPARED_PRIVILEGED_MEMBERSHIPS] if wanted else [])]
         cur = await run_script(tx.conn, [*tx.begin_statements(lock_key(name)),
                                          *((self._statement(read), params) for read in reads)])
@@ -173,14 +235,58 @@ class UserLifecycle:
         return await conn.execute(self._statement(statement), params)
 
     async def _run(self, tx: Transaction, batch: Batch, *, commit: bool) -> None:
-        statements = [*batch.statements, *([(S.COMMIT, None)] if commit else [])]
+        statements = [*batch.script(), *([(S.COMMIT, None)] if commit else [])]
         if statements:
             await run_script(tx.conn, statements)
         self.stats.round_trips += 1
 
     # -- activation ----------------------------------------------------------------------------
 
+    async def _stewarded(self, operation: Callable[[], Awaitable[Any]]) -> Any:
+        """Run ``operation``; when it finds the user's steward not ready, make it ready and run
+        the operation again. Raised before anything was written, at the first state read."""
+        try:
+            return await operation()
+        except StewardNotReady as missing:
+            await self._prepare_steward(missing.steward, missing.roles)
+            return await operation()
+
+    async def _prepare_steward(self, steward: str, roles: tuple[str, ...]) -> None:
+        """Create the steward if missing, let the admin SET ROLE to it, and give it ADMIN
+        OPTION on the managed role and ``roles``: idempotent, under the steward's lock.
+
+        :raises EngineError: a role of the steward's name exists that pgjit did not make.
+        """
+        managed, admin = self.config.managed_role, self.config.admin_user
+        mark = S.steward_mark(managed)
+        async with self.conns.connection() as conn, \
+                locked_transaction(conn, "steward", self.config.label) as tx:
+            cur = await run_script(conn, [*tx.begin_statements(lock_key(steward)),
+                                          (S.STEWARD_STATE, {"steward": steward, "mark": mark})])
+            cur.nextset()  # past BEGIN
+            cur.nextset()  # past the lock
+            exists, marked, administered = _row(await cur.fetchone())
+            self.stats.round_trips += 1
+            if exists and not (marked and administered):
+                raise EngineError(Reason.USER_CONFLICT, (
+                    f'a PostgreSQL role named "{steward}" already exists and pgjit did not '
+                    "create it; pgjit needs that name for a steward role of "
+                    f'"{managed}" (docs/admin-setup.md) and will not modify the role. Rename or '
+                    "drop it, or set PGJIT_STEWARD_ROLES=0"))
+            statements: list[Statement] = []
+            if not exists:
+                statements += [(S.create_steward(steward), None),
+                               (S.comment_on_role(steward, mark), None)]
+            statements.append((S.let_admin_act_as(steward, admin), None))
+            statements += [(S.entrust_to_steward(role, steward), None)
+                           for role in sorted({managed, *roles})]
+            await run_script(conn, [*statements, (S.COMMIT, None)])
+            self.stats.round_trips += 1
+
     async def activate(self, request: ActivationRequest) -> Activation:
+        return await self._stewarded(lambda: self._activate(request))
+
+    async def _activate(self, request: ActivationRequest) -> Activation:
         name = postgres_username(request.identity)
         wanted = tuple(sorted(set(request.roles) | set(self.config.implicit_roles)))
         verifier = None
@@ -252,7 +358,7 @@ class UserLifecycle:
         others = state.ledger.live(now, excluding=request.session_id)
         if not state.managed_role_exists:
             raise ManagedRoleMissing()
-        batch = Batch()
+        batch = Batch(steward=state.acting(wanted))
         ledger = Ledger(identity=request.identity, mode=state.ledger.mode,
                         leases={lease.session_id: lease for lease in others})
         ledger = ledger.with_lease(lease, _stronger_mode(request.mode, others, state.ledger.mode))
@@ -289,7 +395,7 @@ class UserLifecycle:
             verify = self._replace_memberships(batch, name, state, wanted, drift)
             shared, created, password_set = False, False, verifier is not None
         if state.exists and state.attributes:
-            batch.add(S.strip_attributes(name, state.attributes))
+            batch.add(S.strip_attributes(name, state.attributes), as_admin=True)
             drift.extend(state.attributes)
         batch.add(S.comment_on_role(name, ledger.render()))
         return (Activation(name, wanted, created, shared, password_set, valid_until,
@@ -301,7 +407,7 @@ class UserLifecycle:
         """Refuse to share a user whose password the caller cannot hand out; nothing changes
         but the removal of the session's own lease from an earlier attempt, should it hold one
         (two such sessions would otherwise each wait for the other to hand out a password)."""
-        batch = Batch()
+        batch = Batch(steward=state.acting())
         if request.session_id in state.ledger.leases:
             batch.add(S.comment_on_role(
                 name, state.ledger.without({request.session_id}).render()))
@@ -316,7 +422,7 @@ class UserLifecycle:
         was added, whose effect must be verified (a REVOKE of someone else's grant only warns)."""
         leftovers = sorted(state.memberships - set(wanted))
         for role in leftovers:
-            batch.add(S.revoke_role(role, name))
+            state.revoke(batch, role, name)
         for role in sorted(set(wanted) - state.memberships):
             batch.add(S.grant_role(role, name))
         drift.extend(f'membership in "{role}"' for role in leftovers)
@@ -324,7 +430,7 @@ class UserLifecycle:
 
     async def _verify_memberships(self, conn, name: str, wanted: tuple[str, ...]) -> None:
         """A REVOKE of a membership granted by someone else only warns; check it took effect."""
-        cur = await self._read(conn, S.PREPARED_USER_STATE, self._state_params(name))
+        cur = await self._read(conn, S.PREPARED_USER_STATE, self._state_params(conn, name))
         state = UserState.from_row(await cur.fetchone())
         self.stats.round_trips += 1
         left = sorted(state.memberships - set(wanted))
@@ -353,6 +459,13 @@ class UserLifecycle:
     async def end_username(self, name: str, session_id: str | None, *, mode: str | None,
                            terminate_connections: bool, revoke_permissions=None,
                            purpose: str = "end") -> Teardown:
+        return await self._stewarded(lambda: self._end_username(
+            name, session_id, mode=mode, terminate_connections=terminate_connections,
+            revoke_permissions=revoke_permissions, purpose=purpose))
+
+    async def _end_username(self, name: str, session_id: str | None, *, mode: str | None,
+                            terminate_connections: bool, revoke_permissions,
+                            purpose: str) -> Teardown:
         now = datetime.now(timezone.utc)
         # Whatever needs another admin connection (revoking object permissions, terminating
         # backends) runs after this one is given back: holding a slot while waiting for a second
@@ -373,7 +486,7 @@ class UserLifecycle:
             others = state.ledger.live(now, excluding=session_id)
             ledger = state.ledger.without({session_id} if session_id else set())
             mode = mode or state.ledger.mode
-            batch = Batch()
+            batch = Batch(steward=state.acting())
             oid = state.role_oid
             if others:
                 batch.add(S.set_valid_until(name, max(o.expires_at for o in others)))
@@ -384,7 +497,7 @@ class UserLifecycle:
                     "it stays enabled for them"))
             elif (mode in DROPPING_MODES and not state.backends
                     and not (lease is not None and lease.has_permissions)):
-                dropped = await self._drop_at_once(tx, name,
+                dropped = await self._drop_at_once(tx, name, batch.steward,
                                                    oid if terminate_connections else None)
                 if dropped is None:
                     # The refused drop rolled back and released the lock: look again.
@@ -403,7 +516,7 @@ class UserLifecycle:
                 batch.add(S.disable_login(name))
                 if mode not in DROPPING_MODES:
                     for role in sorted(state.memberships):
-                        batch.add(S.revoke_role(role, name))
+                        state.revoke(batch, role, name)
                 batch.add(S.comment_on_role(name, ledger.render()))
                 await self._run(tx, batch, commit=True)
 
@@ -428,8 +541,8 @@ class UserLifecycle:
         return Teardown(name, LOCKED, "login disabled and database roles revoked; the user is "
                         "kept with the objects it owns", terminated_backends=terminated)
 
-    async def _drop_at_once(self, tx: Transaction, name: str, terminate_oid: int | None
-                            ) -> Teardown | None:
+    async def _drop_at_once(self, tx: Transaction, name: str, steward: str | None,
+                            terminate_oid: int | None) -> Teardown | None:
         """Drop in the transaction that read the state, when nothing is connected.
 
         The common best_effort_drop end then costs two round trips instead of five. With
@@ -438,7 +551,10 @@ class UserLifecycle:
         after the commit no new one can start. None when PostgreSQL refuses (2BP01): the
         caller continues with the lock-first teardown, which reports what blocks the drop.
         """
-        statements: list[Statement] = [(S.drop_role(name), None), (S.COMMIT, None)]
+        drop = Batch(steward=steward)
+        drop.add(S.drop_role(name))
+        # The steward's SET LOCAL ends with the COMMIT: the termination runs as the admin.
+        statements: list[Statement] = [*drop.script(), (S.COMMIT, None)]
         if terminate_oid is not None:
             statements.append((S.TERMINATE_BACKENDS, [terminate_oid]))
         try:
@@ -450,8 +566,8 @@ class UserLifecycle:
             self.stats.round_trips += 1
         terminated = 0
         if terminate_oid is not None:
-            cur.nextset()  # the COMMIT's
-            cur.nextset()
+            for _ in statements[1:]:  # past the drop's and the COMMIT's
+                cur.nextset()
             terminated = _count(await cur.fetchone())
         return Teardown(name, DROPPED, "user dropped", terminated_backends=terminated)
 
@@ -509,6 +625,9 @@ class UserLifecycle:
                     state.ledger.live(datetime.now(timezone.utc)):
                 await self._run(tx, Batch(), commit=True)
                 return (), None
+            # PostgreSQL grants the admin the user's privileges only from the role that holds
+            # ADMIN OPTION on the user: its steward, when it has one.
+            acting = Batch(steward=state.acting())
             owned = await (await conn.execute(S.OWNED_PER_DATABASE, {
                 "name": name, "admin_db": self.config.admin_database})).fetchall()
             row = await (await conn.execute(S.CAN_ACT_FOR, [inheritor])).fetchone()
@@ -519,8 +638,8 @@ class UserLifecycle:
                 problem = (f'the admin cannot act for objectsInheritor "{inheritor}"; run as'
                            f' a superuser: GRANT "{inheritor}" TO "{admin}";')
             elif not _row(await (await conn.execute(S.CAN_ACT_FOR, [name])).fetchone())[0]:
-                version = int(conn.info.server_version)
-                await conn.execute(S.act_for(name, admin, version))
+                acting.add(S.act_for(name, admin, int(conn.info.server_version)))
+                await run_script(conn, acting.script())
                 granted = True
             await tx.commit()
             self.stats.round_trips += 1
@@ -544,8 +663,10 @@ class UserLifecycle:
             return tuple(reassigned), None
         finally:
             if granted:
+                stop = Batch(steward=acting.steward)
+                stop.add(S.stop_acting_for(name, admin))
                 async with self.conns.connection() as conn:
-                    await conn.execute(S.stop_acting_for(name, admin))
+                    await run_script(conn, [(S.BEGIN, None), *stop.script(), (S.COMMIT, None)])
 
     async def _reassign_in(self, database: str, name: str, inheritor: str) -> list[str]:
         """In one transaction of ``database``: refuse (returning why) if the user owns something
@@ -589,7 +710,8 @@ class UserLifecycle:
                 return await self._deactivate(tx, name, state, terminated, (
                     f"the user still has {state.backends} open connection(s); it was "
                     "locked instead of dropped",))
-            if await self._drop_at_once(tx, name, None) is None:  # locked and terminated before
+            if await self._drop_at_once(tx, name, state.acting(), None) is None:
+                # locked and terminated before
                 if not lock_on_refusal:
                     return None
                 state = await self._begin_locked(tx, name)
@@ -605,10 +727,10 @@ class UserLifecycle:
 
     async def _deactivate(self, tx: Transaction, name: str, state: UserState, terminated: int,
                           blockers: tuple[str, ...]) -> Teardown:
-        batch = Batch()
+        batch = Batch(steward=state.acting())
         batch.add(S.disable_login(name))
         for role in sorted(state.memberships):
-            batch.add(S.revoke_role(role, name))
+            state.revoke(batch, role, name)
         await self._run(tx, batch, commit=True)
         return Teardown(name, DEACTIVATED, "could not drop the user, locked it instead: "
                         + "; ".join(blockers or ("dependent objects exist",)),
@@ -696,6 +818,10 @@ class UserLifecycle:
         return corrections
 
     async def _correct_user(self, name: str, live_session_ids) -> DriftCorrection | None:
+        return await self._stewarded(lambda: self._correct_user_once(name, live_session_ids))
+
+    async def _correct_user_once(self, name: str, live_session_ids
+                                 ) -> DriftCorrection | None:
         async with self.conns.connection() as conn, \
                 locked_transaction(conn, "drift", self.config.label) as tx:
             state = await self._begin_locked(tx, name)
@@ -707,7 +833,7 @@ class UserLifecycle:
             if not state.is_managed or not live or not state.memberships - set(granted):
                 await self._run(tx, Batch(), commit=True)
                 return None
-            batch = Batch()
+            batch = Batch(steward=state.acting(granted))
             drift: list[str] = []
             self._replace_memberships(batch, name, state, granted, drift)
             await self._run(tx, batch, commit=False)

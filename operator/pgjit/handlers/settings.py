@@ -168,7 +168,8 @@ async def configure(settings: kopf.OperatorSettings, memo: OperatorMemo, **_) ->
         settings.scanning.disabled = True
     memo.kube = Kube(load_connection())
     memo.engines = EngineRegistry(memo.kube,
-                                  prepared_statements=memo.settings.prepared_statements)
+                                  prepared_statements=memo.settings.prepared_statements,
+                                  steward_roles=memo.settings.steward_roles)
     if memo.settings.metrics_port:
         metrics.serve(memo.settings.metrics_port)
 

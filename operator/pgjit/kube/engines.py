@@ -67,9 +67,10 @@ async def server_config(kube: Kube, database: Database, namespace: str) -> Serve
 
 
 class EngineRegistry:
-    def __init__(self, kube: Kube, *, prepared_statements: bool = True):
+    def __init__(self, kube: Kube, *, prepared_statements: bool = True, steward_roles: int = 64):
         self.kube = kube
         self.prepared_statements = prepared_statements
+        self.steward_roles = steward_roles
         self._engines: dict[str, tuple[ServerConfig, Engine]] = {}
         self._lock = asyncio.Lock()
 
@@ -83,7 +84,8 @@ class EngineRegistry:
         if current is not None and not refresh and not current[1].admin_refused:
             return current[1]
         config = replace(await server_config(self.kube, database, namespace),
-                         prepared_statements=self.prepared_statements)
+                         prepared_statements=self.prepared_statements,
+                         steward_roles=self.steward_roles)
         async with self._lock:
             current = self._engines.get(key)
             if current is not None and current[0] == config:
