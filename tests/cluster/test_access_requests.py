@@ -27,6 +27,7 @@ from kubernetes.client.rest import ApiException
 from chartkit import CHART, ChartOperator, Plane, set_args
 from clikit import PROMPT, TIMEOUT, finish, run_cli, spawn_connect
 from operatorkit import GROUP, PLURALS, VERSION, Env, make_env, wait_for
+from pgjit.core.stewards import steward_roles
 from pgjit.devstack.ports import free_ports
 
 RELEASE, RELEASE_NS, SA = "pgjit", "pgjit-system", "pgjit"
@@ -174,7 +175,12 @@ def _bind(api, namespace: str, cluster_role: str, *users: str) -> None:
 
 def catalog(env: Env) -> dict:
     """What pgjit could change in PostgreSQL: roles, memberships, comments (the lease ledger),
-    and the privileges on the session database's objects, schemas and the database itself."""
+    and the privileges on the session database's objects, schemas and the database itself.
+
+    Leaves out the managed role's stewards (docs/admin-setup.md): made once, on the first
+    activation, and kept like the managed role itself. A user one of them left behind still
+    shows, as a role and as a member of the managed role."""
+    stewards = set(steward_roles(env.managed_role))
     with env.superuser() as conn:
         roles = conn.execute("""
             SELECT a.rolname, a.rolcanlogin, a.rolvaliduntil, a.rolpassword IS NOT NULL,
@@ -194,8 +200,9 @@ def catalog(env: Env) -> dict:
              ORDER BY 1""").fetchall()
         schemas = conn.execute("SELECT nspname, nspacl::text FROM pg_namespace ORDER BY 1"
                                ).fetchall()
-    return {"roles": roles, "members": members, "databases": databases,
-            "relations": relations, "schemas": schemas}
+    return {"roles": [row for row in roles if row[0] not in stewards],
+            "members": [row for row in members if not stewards & {row[0], row[1]}],
+            "databases": databases, "relations": relations, "schemas": schemas}
 
 
 @pytest.fixture
