@@ -160,7 +160,7 @@ class AdminConnections:
         """
         await conn.execute(S.GENERIC_PLANS)
         for statement in S.PREPARED:
-            await conn.execute(statement.prepare)
+            await conn.execute(statement.prepare_for(conn.info.server_version))
 
     def _pool(self, dbname: str) -> AsyncConnectionPool:
         pool = self._pools.get(dbname)

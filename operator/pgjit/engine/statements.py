@@ -31,12 +31,16 @@ ID = sql.Identifier
 # cost about as much as the rest of this query, which runs up to three times per activate + end.
 # The admin's own ADMIN OPTION is looked up directly first: pg_has_role's recursive look walks
 # every membership the admin holds, users' included, and is only needed for an indirect one.
-# The steward is the role that administers the user on 16+ (core/stewards.py): for a new user the
-# one named by %(steward)s (none for a superuser admin, whose checks walk nothing), for an
-# existing one whichever steward (its name %(steward_prefix)s and two digits) holds ADMIN OPTION on it (none:
-# the admin itself created it); ready when the admin may SET ROLE to it and it holds ADMIN OPTION
-# on the managed role and every wanted role. A membership is revoked by whoever granted it
-# (PostgreSQL 16+ revokes only the current role's own grants): the steward's, and the rest.
+# The steward is the role that administers the user on 16+ (core/stewards.py): for a new user
+# the one named by %(steward)s (none for a superuser admin, whose checks walk nothing), for an
+# existing one whichever steward (%(steward_prefix)s and two digits) holds ADMIN OPTION on it
+# (none: the admin created it itself). It is ready when the admin may SET ROLE to it and it holds
+# ADMIN OPTION on the managed role and every wanted role. The admin's SET is read from its own
+# grant, not with pg_has_role, whose walk reads every steward's memberships, users' included,
+# after any role change (am.set_option is new in 16: on 15, where no steward is ever read, the
+# text says false, Prepared.before_16). A membership is revoked by whoever
+# granted it (PostgreSQL 16+ revokes only the current role's own grants): the steward's, and the
+# rest.
 USER_STATE = Q("""
 SELECT r.oid IS NOT NULL AS exists,
        coalesce(r.rolcanlogin, false) AS can_login,
@@ -73,7 +77,9 @@ SELECT r.oid IS NOT NULL AS exists,
        (SELECT d.datallowconn FROM pg_database d WHERE d.datname = %(database)s) AS database_allows,
        st.name AS steward,
        (s.oid IS NOT NULL AND s.rolcreaterole AND NOT s.rolcanlogin AND NOT s.rolsuper
-        AND pg_has_role(me.oid, s.oid, 'SET')
+        AND EXISTS (SELECT 1 FROM pg_auth_members am
+                     WHERE am.roleid = s.oid AND am.member = me.oid
+                       AND am.set_option)
         AND NOT EXISTS (SELECT 1 FROM pg_roles g
                          WHERE g.rolname = ANY(%(wanted_and_managed)s::text[])
                            AND NOT EXISTS (SELECT 1 FROM pg_auth_members am
@@ -447,6 +453,9 @@ def revoke_all_on(obj: DbObject, name: str) -> sql.Composed:
     return Q("REVOKE ALL ON {} FROM {}").format(_on(obj), ID(name))
 
 
+_BEFORE_16: dict[str, sql.SQL] = {}
+
+
 @dataclass(frozen=True)
 class Prepared:
     """A read prepared once per admin connection under a fixed name, and run with EXECUTE.
@@ -460,10 +469,23 @@ class Prepared:
     query: sql.SQL
     #: The query's parameters, in $n order, with their types.
     parameters: tuple[tuple[str, str], ...]
+    #: Text only PostgreSQL 16+ parses, and what stands for it before 16.
+    before_16: tuple[tuple[str, str], ...] = ()
 
-    @property
-    def prepare(self) -> sql.Composed:
-        text = self.query.as_string(None)
+    def query_for(self, server_version: int) -> sql.SQL:
+        """The query as the server of ``server_version`` parses it."""
+        if server_version >= 160000 or not self.before_16:
+            return self.query
+        key = self.name
+        if key not in _BEFORE_16:
+            text = self.query.as_string(None)
+            for new, old in self.before_16:
+                text = text.replace(new, old)
+            _BEFORE_16[key] = sql.SQL(text)
+        return _BEFORE_16[key]
+
+    def prepare_for(self, server_version: int) -> sql.Composed:
+        text = self.query_for(server_version).as_string(None)
         for number, (parameter, _type) in enumerate(self.parameters, start=1):
             text = text.replace(f"%({parameter})s", f"${number}")
         types = ", ".join(type_ for _name, type_ in self.parameters)
@@ -479,7 +501,7 @@ class Prepared:
 PREPARED_USER_STATE = Prepared("pgjit_user_state", USER_STATE, (
     ("name", "text"), ("managed", "text"), ("wanted", "text[]"),
     ("wanted_and_managed", "text[]"), ("database", "text"), ("steward", "text"),
-    ("steward_prefix", "text")))
+    ("steward_prefix", "text")), before_16=(("AND am.set_option)", "AND false)"),))
 PREPARED_PRIVILEGED_MEMBERSHIPS = Prepared("pgjit_privileged_memberships",
                                            PRIVILEGED_MEMBERSHIPS, (
     ("wanted", "text[]"), ("managed", "text"), ("predefined", "text[]")))

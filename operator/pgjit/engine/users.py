@@ -213,7 +213,8 @@ class UserLifecycle:
         params = self._state_params(tx.conn, name, wanted, database)
         reads = [S.PREPARED_USER_STATE, *([S.PREPARED_PRIVILEGED_MEMBERSHIPS] if wanted else [])]
         cur = await run_script(tx.conn, [*tx.begin_statements(lock_key(name)),
-                                         *((self._statement(read), params) for read in reads)])
+                                         *((self._statement(tx.conn, read), params)
+                                           for read in reads)])
         cur.nextset()  # past BEGIN
         cur.nextset()  # past the lock
         row = await cur.fetchone()
@@ -224,15 +225,18 @@ class UserLifecycle:
         self.stats.round_trips += 1
         return UserState.from_row(row, privileged_rows)
 
-    def _statement(self, statement: S.Prepared) -> sql.Composed | sql.SQL:
+    def _statement(self, conn: psycopg.AsyncConnection, statement: S.Prepared
+                   ) -> sql.Composed | sql.SQL:
         """EXECUTE of the statement each admin connection prepared when it opened (planning
         these joins cost more server CPU than running them, README Performance), or the plain
         query when that is turned off."""
-        return statement.execute if self.config.prepared_statements else statement.query
+        if self.config.prepared_statements:
+            return statement.execute
+        return statement.query_for(conn.info.server_version)
 
     async def _read(self, conn: psycopg.AsyncConnection, statement: S.Prepared, params: Any
                     ) -> psycopg.AsyncCursor:
-        return await conn.execute(self._statement(statement), params)
+        return await conn.execute(self._statement(conn, statement), params)
 
     async def _run(self, tx: Transaction, batch: Batch, *, commit: bool) -> None:
         statements = [*batch.script(), *([(S.COMMIT, None)] if commit else [])]
