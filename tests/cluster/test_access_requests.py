@@ -201,7 +201,8 @@ def catalog(env: Env) -> dict:
         schemas = conn.execute("SELECT nspname, nspacl::text FROM pg_namespace ORDER BY 1"
                                ).fetchall()
     return {"roles": [row for row in roles if row[0] not in stewards],
-            "members": [row for row in members if not stewards & {row[0], row[1]}],
+            # Sorted whole: ORDER BY leaves two grants of one membership in either order.
+            "members": sorted(row for row in members if not stewards & {row[0], row[1]}),
             "databases": databases, "relations": relations, "schemas": schemas}
 
 
