@@ -248,7 +248,8 @@ class UserLifecycle:
 
     async def _stewarded(self, operation: Callable[[], Awaitable[Any]]) -> Any:
         """Run ``operation``; when it finds the user's steward not ready, make it ready and run
-        the operation again. Raised before anything was written, at the first state read."""
+        the operation again. ``operation`` is one step that reads the state under the user's
+        lock and raises before it writes anything, so running it again repeats nothing."""
         try:
             return await operation()
         except StewardNotReady as missing:
@@ -604,11 +605,15 @@ class UserLifecycle:
         hands them to the objects inheritor first and tries again. Whatever still blocks the
         drop then (privileges it holds, a missing inheritor) leaves the user locked, with the
         reason."""
-        teardown = await self._drop_once(name, terminated, lock_on_refusal=not reassign)
+        # Each step reads the state under its own lock: a steward found not ready there is made
+        # ready and that step alone runs again, after the end's first commit as before it.
+        teardown = await self._stewarded(lambda: self._drop_once(
+            name, terminated, lock_on_refusal=not reassign))
         if teardown is not None:
             return teardown
-        reassigned, problem = await self._reassign(name)
-        teardown = await self._drop_once(name, terminated, lock_on_refusal=True)
+        reassigned, problem = await self._stewarded(lambda: self._reassign(name))
+        teardown = await self._stewarded(lambda: self._drop_once(
+            name, terminated, lock_on_refusal=True))
         assert teardown is not None
         if problem:
             teardown = replace(teardown, reason=f"{teardown.reason}; {problem}")
