@@ -9,8 +9,9 @@ one Database waiting in memory, the opening handler writes the session ``Pending
 The Database's lease loop hands queued sessions back in arrival order as the opening slots
 free, by poking them as access requests are poked (approvals.py): the ``approval`` update
 handler then opens the session past the bound, since the loop poked no more than there was
-room for. A queued session costs three writes more (its Queued status, its Event, the poke)
-and holds no lease, no Secret and no login: it is opened later, never more than was decided.
+room for. A queued session costs two writes more (its Queued status and the poke: the Queued
+transition posts no Event, status.SILENT_REASONS) and holds no lease, no Secret and no login:
+it is opened later, never more than was decided.
 """
 
 from __future__ import annotations

@@ -104,6 +104,30 @@ async def test_a_handed_back_session_is_opened_past_the_bound(bounded: World):
     assert patch.status["phase"] == "Active"
 
 
+async def test_queueing_posts_no_event_and_the_opening_after_it_does(bounded: World):
+    """Queued is flow control the status shows: in a burst of 10,000 an Event for each would be
+    8,900 writes for nothing a person acts on. The session's opening still posts its Event."""
+    engine = HeldEngine(bounded)
+    bodies = _burst(bounded, "orders", SLOTS + WAITING + 1)
+    held = [asyncio.create_task(_open(bounded, body)) for body in bodies[:-1]]
+    await _until(lambda: _waiting() == WAITING)
+    try:
+        last = _with_status(bodies[-1], await _open(bounded, bodies[-1]))
+        assert is_queued(last["status"])
+        about = f"DatabaseSession/{last['metadata']['name']}"
+        assert [e for e in bounded.events if e["about"] == about] == []
+    finally:  # a failure above leaves no opening waiting for the tests after this one
+        engine.release.set()
+        await asyncio.gather(*held)
+    patch = kopf.Patch()
+    await approvals.reconsider(
+        body=last, name=last["metadata"]["name"], namespace=NAMESPACE,
+        uid=last["metadata"]["uid"], patch=patch, memo=bounded.memo,
+        **bounded.open_lease_kwargs(last))
+    assert [(e["type"], e["reason"]) for e in bounded.events if e["about"] == about] == [
+        ("Normal", Reason.ACTIVE)]
+
+
 class _Memo:
     """What ``QueuePokes.poke`` uses: the slots, and a Kube whose annotations can fail."""
 
