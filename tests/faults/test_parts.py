@@ -8,6 +8,7 @@ of these faults lasts long enough to cost the leader its lease, except where sai
 
 from __future__ import annotations
 
+import re
 import time
 from datetime import datetime, timezone
 
@@ -185,6 +186,13 @@ def test_one_slot_each_way_and_a_short_queue_through_a_fast_burst_and_a_postgres
     burst, took, settled = fault_burst(env, lambda burst: stack.server.restart("fast"),
                                        pace=0.01)
     check_no_leaks(env, burst)
-    queued = pods.pods[0].log_since(start).count("queued behind the other sessions")
+    queued = set(re.findall(r"\[[^/\]]+/([^\]]+)\] queued behind the other sessions",
+                            pods.pods[0].log_since(start)))
     assert queued, "no session of the burst was queued: the test did not reach the queue"
-    print(f"restart took {took:.1f}s; settled {settled:.1f}s after it began; {queued} queued")
+    # Queueing is flow control the status shows: it posts no Event, while a queued session
+    # handed back and opened says so with the usual Active Event.
+    events = env.events()
+    assert not [e for e in events if e.reason == "Queued"]
+    assert {e.involved_object.name for e in events if e.reason == "Active"} & queued, queued
+    print(f"restart took {took:.1f}s; settled {settled:.1f}s after it began; {len(queued)} "
+          "queued")
