@@ -16,6 +16,7 @@ it is opened later, never more than was decided.
 
 from __future__ import annotations
 
+import heapq
 import time
 from collections.abc import Mapping
 
@@ -57,14 +58,22 @@ class QueuePokes:
         self._poked: dict[str, float] = {}
 
     def due(self, queued_sessions, openings) -> list[str]:
-        """The queued sessions to poke now, oldest first."""
-        queued = sorted(set(queued_sessions.get(self.key, ())))
+        """The queued sessions to poke now, oldest first.
+
+        Called on every tick of the lease loop, which in a burst of 10,000 finds about 9,000
+        queued and, most ticks, no room: the queue is ordered only when something is due, and
+        then only as far as the room (5.2 ms a tick for a full sort of 9,000, README
+        Performance, session 20)."""
+        queued = queued_sessions.get(self.key, ())
         now = time.monotonic()
         names = {name for _, name in queued}
         self._poked = {name: at for name, at in self._poked.items()
                        if name in names and now - at < POKE_PATIENCE}
         room = openings.room(self.key) - len(self._poked)
-        return [name for _, name in queued if name not in self._poked][:max(0, room)]
+        if room <= 0:
+            return []
+        waiting = {entry for entry in queued if entry[1] not in self._poked}
+        return [name for _, name in heapq.nsmallest(room, waiting)]
 
     async def poke(self, memo, queued_sessions) -> None:
         """Poke what is due; a poke is remembered once written, so one that failed (the API

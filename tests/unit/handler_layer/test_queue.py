@@ -4,6 +4,8 @@ Database's lease loop (handlers/queue.py)."""
 from __future__ import annotations
 
 import asyncio
+import random
+import time
 
 import kopf
 import pytest
@@ -166,6 +168,33 @@ async def test_the_loop_hands_back_no_more_than_there_is_room_for_oldest_first()
     await pokes.poke(memo, _queued_index([b for b in queued
                                           if b["metadata"]["name"] not in opened]))
     assert memo.poked[4:] == ["s1-orders", "s0-orders"]
+
+
+class _Room:
+    def __init__(self, room: int) -> None:
+        self.free = room
+
+    def room(self, key) -> int:
+        return self.free
+
+
+def test_the_sessions_due_are_the_oldest_not_yet_poked_as_many_as_there_is_room_for():
+    """Against the rule written plainly (sort everything, skip the poked, take the room), on
+    random queues with entries repeated (a session's events) and creation times shared."""
+    rng = random.Random(20)
+    for _ in range(300):
+        created = {f"s{i}": f"2026-12-04T10:00:{rng.randrange(6):02d}Z" for i in range(40)}
+        entries = [(created[name], name)
+                   for name in (f"s{rng.randrange(40)}" for _ in range(rng.randrange(60)))]
+        queued = {(NAMESPACE, "orders"): entries, (NAMESPACE, "billing"): [("0", "other")]}
+        pokes = QueuePokes(NAMESPACE, "orders")
+        # Some poked sessions are still queued, others were opened since (no longer listed).
+        pokes._poked = {f"s{rng.randrange(50)}": time.monotonic() for _ in range(10)}
+        still_poked = {name for _, name in entries} & set(pokes._poked)
+        room = rng.randrange(-2, 30)
+        expected = [name for _, name in sorted(set(entries))
+                    if name not in still_poked][:max(0, room - len(still_poked))]
+        assert pokes.due(queued, _Room(room)) == expected
 
 
 async def test_a_poke_that_failed_is_made_again():
