@@ -179,22 +179,47 @@ async def test_an_unchanged_world_decides_each_session_once_and_any_change_decid
         await _revalidations(loads, 5)
         assert len(decisions) == 2  # once each, however many revalidations
 
-        # The Database's status changed: a new object in the index, everyone decided again.
+        # The Database's session count changed, a new object in the index: the loop itself
+        # writes the count on every tick of a burst, and no decision reads it.
         world.databases[0]["status"] = {"activeSessions": 2}
         frozen.databases = world.databases_by_name
         await _revalidations(loads, 3)
+        assert len(decisions) == 2
+
+        # What a decision reads of the Database changed: its labels (Roles select Databases by
+        # them), its spec, its Ready condition. Each time everyone is decided again.
+        world.databases[0]["metadata"] = {**world.databases[0]["metadata"],
+                                          "labels": {"tier": "prod"}}
+        frozen.databases = world.databases_by_name
+        await _revalidations(loads, 3)
         assert len(decisions) == 4
+        world.databases[0]["spec"] = {**world.databases[0]["spec"], "port": 5433}
+        frozen.databases = world.databases_by_name
+        await _revalidations(loads, 3)
+        assert len(decisions) == 6
+        world.databases[0]["status"] = {"activeSessions": 2, "conditions": [
+            {"type": "Ready", "status": "True", "reason": "Connected", "message": "ok",
+             "lastTransitionTime": "2026-12-04T10:00:00Z"}]}
+        frozen.databases = world.databases_by_name
+        await _revalidations(loads, 3)
+        assert len(decisions) == 8
+        world.databases[0]["status"] = {"activeSessions": 3, "conditions": [
+            {"type": "Ready", "status": "True", "reason": "Connected", "message": "ok again",
+             "lastTransitionTime": "2026-12-04T10:00:00Z"}]}
+        frozen.databases = world.databases_by_name
+        await _revalidations(loads, 3)
+        assert len(decisions) == 8  # the count and the message: nothing a decision reads
 
         # The traits ConfigMap changed.
         traits["data"] = {"alice": "teams: [payments]"}
         await _revalidations(loads, 3)
-        assert len(decisions) == 6
+        assert len(decisions) == 10
 
         # One session's record was replaced (its status changed): only that one again.
         world.active_sessions[1] = active("two", expires_in=timedelta(hours=2))
         frozen.active = world.active_sessions_by_database()
         await _revalidations(loads, 3)
-        assert len(decisions) == 8  # the index gave both sessions new records
+        assert len(decisions) == 12  # the index gave both sessions new records
 
         # A Role that no longer names alice: the sessions decided allowed before are ended.
         world.roles[0] = role_body(user="bob")
@@ -210,6 +235,60 @@ async def test_an_unchanged_world_decides_each_session_once_and_any_change_decid
     finally:
         stopped.stop()
         await asyncio.wait_for(task, 5)
+
+
+async def _ended_by_a_database_change(world: World, monkeypatch, change) -> dict:
+    """Run the loop until the session was decided allowed, apply ``change`` to the Database
+    (its status left as it was), and return the session's last status patch."""
+    world.active_sessions.append(active("one", expires_in=timedelta(hours=1)))
+    frozen = _Frozen(world)
+    decisions = _counting(monkeypatch, lease_loop, "decide")
+    stopped = Stopped()
+    task = await _run_frozen(world, frozen, stopped)
+    try:
+        await eventually(lambda: len(decisions) >= 1, what="the session decided allowed")
+        change(world.databases[0])
+        frozen.databases = world.databases_by_name
+        await eventually(lambda: world.kube.patches_of("databasesessions", "one"),
+                         what="the session ended")
+        assert not task.done(), task.exception()
+        return world.kube.patches_of("databasesessions", "one")[-1]
+    finally:
+        stopped.stop()
+        await asyncio.wait_for(task, 5)
+
+
+async def test_a_database_relabelled_out_of_a_roles_selector_ends_its_sessions(world, monkeypatch):
+    """The session was decided allowed on the same Roles and traits; only the Database's
+    labels changed, and the Role no longer selects it."""
+    database = database_body()
+    database["metadata"]["labels"] = {"tier": "prod"}
+    world.databases.append(database)
+    spec = role_body()["spec"]
+    spec["allow"]["databaseSelector"] = {"matchLabels": {"tier": "prod"}}
+    world.roles.append(role_body(spec=spec))
+
+    def relabel(body):
+        body["metadata"] = {**body["metadata"], "labels": {"tier": "dev"}}
+
+    patch = await _ended_by_a_database_change(world, monkeypatch, relabel)
+    assert patch["phase"] == "Ended"
+    assert any(c["reason"] == "AccessRevoked" for c in patch["conditions"])
+
+
+async def test_a_database_whose_spec_no_longer_lists_the_sessions_database_ends_it(
+        world, monkeypatch):
+    database = database_body()
+    database["spec"]["databases"] = ["orders", "billing"]
+    world.databases.append(database)
+    world.roles.append(role_body())
+
+    def unlist(body):
+        body["spec"] = {**body["spec"], "databases": ["billing"]}
+
+    patch = await _ended_by_a_database_change(world, monkeypatch, unlist)
+    assert patch["phase"] == "Ended"
+    assert any(c["reason"] == "AccessRevoked" for c in patch["conditions"])
 
 
 async def test_a_session_whose_decision_failed_is_decided_again(world: World, monkeypatch):
