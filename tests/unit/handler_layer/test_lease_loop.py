@@ -179,36 +179,30 @@ async def test_an_unchanged_world_decides_each_session_once_and_any_change_decid
         await _revalidations(loads, 5)
         assert len(decisions) == 2  # once each, however many revalidations
 
-        # The Database's session count changed, a new object in the index: the loop itself
-        # writes the count on every tick of a burst, and no decision reads it.
-        world.databases[0]["status"] = {"activeSessions": 2}
-        frozen.databases = world.databases_by_name
-        await _revalidations(loads, 3)
-        assert len(decisions) == 2
+        async def database_changed(part: str, value: dict) -> int:
+            """The Database's ``part`` replaced (a new object in the index); the decisions
+            made over three more revalidations."""
+            world.databases[0][part] = {**world.databases[0][part], **value}
+            frozen.databases = world.databases_by_name
+            before = len(decisions)
+            await _revalidations(loads, 3)
+            return len(decisions) - before
 
-        # What a decision reads of the Database changed: its labels (Roles select Databases by
-        # them), its spec, its Ready condition. Each time everyone is decided again.
-        world.databases[0]["metadata"] = {**world.databases[0]["metadata"],
-                                          "labels": {"tier": "prod"}}
-        frozen.databases = world.databases_by_name
-        await _revalidations(loads, 3)
-        assert len(decisions) == 4
-        world.databases[0]["spec"] = {**world.databases[0]["spec"], "port": 5433}
-        frozen.databases = world.databases_by_name
-        await _revalidations(loads, 3)
-        assert len(decisions) == 6
-        world.databases[0]["status"] = {"activeSessions": 2, "conditions": [
-            {"type": "Ready", "status": "True", "reason": "Connected", "message": "ok",
-             "lastTransitionTime": "2026-12-04T10:00:00Z"}]}
-        frozen.databases = world.databases_by_name
-        await _revalidations(loads, 3)
-        assert len(decisions) == 8
-        world.databases[0]["status"] = {"activeSessions": 3, "conditions": [
-            {"type": "Ready", "status": "True", "reason": "Connected", "message": "ok again",
-             "lastTransitionTime": "2026-12-04T10:00:00Z"}]}
-        frozen.databases = world.databases_by_name
-        await _revalidations(loads, 3)
-        assert len(decisions) == 8  # the count and the message: nothing a decision reads
+        def ready(message: str) -> dict:
+            return {"conditions": [{"type": "Ready", "status": "True", "reason": "Connected",
+                                    "message": message,
+                                    "lastTransitionTime": "2026-12-04T10:00:00Z"}]}
+
+        # The session count: the loop itself writes it on every tick of a burst, and no
+        # decision reads it. Nobody is decided again.
+        assert await database_changed("status", {"activeSessions": 2}) == 0
+        # What a decision reads: the labels (Roles select Databases by them), the spec, the
+        # Ready condition. Each time both sessions are decided again.
+        assert await database_changed("metadata", {"labels": {"tier": "prod"}}) == 2
+        assert await database_changed("spec", {"port": 5433}) == 2
+        assert await database_changed("status", ready("ok")) == 2
+        # The count and the Ready message together: still nothing a decision reads.
+        assert await database_changed("status", {"activeSessions": 3, **ready("ok again")}) == 0
 
         # The traits ConfigMap changed.
         traits["data"] = {"alice": "teams: [payments]"}
