@@ -81,6 +81,11 @@ def apply_outcome(body, status: dict, outcome: Outcome) -> None:
                                                                       SessionPhase.ENDED))
 
 
+def ready_condition(database: Database):
+    """A parsed Database's Ready condition, if it has one."""
+    return next((c for c in database.status.conditions or () if c.type == "Ready"), None)
+
+
 def database_for(databases_by_name, namespace: str, name: str, *, opening: bool = True) -> Database:
     """The session's Database, if sessions can be opened on it (``opening``) or at all."""
     database = database_in(databases_by_name, namespace, name)
@@ -96,7 +101,7 @@ def database_for(databases_by_name, namespace: str, name: str, *, opening: bool 
         raise Outcome(SessionPhase.FAILED, Reason.DATABASE_NOT_READY,
                       f'Database "{name}" is being deleted; no new sessions are opened on it',
                       terminal=True)
-    ready = next((c for c in database.status.conditions or () if c.type == "Ready"), None)
+    ready = ready_condition(database)
     if database.spec.suspended:
         raise Outcome(SessionPhase.PENDING, Reason.DATABASE_NOT_READY,
                       f'Database "{name}" is suspended; the session waits until it is resumed',

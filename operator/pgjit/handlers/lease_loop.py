@@ -14,7 +14,7 @@ from ..api.database import Database, DatabaseStatus
 from ..api.session import DatabaseSession, DatabaseSessionStatus
 from ..core.traits import user_traits
 from ..vocabulary import Reason, SessionPhase
-from .decisions import (Outcome, database_for, decide, load_traits_data,
+from .decisions import (Outcome, database_for, decide, load_traits_data, ready_condition,
                         set_session_conditions, ts, utc_now)
 from .approvals import poke_expired_requests
 from .ending import end_lease
@@ -183,7 +183,7 @@ def _decided_on(database) -> object:
     not parse decides nothing final, so it is compared as it is."""
     if not isinstance(database, Database):
         return database
-    ready = next((c for c in database.status.conditions or () if c.type == "Ready"), None)
+    ready = ready_condition(database)
     metadata = database.metadata
     return (metadata.name, metadata.labels, metadata.deletion_timestamp, database.spec,
             None if ready is None else (ready.status, ready.reason))
